@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist
+DEMO_RUN ?= runs/demo
+
+.PHONY: setup data demo test lint format clean
+
+# The virtual environment, with convlens installed in editable mode and the pinned dev tools.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian's Fashion-MNIST package, when the data is missing and apt is there (else convlens downloads it).
+data:
+	@if [ ! -d $(FMNIST) ] && [ -z "$$CONVLENS_DATA" ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "could not install dataset-fashion-mnist; convlens will download Fashion-MNIST"; \
+	fi
+
+setup: $(VENV)/.installed data
+
+demo: setup
+	$(BIN)/convlens train --data fashion-mnist --run $(DEMO_RUN)
+	@echo "run folder: $$(ls -dt runs/* | head -1) (report.html, metrics.json, weights/)"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

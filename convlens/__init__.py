@@ -1,0 +1,55 @@
+"""convlens: convolutional neural networks for image recognition, trained, explained, served.
+
+Public API (mirrors the command line): train, load, evaluate, create_model, load_dataset.
+Heavy modules are imported on first use, so `import convlens` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "evaluate", "list_models", "load", "load_dataset", "train"]
+
+
+def train(config: str | None = None, **settings: Any):
+    """Train as `convlens train` does: settings as keyword arguments; returns the run folder."""
+    from convlens.config import make_config
+    from convlens.training import fit
+
+    return fit(make_config(config, settings))
+
+
+def load(run: str, device: str = "cpu"):
+    """A trained model ready to predict: `convlens.load("runs/train").predict("shoe.png")`."""
+    from convlens.predict import load as _load
+
+    return _load(run, device=device)
+
+
+def evaluate(run: str, data: str | None = None, split: str = "test") -> dict:
+    """Metrics of a run on a split, as `convlens evaluate RUN --json` prints them."""
+    from convlens.evaluation import evaluate_run
+
+    return evaluate_run(run, data=data, split=split)
+
+
+def create_model(name: str, **kwargs: Any):
+    """A registered model by name (see `convlens models`)."""
+    from convlens.models import create_model as _create
+
+    return _create(name, **kwargs)
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    from convlens.models import list_models as _list
+
+    return _list()
+
+
+def load_dataset(spec: str, **kwargs: Any):
+    """A dataset by name, folder, .npz or IDX prefix, held in memory."""
+    from convlens.data import load_dataset as _load
+
+    return _load(spec, **kwargs)

@@ -1,0 +1,206 @@
+"""One entry point, `convlens MODE ...`: parses arguments and dispatches; no logic of its own."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import types
+import typing
+
+import click
+
+from convlens.errors import ConvlensError
+
+_CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="convlens")
+def cli() -> None:
+    """convlens: train, evaluate, explain and serve CNN image recognisers.
+
+    Add --debug anywhere to see a traceback instead of a one-line error.
+    """
+
+
+def _train_options(fn):
+    """One --option per TrainConfig setting, typed and documented from the dataclass."""
+    from convlens.config import TrainConfig, config_types, setting_help
+
+    helps, defaults = setting_help(), TrainConfig()
+    for name, tp in reversed(list(config_types().items())):
+        flag = "--" + name.replace("_", "-")
+        text = helps.get(name, "")
+        if name == "model_args":
+            opt = click.option(
+                "--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                help="extra model argument (repeatable), e.g. --model-arg width=32",
+            )  # fmt: skip
+        elif tp is bool:
+            opt = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=text)
+        else:
+            if typing.get_origin(tp) is types.UnionType:
+                tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            default = getattr(defaults, name)
+            shown = f" [default: {default}]" if default is not None else ""
+            opt = click.option(flag, name, type=_CLICK_TYPES[tp], default=None, help=text + shown)
+        fn = opt(fn)
+    return fn
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(), help="YAML file of settings")
+@_train_options
+def train(config_file: str | None, model_args: tuple[str, ...], **settings: object) -> None:
+    """Train a model; writes a run folder (runs/train, runs/train2, ...)."""
+    import yaml
+
+    from convlens.config import make_config
+    from convlens.training import fit
+
+    overrides = dict(settings)
+    if model_args:
+        pairs = [a.partition("=") for a in model_args]
+        bad = [a for a, (_, eq, _) in zip(model_args, pairs, strict=True) if not eq]
+        if bad:
+            raise ConvlensError(f"--model-arg {bad[0]!r}: expected KEY=VALUE")
+        overrides["model_args"] = {k: yaml.safe_load(v) for k, _, v in pairs}
+    fit(make_config(config_file, overrides))
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--data", help="dataset to evaluate on [default: the one it was trained on]")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document, nothing else")
+def evaluate(run: str, data: str | None, split: str, as_json: bool) -> None:
+    """Accuracy, top-5, per-class precision/recall/F1 and confusion matrix of RUN."""
+    from convlens.evaluation import evaluate_run
+
+    metrics = evaluate_run(run, data=data, split=split)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{metrics['data']} {metrics['split']} split, n={metrics['n']}")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in metrics["per_class"]:
+        table.add_row(c["class"], f"{c['precision']:.4f}", f"{c['recall']:.4f}",
+                      f"{c['f1']:.4f}", str(c["support"]))  # fmt: skip
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(
+        f"accuracy {metrics['accuracy']:.4f}  top5 {metrics['top5']:.4f}  "
+        f"macro_f1 {metrics['macro_f1']:.4f}"
+    )
+
+
+@cli.command()
+@click.argument("run")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document, nothing else")
+@click.option("--csv", "csv_file", type=click.Path(), help="write rows to this CSV file")
+def predict(run: str, inputs: tuple[str, ...], top_k: int, as_json: bool, csv_file: str | None):
+    """Top-k classes of each image (files, folders or globs) with probabilities."""
+    from convlens.predict import expand_inputs, load
+
+    rows = load(run).predict_files(expand_inputs(list(inputs)), top_k=top_k)
+    if csv_file:
+        with open(csv_file, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "rank", "label", "index", "score", "error"])
+            for row in rows:
+                for rank, p in enumerate(row.get("predictions", []), 1):
+                    writer.writerow([row["file"], rank, p["label"], p["index"], p["score"], ""])
+                if "error" in row:
+                    writer.writerow([row["file"], "", "", "", "", row["error"]])
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not csv_file:
+        for row in rows:
+            if "error" in row:
+                click.echo(f"{row['file']}: error: {row['error']}")
+                continue
+            tops = ", ".join(f"{p['label']} {p['score']:.3f}" for p in row["predictions"])
+            click.echo(f"{row['file']}: {tops}")
+    if any("error" in row for row in rows):
+        click.echo(f"{sum('error' in r for r in rows)} of {len(rows)} file(s) unreadable", err=True)
+
+
+@cli.command()
+def datasets() -> None:
+    """Named datasets and where each was found."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from convlens.data import list_datasets
+
+    table = Table()
+    for col in ("name", "description", "found"):
+        table.add_column(col)
+    for d in list_datasets():
+        table.add_row(d["name"], d["description"], str(d["found"] or f"not here: {d['obtain']}"))
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--channels", default=1, show_default=True, help="input channels")
+@click.option("--image-size", default=28, show_default=True, help="input height and width")
+@click.option("--classes", default=10, show_default=True, help="number of classes")
+def models(channels: int, image_size: int, classes: int) -> None:
+    """Registered models with parameter counts and FLOPs for one image."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from convlens.models import list_models, model_info
+
+    table = Table(title=f"input {channels}x{image_size}x{image_size}, {classes} classes")
+    for col in ("model", "params", "MFLOPs", "description"):
+        table.add_column(col, justify="right" if col in ("params", "MFLOPs") else "left")
+    for name in list_models():
+        info = model_info(
+            name, in_channels=channels, num_classes=classes, image_size=(image_size, image_size)
+        )
+        table.add_row(name, f"{info['params']:,}", f"{info['flops'] / 1e6:.2f}", info["description"])
+    Console().print(table)
+    Console().print("and any torchvision classification model as tv-<name>, e.g. tv-resnet18")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; errors are one line on stderr and a non-zero exit (traceback with --debug)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        cli.main(args, prog_name="convlens", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        if debug:
+            raise
+        click.echo(f"convlens: error: {e.format_message()}", err=True)
+        return e.exit_code
+    except click.Abort:
+        click.echo("convlens: aborted", err=True)
+        return 130
+    except (ConvlensError, OSError) as e:
+        if debug:
+            raise
+        message = str(e) if isinstance(e, ConvlensError) else _os_message(e)
+        click.echo(f"convlens: error: {' '.join(message.split())}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("convlens: interrupted", err=True)
+        return 130
+    return 0
+
+
+def _os_message(e: OSError) -> str:
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
+

@@ -1,0 +1,106 @@
+"""The in-memory dataset every source is turned into: uint8 NCHW tensors, labels, class names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Split:
+    """One split held in memory."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class Dataset:
+    """A labelled image dataset with train/val/test splits, ready to batch."""
+
+    name: str  # "fashion-mnist", or the path the user gave
+    classes: list[str]  # class names, index = label
+    train: Split
+    val: Split  # always present: a seeded split of train when the source has none
+    test: Split | None  # None when the source has no test split
+    source: str = ""  # where the files were found, for `convlens datasets` and the run config
+    hflip: bool = False  # whether a mirrored image is still the same class (clothes: yes; digits: no)
+    notes: list[str] = field(default_factory=list)  # things the user should be told
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), skipped
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> Split:
+        """Return the split called `name` (train, val or test)."""
+        from convlens.errors import ConvlensError
+
+        part = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if part is None:
+            raise ConvlensError(f"dataset {self.name} has no {name!r} split")
+        return part
+
+
+def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) -> list[torch.Tensor]:
+    """Split indices class by class into [rest, one part per fraction], seeded; each sorted."""
+    import numpy as np
+
+    y = labels.numpy()  # (N,)
+    counts = np.bincount(y, minlength=1)  # (K,)
+    quotas = [_quota(counts, f) for f in fractions]  # each (K,)
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for c in range(len(counts)):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        start = 0
+        for p, q in enumerate(quotas, start=1):
+            take = min(int(q[c]), max(len(idx) - 1 - start, 0))  # keep one of each class in rest
+            parts[p].append(idx[start : start + take])
+            start += take
+        parts[0].append(idx[start:])
+    return [torch.from_numpy(np.sort(np.concatenate(p))).long() for p in parts]
+
+
+def _quota(counts, fraction: float):
+    """Per-class counts summing to round(N * fraction), by largest remainder."""
+    import numpy as np
+
+    raw = counts * fraction
+    q = np.floor(raw).astype(np.int64)
+    short = int(round(counts.sum() * fraction)) - int(q.sum())
+    q[np.argsort(-(raw - q), kind="stable")[:short]] += 1
+    return q
+
+
+def hold_out_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split, str]:
+    """Hold out a seeded, stratified `fraction` of train as validation; returns a note saying so."""
+    from convlens.errors import ConvlensError
+
+    if not 0 < fraction < 1:
+        raise ConvlensError(f"val_fraction must be between 0 and 1, got {fraction}")
+    rest, val = stratified_split(train.labels, [fraction], seed)
+    if len(val) == 0:
+        raise ConvlensError(
+            f"only {len(train)} training images: too few to hold out {fraction:.0%} for validation"
+        )
+    note = (
+        f"no validation split: {fraction * 100:g}% of train ({len(val)} images, seed {seed}) "
+        "held out for validation"
+    )
+    return train.subset(rest), train.subset(val), note

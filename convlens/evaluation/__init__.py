@@ -1,0 +1,99 @@
+"""Evaluate a trained run on a data split: metrics, and (for a run folder) its figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from convlens.config import make_config
+from convlens.data import Dataset, load_dataset
+from convlens.errors import ConvlensError
+from convlens.evaluation.metrics import classification_metrics
+from convlens.models.infer import predict_proba
+from convlens.models.loading import load_model
+
+__all__ = ["classification_metrics", "evaluate_run"]
+
+
+def evaluate_run(
+    run: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    dataset: Dataset | None = None,
+    write: bool = False,
+    device: str = "cpu",
+) -> dict:
+    """Metrics of RUN's best weights on `split` of its data (or of `data`)."""
+    model, meta, weights = load_model(run)
+    run_dir = weights.parent.parent if weights.parent.name == "weights" else None
+    if dataset is None:
+        dataset = _load_data(data or meta.get("data"), run_dir)
+    if split == "test" and dataset.test is None:
+        split = "val"  # the source has no test split; say which split was used in the result
+    part = dataset.split(split)
+    _check_compatible(meta, dataset, weights)
+    probs = predict_proba(
+        model,
+        part.images,
+        mean=meta["normalize"]["mean"],
+        std=meta["normalize"]["std"],
+        tta_flip=meta.get("tta_flip", False),
+        device=device,
+    )
+    metrics = {"data": dataset.name, "split": split, "weights": str(weights)}
+    metrics.update(classification_metrics(part.labels, probs, meta["classes"]))
+    if write and run_dir is not None:
+        _write_outputs(run_dir, metrics)
+    return metrics
+
+
+def _load_data(spec: str | None, run_dir: Path | None) -> Dataset:
+    if not spec:
+        raise ConvlensError("this model does not record its data: pass --data")
+    cfg = make_config(run_dir / "config.yaml") if run_dir and (run_dir / "config.yaml").is_file() \
+        else make_config()  # fmt: skip
+    return load_dataset(
+        spec,
+        data_dir=cfg.data_dir,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        image_size=cfg.image_size,
+    )
+
+
+def _check_compatible(meta: dict, ds: Dataset, weights: Path) -> None:
+    classes = meta["classes"]
+    if len(classes) != ds.num_classes:
+        raise ConvlensError(
+            f"class-count mismatch: {weights} predicts {len(classes)} classes, "
+            f"data {ds.name} has {ds.num_classes}"
+        )
+    if list(classes) != list(ds.classes):
+        raise ConvlensError(f"class names differ between {weights} and data {ds.name}")
+    want = (meta["input"]["channels"], meta["input"]["height"], meta["input"]["width"])
+    have = (ds.channels, *ds.image_size)
+    if want != have:
+        raise ConvlensError(f"{weights} expects images of {want}, data {ds.name} has {have}")
+
+
+def _write_outputs(run_dir: Path, metrics: dict) -> None:
+    from convlens.evaluation.plots import save_confusion_matrix, save_curves
+    from convlens.evaluation.report import write_report
+    from convlens.training.runs import read_results
+
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    cm = metrics["confusion_matrix"]
+    classes = [c["class"] for c in metrics["per_class"]]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["true \\ predicted", *classes])
+    writer.writerows([c, *row] for c, row in zip(classes, cm, strict=True))
+    (run_dir / "confusion_matrix.csv").write_text(buf.getvalue())
+    save_confusion_matrix(cm, classes, run_dir / "confusion_matrix.png")
+    if (run_dir / "results.csv").is_file():
+        save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
+    write_report(run_dir, metrics)
+

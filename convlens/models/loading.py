@@ -1,0 +1,32 @@
+"""Rebuild a trained model from its weights file: the metadata says which model and how."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from convlens.errors import ModelError
+from convlens.models.registry import create_model
+from convlens.training.checkpoint import load_weights, resolve_weights
+
+
+def load_model(run: str | Path) -> tuple[nn.Module, dict, Path]:
+    """(model in eval mode, metadata, weights path) for a run folder or weights file."""
+    path = resolve_weights(run)
+    tensors, meta = load_weights(path)
+    spec, size = meta["model"], meta["input"]
+    args = {k: v for k, v in spec.get("args", {}).items() if k != "pretrained"}
+    model = create_model(
+        spec["name"],
+        in_channels=size["channels"],
+        num_classes=len(meta["classes"]),
+        image_size=(size["height"], size["width"]),
+        **args,
+    )
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise ModelError(f"{path}: weights do not fit model {spec['name']!r} ({first})") from None
+    return model.eval(), meta, path

@@ -1,0 +1,119 @@
+"""Predict with a trained model: everything it needs (classes, input, normalisation) is in its file."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convlens.data.folder import IMAGE_EXTENSIONS
+from convlens.data.images import decode_image, to_tensor
+from convlens.errors import ConvlensError
+from convlens.models.infer import predict_proba
+from convlens.models.loading import load_model
+
+ImageLike = str | Path | bytes | Image.Image | np.ndarray | torch.Tensor
+
+
+class Recogniser:
+    """A trained model with its preprocessing: `load(run).predict(image)`."""
+
+    def __init__(self, run: str | Path, device: str = "cpu") -> None:
+        self.model, self.meta, self.weights = load_model(run)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.classes: list[str] = self.meta["classes"]
+        size = self.meta["input"]
+        self.channels = int(size["channels"])
+        self.size = (int(size["height"]), int(size["width"]))
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """uint8 (C, H, W) at the model's input size and channels, as in training."""
+        if isinstance(image, torch.Tensor):
+            image = image.numpy()
+        if isinstance(image, np.ndarray):
+            if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+                image = image.transpose(1, 2, 0)  # CHW -> HWC
+            if image.dtype != np.uint8:
+                raise ConvlensError(f"arrays must be uint8 images, got {image.dtype}")
+            image = Image.fromarray(image.squeeze())
+        if not isinstance(image, Image.Image):
+            image = decode_image(image)
+        return to_tensor(image, channels=self.channels, size=self.size)
+
+    def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, K) for preprocessed uint8 images (N, C, H, W)."""
+        return predict_proba(
+            self.model,
+            images,
+            mean=self.meta["normalize"]["mean"],
+            std=self.meta["normalize"]["std"],
+            tta_flip=self.meta.get("tta_flip", False),
+            device=self.device,
+        )
+
+    def predict(self, image: ImageLike, top_k: int = 5) -> list[dict]:
+        """Top-k `{"label", "index", "score"}` for one image (a path, bytes, PIL image or array)."""
+        probs = self.predict_tensor(self.preprocess(image)[None])[0]
+        return self._top(probs, top_k)
+
+    def predict_files(self, paths: list[str], top_k: int = 5, batch_size: int = 256) -> list[dict]:
+        """One row per file: `{"file", "predictions"}` or `{"file", "error"}`; errors don't stop."""
+        rows: list[dict] = []
+        for i in range(0, len(paths), batch_size):
+            chunk, tensors, kept = paths[i : i + batch_size], [], []
+            for path in chunk:
+                try:
+                    tensors.append(self.preprocess(path))
+                    kept.append(path)
+                except ConvlensError as e:
+                    rows.append({"file": path, "error": str(e)})
+            if tensors:
+                probs = self.predict_tensor(torch.stack(tensors))
+                rows += [
+                    {"file": p, "predictions": self._top(pr, top_k)}
+                    for p, pr in zip(kept, probs, strict=True)
+                ]
+        order = {p: n for n, p in enumerate(paths)}
+        return sorted(rows, key=lambda r: order[r["file"]])
+
+    def _top(self, probs: torch.Tensor, k: int) -> list[dict]:
+        scores, idx = probs.topk(min(k, len(self.classes)))
+        return [
+            {"label": self.classes[i], "index": int(i), "score": float(s)}
+            for s, i in zip(scores.tolist(), idx.tolist(), strict=True)
+        ]
+
+
+def load(run: str | Path, device: str = "cpu") -> Recogniser:
+    """Load a run folder or weights file for prediction."""
+    return Recogniser(run, device=device)
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files as given, folders walked for images, globs expanded; a missing path is an error."""
+    out: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not found:
+                raise ConvlensError(f"{item}: no images in this folder")
+            out += found
+        elif path.exists():
+            out.append(item)
+        elif any(ch in item for ch in "*?["):
+            found = sorted(glob.glob(item, recursive=True))
+            if not found:
+                raise ConvlensError(f"{item}: no file matches this pattern")
+            out += found
+        else:
+            raise ConvlensError(f"{item}: no such file or folder")
+    return out

@@ -1,0 +1,295 @@
+"""The training loop: batch, forward, loss, backward, step, schedule, log; a checkpoint per epoch.
+
+Everything random in an epoch comes from a generator seeded by (seed, epoch), and the global
+RNG state is saved with each checkpoint, so a killed run resumed from its last checkpoint ends
+with the same weights, bit for bit on the CPU, as a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import convlens
+from convlens.config import TrainConfig, make_config, save_config, to_dict
+from convlens.data import Dataset, load_dataset
+from convlens.data.batches import channel_stats, iterate_batches, normalize
+from convlens.errors import ConfigError, ConvlensError, TrainingError
+from convlens.models import create_model
+from convlens.models.infer import autocast, predict_proba
+from convlens.training import checkpoint as ckpt
+from convlens.training.ema import EMA
+from convlens.training.optim import build_optimizer, get_lr, set_lr
+from convlens.training.progress import Progress
+from convlens.training.runs import existing_run_dir, new_run_dir, write_results
+
+RESUMABLE_CHANGES = {"device", "threads", "run", "resume"}  # settings a resume may change
+
+
+def fit(cfg: TrainConfig) -> Path:
+    """Train a model as `cfg` says; return the run folder."""
+    if cfg.resume:
+        run_dir = existing_run_dir(cfg.run)
+        cfg = _resumed_config(run_dir, cfg)
+    else:
+        run_dir = new_run_dir(cfg.run)
+        cfg = dataclasses.replace(cfg, run=str(run_dir))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    log = Progress()
+
+    ds = load_dataset(
+        cfg.data,
+        data_dir=cfg.data_dir,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        strict=cfg.strict,
+        image_size=cfg.image_size,
+    )
+    for note in ds.notes:
+        log.note(note)
+    if ds.bad_files:
+        _write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
+        log.note(f"{len(ds.bad_files)} unreadable image(s) skipped, listed in bad_files.csv")
+    if not cfg.resume:
+        save_config(cfg, run_dir / "config.yaml")
+    mean, std = channel_stats(ds.train)
+    hflip = ds.hflip if cfg.hflip == "auto" else cfg.hflip == "on"
+
+    torch.manual_seed(cfg.seed)
+    model = _build_model(cfg, ds, log).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    eval_model = copy.deepcopy(model) if ema else model
+    meta = weights_meta(cfg, ds, mean, std, tta_flip=hflip and cfg.tta)
+    class_weight = _class_weights(cfg, ds).to(device) if cfg.class_weights == "auto" else None
+
+    n_train = len(ds.train)
+    drop_last = n_train > cfg.batch_size  # keep BatchNorm away from a tiny last batch
+    steps_per_epoch = n_train // cfg.batch_size if drop_last else 1
+    total_steps = steps_per_epoch * cfg.epochs
+    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
+    state_path = run_dir / "state" / "last.safetensors"
+    if cfg.resume:
+        state = _load_state(state_path, model, opt, ema)
+        log.note(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.epochs}")
+    log.start(cfg, ds, run_dir, model, device, amp)
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        batches = iterate_batches(
+            ds.train,
+            cfg.batch_size,
+            shuffle=True,
+            generator=gen,
+            translate=cfg.translate,
+            hflip=hflip,
+            drop_last=drop_last,
+        )
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, seen = 0.0, 0
+        log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
+        for i, (xb, yb) in enumerate(batches):
+            step = epoch * steps_per_epoch + i
+            lr = get_lr(step, total_steps, steps_per_epoch, cfg)
+            set_lr(opt, lr)
+            x = normalize(xb.to(device, non_blocking=True), mean, std)  # (B, C, H, W) float32
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = yb.to(device, non_blocking=True)  # (B,)
+            with autocast(device, amp):
+                logits = model(x)  # (B, K)
+            loss = F.cross_entropy(
+                logits.float(), y, weight=class_weight, label_smoothing=cfg.label_smoothing
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema:
+                ema.update(model)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"epoch {epoch + 1}, step {i + 1}: loss is {value}; training stopped, the last "
+                    f"good checkpoint (epoch {state['epoch']}) is intact in {run_dir}/weights; "
+                    "try a lower --lr"
+                )
+            loss_sum += value * len(y)
+            seen += len(y)
+            log.step(value)
+        seconds = time.perf_counter() - t0
+
+        if ema:
+            eval_model.load_state_dict(ema.state_dict())
+        probs = predict_proba(
+            eval_model,
+            ds.val.images,
+            mean=mean,
+            std=std,
+            tta_flip=meta["tta_flip"],
+            device=device,
+            amp=amp,
+            channels_last=cfg.channels_last,
+        )
+        val_loss = F.nll_loss(probs.clamp_min(1e-12).log(), ds.val.labels).item()
+        val_acc = (probs.argmax(1) == ds.val.labels).float().mean().item()
+        prev = state["rows"][-1]["seconds"] if state["rows"] else 0.0
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(1, seen),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": prev + seconds,  # cumulative training time, evaluation excluded
+        }
+        state["rows"].append(row)
+        weights = eval_model.state_dict()
+        ckpt.save_weights(run_dir / "weights" / "last.safetensors", weights, meta)
+        if val_acc > state["best_acc"]:
+            state["best_acc"], state["stale"] = val_acc, 0
+            ckpt.save_weights(run_dir / "weights" / "best.safetensors", weights, meta)
+        else:
+            state["stale"] += 1
+        write_results(run_dir / "results.csv", state["rows"])
+        state["epoch"] = epoch + 1
+        _save_state(state_path, state, model, opt, ema)
+        log.epoch_end(row, best=state["stale"] == 0)
+        if cfg.patience and state["stale"] >= cfg.patience:
+            log.note(f"early stop: no val improvement in {cfg.patience} epochs")
+            break
+
+    log.close()
+    from convlens.evaluation import evaluate_run
+
+    metrics = evaluate_run(run_dir, dataset=ds, write=True)
+    log.final(metrics, run_dir)
+    return run_dir
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is cuda when a GPU is there, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConvlensError(f"--device {name}: no CUDA GPU is available here")
+    return torch.device(name)
+
+
+def resolve_amp(mode: str, device: torch.device) -> bool:
+    """bf16 autocast: on when asked, or (auto) where the hardware computes bf16 natively."""
+    if mode == "off":
+        return False
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if mode == "bf16" and not supported:
+        raise ConvlensError(f"--amp bf16: this {device.type} has no native bf16 support")
+    return supported
+
+
+def weights_meta(
+    cfg: TrainConfig, ds: Dataset, mean: list[float], std: list[float], *, tta_flip: bool
+) -> dict:
+    """What `predict` needs besides the weights: classes, input, normalisation, model."""
+    return {
+        "task": "classify",
+        "classes": ds.classes,
+        "input": {"channels": ds.channels, "height": ds.image_size[0], "width": ds.image_size[1]},
+        "normalize": {"mean": mean, "std": std},
+        "tta_flip": tta_flip,
+        "model": {"name": cfg.model, "args": cfg.model_args},
+        "data": cfg.data,
+        "versions": {"convlens": convlens.__version__, "torch": torch.__version__},
+    }
+
+
+def _build_model(cfg: TrainConfig, ds: Dataset, log: Progress) -> nn.Module:
+    kwargs = dict(cfg.model_args)
+    if cfg.pretrained:
+        kwargs["pretrained"] = True
+    model = create_model(
+        cfg.model,
+        in_channels=ds.channels,
+        num_classes=ds.num_classes,
+        image_size=ds.image_size,
+        **kwargs,
+    )
+    if cfg.init:
+        log.note(init_from_file(model, cfg.init))
+    elif hasattr(model, "init_from_data"):
+        model.init_from_data(ds.train.images)  # e.g. fastnet's whitening first layer
+    return model
+
+
+def init_from_file(model: nn.Module, path: str) -> str:
+    """Copy every tensor whose name and shape match from a weights file; say what was kept."""
+    tensors, _ = ckpt.read_safetensors(ckpt.resolve_weights(path))
+    own = model.state_dict()
+    taken = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
+    if not taken:
+        raise ConvlensError(f"--init {path}: no tensor matches this model's names and shapes")
+    model.load_state_dict(taken, strict=False)
+    skipped = sorted(set(own) - set(taken))
+    more = f"; kept this model's own {', '.join(skipped)}" if skipped else ""
+    return f"init: {len(taken)} of {len(own)} tensors loaded from {path}{more}"
+
+
+def _class_weights(cfg: TrainConfig, ds: Dataset) -> torch.Tensor:
+    """Inverse class frequency, scaled so that a balanced dataset gets weight 1."""
+    counts = torch.bincount(ds.train.labels, minlength=ds.num_classes).float()
+    return counts.sum() / (ds.num_classes * counts.clamp_min(1))
+
+
+def _save_state(path: Path, state: dict, model: nn.Module, opt, ema: EMA | None) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt_tensors, opt_info = ckpt.flatten_optimizer(opt)
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    ckpt.save_state(path, tensors, {**state, "optimizer": opt_info})
+
+
+def _load_state(path: Path, model: nn.Module, opt, ema: EMA | None) -> dict:
+    if not path.is_file():
+        raise ConvlensError(f"{path}: no saved state; the run stopped before its first epoch ended")
+    tensors, info = ckpt.load_state(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema:
+        ema.shadow = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    opt.load_state_dict(ckpt.unflatten_optimizer(tensors, info.pop("optimizer")))
+    torch.set_rng_state(tensors["rng.torch"])
+    return info
+
+
+def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:
+    """The run's saved config; flags may change only where and how it runs."""
+    saved = make_config(run_dir / "config.yaml")
+    defaults = TrainConfig()
+    asked = {k: v for k, v in to_dict(given).items() if v != getattr(defaults, k)}
+    changed = [
+        k for k, v in asked.items() if k not in RESUMABLE_CHANGES and v != getattr(saved, k)
+    ]
+    if changed:
+        raise ConfigError(f"cannot change {', '.join(changed)} when resuming {run_dir}")
+    overrides = {k: v for k, v in asked.items() if k in ("device", "threads")}
+    return dataclasses.replace(saved, run=str(run_dir), resume=True, **overrides)
+
+
+def _write_bad_files(path: Path, bad: list[tuple[str, str]]) -> None:
+    lines = ["path,reason"] + [f'"{p}","{r}"' for p, r in bad]
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,60 @@
+import pytest
+import yaml
+
+from convlens.config import TrainConfig, make_config, save_config, setting_help
+from convlens.errors import ConfigError
+
+
+def test_defaults_then_yaml_then_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 3\nlr: 0.05\nmodel: textbook\n")
+    cfg = make_config(f, {"lr": "0.01", "epochs": None})
+    assert cfg.epochs == 3  # from the file; a flag left at None does not override
+    assert cfg.lr == 0.01  # the flag wins over the file
+    assert cfg.model == "textbook"
+    assert cfg.batch_size == TrainConfig().batch_size
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown setting.*epoch"):
+        make_config(f)
+    with pytest.raises(ConfigError, match="unknown setting.*speed"):
+        make_config(None, {"speed": 1})
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("epochs", "many", "must be int"),
+        ("epochs", 1.5, "must be an integer"),
+        ("nesterov", "perhaps", "true or false"),
+        ("optimizer", "lbfgs", "must be one of"),
+        ("val_fraction", 1.5, "between 0 and 1"),
+        ("lr", -1, "must be positive"),
+    ],
+)
+def test_bad_values_name_the_setting(key, value, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        make_config(None, {key: value})
+    assert repr(key) in str(e.value)
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = make_config(None, {"model_args": {"width": 8}, "epochs": 2, "init": None})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model_args"] == {"width": 8}
+    assert make_config(tmp_path / "config.yaml") == cfg
+
+
+def test_not_a_mapping(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        make_config(f)
+
+
+def test_every_setting_has_help():
+    missing = set(TrainConfig.__dataclass_fields__) - set(setting_help())
+    assert not missing
