@@ -12,6 +12,7 @@ import click
 
 from convlens.errors import ConvlensError
 
+SPLITS = ["train", "val", "test"]
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
 
@@ -72,7 +73,7 @@ def train(config_file: str | None, model_args: tuple[str, ...], **settings: obje
 @cli.command()
 @click.argument("run")
 @click.option("--data", help="dataset to evaluate on [default: the one it was trained on]")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document, nothing else")
 def evaluate(run: str, data: str | None, split: str, as_json: bool) -> None:
     """Accuracy, top-5, per-class precision/recall/F1 and confusion matrix of RUN."""
@@ -136,6 +137,7 @@ def predict(run: str, inputs: tuple[str, ...], top_k: int, as_json: bool, csv_fi
 def datasets() -> None:
     """Named datasets and where each was found."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from convlens.data import list_datasets
@@ -144,7 +146,8 @@ def datasets() -> None:
     for col in ("name", "description", "found"):
         table.add_column(col)
     for d in list_datasets():
-        table.add_row(d["name"], d["description"], str(d["found"] or f"not here: {d['obtain']}"))
+        found = str(d["found"] or f"not here: {d['obtain']}")
+        table.add_row(d["name"], escape(d["description"]), escape(found))
     Console().print(table)
 
 
@@ -155,6 +158,7 @@ def datasets() -> None:
 def models(channels: int, image_size: int, classes: int) -> None:
     """Registered models with parameter counts and FLOPs for one image."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from convlens.models import list_models, model_info
@@ -166,7 +170,8 @@ def models(channels: int, image_size: int, classes: int) -> None:
         info = model_info(
             name, in_channels=channels, num_classes=classes, image_size=(image_size, image_size)
         )
-        table.add_row(name, f"{info['params']:,}", f"{info['flops'] / 1e6:.2f}", info["description"])
+        flops = f"{info['flops'] / 1e6:.2f}"
+        table.add_row(name, f"{info['params']:,}", flops, escape(info["description"]))
     Console().print(table)
     Console().print("and any torchvision classification model as tv-<name>, e.g. tv-resnet18")
 
@@ -203,4 +208,3 @@ def main(argv: list[str] | None = None) -> int:
 def _os_message(e: OSError) -> str:
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{e.strerror or e}"
-

@@ -149,7 +149,8 @@ def validate(cfg: TrainConfig) -> None:
     for name, choices in _CHOICES.items():
         value = getattr(cfg, name)
         if value not in choices and not (name == "device" and value.startswith("cuda:")):
-            raise ConfigError(f"setting {name!r} must be one of {', '.join(choices)}, not {value!r}")
+            options = ", ".join(choices)
+            raise ConfigError(f"setting {name!r} must be one of {options}, not {value!r}")
     positive = ("epochs", "batch_size", "lr")
     for name in positive:
         if getattr(cfg, name) <= 0:

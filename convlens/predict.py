@@ -1,4 +1,4 @@
-"""Predict with a trained model: everything it needs (classes, input, normalisation) is in its file."""
+"""Predict with a trained model: its file holds all it needs (classes, input, normalisation)."""
 
 from __future__ import annotations
 

@@ -96,4 +96,3 @@ def _write_outputs(run_dir: Path, metrics: dict) -> None:
     if (run_dir / "results.csv").is_file():
         save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
     write_report(run_dir, metrics)
-

@@ -70,10 +70,14 @@ def create_model(
 
 def image_size_pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """(H, W) from an int side or a pair, each a positive integer."""
-    pair = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(pair) != 2 or not all(isinstance(side, int) and side >= 1 for side in pair):
+    pair = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if (
+        not isinstance(pair, tuple | list)
+        or len(pair) != 2
+        or not all(isinstance(side, int) and side >= 1 for side in pair)
+    ):
         raise ModelError(f"image_size must be a side or (height, width) > 0, got {image_size!r}")
-    return pair
+    return (pair[0], pair[1])
 
 
 def _load_builtin() -> None:

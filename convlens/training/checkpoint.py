@@ -32,7 +32,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise ConvlensError(f"{path}: cannot write ({e.strerror or e}); the previous file is intact")
+        reason = e.strerror or str(e)
+        message = f"{path}: cannot write ({reason}); the previous file is intact"
+        raise ConvlensError(message) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

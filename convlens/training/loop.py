@@ -281,9 +281,7 @@ def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:
     saved = make_config(run_dir / "config.yaml")
     defaults = TrainConfig()
     asked = {k: v for k, v in to_dict(given).items() if v != getattr(defaults, k)}
-    changed = [
-        k for k, v in asked.items() if k not in RESUMABLE_CHANGES and v != getattr(saved, k)
-    ]
+    changed = [k for k, v in asked.items() if k not in RESUMABLE_CHANGES and v != getattr(saved, k)]
     if changed:
         raise ConfigError(f"cannot change {', '.join(changed)} when resuming {run_dir}")
     overrides = {k: v for k, v in asked.items() if k in ("device", "threads")}

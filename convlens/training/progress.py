@@ -6,6 +6,7 @@ import sys
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
@@ -20,7 +21,7 @@ class Progress:
         self.task = None
 
     def note(self, text: str) -> None:
-        self.console.print(f"[dim]note:[/dim] {text}")
+        self.console.print(f"[dim]note:[/dim] {escape(text)}")
 
     def start(self, cfg, ds, run_dir, model: torch.nn.Module, device, amp: bool) -> None:
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -29,7 +30,8 @@ class Progress:
         self.console.print(
             f"train {cfg.model} ({params:,} params) on {ds.name}: {len(ds.train)} train / "
             f"{len(ds.val)} val / {test} test images, {ds.channels}x{h}x{w}, "
-            f"{ds.num_classes} classes; {device.type}{' bf16' if amp else ''}; run {run_dir}"
+            f"{ds.num_classes} classes; {device.type}{' bf16' if amp else ''}; run {run_dir}",
+            markup=False,
         )
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
@@ -67,5 +69,6 @@ class Progress:
     def final(self, metrics: dict, run_dir) -> None:
         self.console.print(
             f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}  top5 {metrics['top5']:.4f}"
-            f"  macro_f1 {metrics['macro_f1']:.4f}  (n={metrics['n']}); results in {run_dir}"
+            f"  macro_f1 {metrics['macro_f1']:.4f}  (n={metrics['n']}); results in {run_dir}",
+            markup=False,
         )
