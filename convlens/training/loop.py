@@ -43,7 +43,8 @@ def fit(cfg: TrainConfig) -> Path:
         cfg = dataclasses.replace(cfg, run=str(run_dir))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     log = Progress()

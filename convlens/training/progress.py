@@ -15,7 +15,7 @@ class Progress:
     """Training's console output."""
 
     def __init__(self, live: bool | None = None) -> None:
-        self.console = Console(highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)
         self.live = sys.stdout.isatty() if live is None else live
         self.bar: RichProgress | None = None
         self.task = None

@@ -1,0 +1,76 @@
+"""A run killed with SIGKILL at random moments and resumed ends bit-identical to an unbroken one."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import convlens
+
+pytestmark = pytest.mark.xdist_group("resume")
+
+# Dropout draws from the global RNG, EMA and momentum carry state: all must survive a kill.
+ARGS = ["--data", "digits", "--model", "mlp", "--model-arg", "dropout=0.3", "--epochs", "10",
+        "--batch-size", "16", "--lr", "0.05", "--seed", "3", "--ema", "0.9"]  # fmt: skip
+
+
+def _rows(run):
+    lines = (run / "results.csv").read_text().splitlines()
+    return [line.rsplit(",", 1)[0] for line in lines]  # drop the seconds column
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    whole = tmp_path / "whole"
+    out = convlens("train", *ARGS, "--run", str(whole))
+    assert out.returncode == 0, out.stderr
+
+    broken = tmp_path / "broken"
+    rng = random.Random(1234)
+    kills, resumes = 0, 0
+    cmd = [sys.executable, "-m", "convlens", "train", *ARGS, "--run", str(broken)]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait = rng.uniform(1.5, 4.5)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        else:
+            err = proc.stderr.read().decode()
+            if proc.returncode == 0:
+                break
+            assert "no saved state" in err, err  # killed before the first epoch ended
+        if (broken / "state" / "last.safetensors").is_file():
+            cmd = [sys.executable, "-m", "convlens", "train", "--resume", "--run", str(broken)]
+            resumes += 1
+        else:  # killed before any checkpoint: start again from scratch in the same folder
+            for p in sorted(broken.rglob("*"), reverse=True):
+                p.unlink() if p.is_file() else p.rmdir()
+    assert proc.returncode == 0, "the interrupted run did not finish in time"
+    assert kills >= 1 and resumes >= 1
+
+    for name in ("weights/last.safetensors", "weights/best.safetensors"):
+        a, b = load_file(whole / name), load_file(broken / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    assert _rows(whole) == _rows(broken)
+
+
+def test_resume_refuses_changed_settings_and_missing_state(tmp_path):
+    run = tmp_path / "r"
+    out = convlens("train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--run", run)
+    assert out.returncode == 0, out.stderr
+    out = convlens("train", "--resume", "--run", str(run), "--lr", "0.5")
+    assert out.returncode != 0 and "cannot change lr" in out.stderr
+    out = convlens("train", "--resume", "--run", str(tmp_path / "none"))
+    assert out.returncode != 0 and "not a convlens run folder" in out.stderr
