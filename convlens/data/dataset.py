@@ -31,7 +31,7 @@ class Dataset:
     val: Split  # always present: a seeded split of train when the source has none
     test: Split | None  # None when the source has no test split
     source: str = ""  # where the files were found, for `convlens datasets` and the run config
-    hflip: bool = False  # whether a mirrored image is still the same class (clothes: yes; digits: no)
+    hflip: bool = False  # a mirrored image keeps its class (clothes: yes; digits: no)
     notes: list[str] = field(default_factory=list)  # things the user should be told
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), skipped
 

@@ -1,0 +1,84 @@
+"""Data: named datasets, folders, IDX and NPZ files -> uint8 tensors; batches and augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from convlens.data.batches import channel_stats, iterate_batches, normalize
+from convlens.data.dataset import Dataset, Split, hold_out_val, stratified_split
+from convlens.data.folder import IMAGE_EXTENSIONS, load_folder
+from convlens.data.idx import find_idx_folder, find_idx_prefix, load_idx, read_idx, write_idx
+from convlens.data.images import decode_image, to_tensor
+from convlens.data.named import DATASETS, list_datasets, load_named
+from convlens.data.npz import load_npz
+from convlens.errors import ConvlensError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Dataset",
+    "Split",
+    "channel_stats",
+    "decode_image",
+    "hold_out_val",
+    "iterate_batches",
+    "list_datasets",
+    "load_dataset",
+    "normalize",
+    "read_idx",
+    "stratified_split",
+    "to_tensor",
+    "write_idx",
+]
+
+
+def load_dataset(
+    spec: str,
+    *,
+    data_dir: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    strict: bool = False,
+    image_size: int | None = None,
+    download: bool = True,
+) -> Dataset:
+    """A dataset name, a folder of class folders, an .npz or an IDX prefix -> Dataset."""
+    split_args = {"seed": seed, "val_fraction": val_fraction}
+    path = Path(spec).expanduser()
+    if spec in DATASETS:  # names win over same-named folders: write ./digits for the folder
+        ds = load_named(spec, data_dir=data_dir, download=download, **split_args)
+    elif path.is_dir() and (pairs := find_idx_folder(path)):
+        ds = load_idx(pairs, name=spec, **split_args)
+    elif path.is_dir():
+        return load_folder(path, strict=strict, image_size=image_size, **split_args)
+    elif path.is_file() and path.suffix.lower() == ".npz":
+        ds = load_npz(path, **split_args)
+    elif pairs := find_idx_prefix(path):
+        ds = load_idx(pairs, name=spec, **split_args)
+    else:
+        what = "is not an .npz, a folder or an IDX prefix" if path.exists() else "does not exist"
+        raise ConvlensError(
+            f"unknown dataset {spec!r}: not a name ({', '.join(DATASETS)}) and the path {what}"
+        )
+    if image_size is not None and ds.image_size != (image_size, image_size):
+        _resize(ds, image_size)
+    return ds
+
+
+def _resize(ds: Dataset, size: int, chunk: int = 8192) -> None:
+    """Resize every split in place (antialiased bilinear, as PIL does for folders), noting it."""
+    h, w = ds.image_size
+    for split in (ds.train, ds.val, ds.test):
+        if split is None:
+            continue
+        parts = []
+        for x in split.images.split(chunk):  # (n, C, H, W) uint8
+            y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
+            parts.append(y.round().clamp(0, 255).to(torch.uint8))  # (n, C, size, size)
+        if parts:
+            split.images = torch.cat(parts)
+        else:
+            split.images = split.images.new_zeros(0, ds.channels, size, size)
+    ds.notes.append(f"images resized from {h}x{w} to {size}x{size} (image_size setting)")

@@ -1,0 +1,96 @@
+"""Batches of uint8 images with batch-wise augmentation, all randomness from one torch.Generator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from convlens.data.dataset import Split
+
+
+def iterate_batches(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    translate: int = 0,
+    hflip: bool = False,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 (B, C, H, W), int64 (B,)) batches; shifts fill with zeros, flips p = 0.5.
+
+    All random numbers for the epoch are drawn here, at the call, from `generator`: the same
+    generator state gives the same batches, and the state afterwards does not depend on how many
+    batches were consumed.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if translate < 0:
+        raise ValueError(f"translate must be >= 0 pixels, got {translate}")
+    if generator is None and (shuffle or translate or hflip):
+        raise ValueError("shuffling and augmentation need a torch.Generator (reproducible runs)")
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    shifts = None  # (N, 2) (dy, dx)
+    if translate:
+        shifts = torch.randint(-translate, translate + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if hflip else None  # (N,) bool
+    return _batches(split, batch_size, drop_last, order, shifts, flips, translate)
+
+
+def _batches(split, batch_size, drop_last, order, shifts, flips, translate):
+    n = len(split)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]  # (B,)
+        x = split.images[idx]  # (B, C, H, W) uint8
+        if flips is not None:
+            x = flip_some(x, flips[start : start + batch_size])
+        if shifts is not None:
+            x = translate_each(x, shifts[start : start + batch_size], translate)
+        yield x, split.labels[idx]
+
+
+def flip_some(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images where `mask` (B,) is True."""
+    mask = mask.to(x.device)
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def translate_each(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
+    """Shift image i by shifts[i] = (dy, dx) pixels down and right (|d| <= pad), zero-filled."""
+    b, c, h, w = x.shape
+    shifts = shifts.to(x.device)
+    xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p), zeros around
+    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    rows = (pad - shifts[:, 0])[:, None] + ar_h  # (B, H): output row y reads padded row y + p - dy
+    cols = (pad - shifts[:, 1])[:, None] + ar_w  # (B, W)
+    x = xp.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w + 2 * pad))  # (B, C, H, W + 2p)
+    return x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))  # (B, C, H, W)
+
+
+def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """float32 (x / 255 - mean) / std per channel, for uint8 (..., C, H, W)."""
+    if len(mean) != x.shape[-3] or len(std) != x.shape[-3]:
+        raise ValueError(f"{len(mean)} means and {len(std)} stds for {x.shape[-3]} channels")
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)  # (C, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    return (x.float() / 255 - m) / s
+
+
+def channel_stats(split: Split, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a split's pixels in [0, 1] units (std at least 1e-3)."""
+    c = split.images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(split), chunk):
+        x = split.images[i : i + chunk].double().transpose(0, 1).reshape(c, -1) / 255  # (C, n)
+        total += x.sum(1)
+        squares += (x * x).sum(1)
+    count = max(split.images.numel() // c, 1)
+    mean = total / count
+    std = (squares / count - mean**2).clamp(min=1e-6).sqrt()  # >= 1e-3: normalize never / 0
+    return mean.tolist(), std.tolist()

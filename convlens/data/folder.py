@@ -1,0 +1,221 @@
+"""Load a folder of class subfolders (optionally under train/, val/, test/) into uint8 tensors."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from convlens.data.dataset import Dataset, Split, hold_out_val
+from convlens.data.images import decode_image, is_colour, open_image, to_tensor
+from convlens.errors import ConvlensError, DatasetFormatError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+MAX_BAD_FRACTION = 0.01  # more unreadable files than this is an error, not a skip
+MAX_AUTO_SIZE = 64  # cap on the median size picked when images differ in size
+WORKERS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while decoding
+
+Item = tuple[str, int]  # (path, class index)
+T = TypeVar("T")
+
+
+def load_folder(
+    root: str | Path,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    strict: bool = False,
+    image_size: int | None = None,
+) -> Dataset:
+    """A Dataset from `root/<class>/*` or `root/{train,val,test}/<class>/*`; bad files skipped."""
+    root = Path(root)
+    notes: list[str] = []
+    layout = _layout(root, notes)  # {"train": dir, "val": dir?, "test": dir?}
+    classes = _class_dirs(layout["train"])
+    if not classes:
+        raise ConvlensError(
+            f"{layout['train']}: no class subfolders (expected <class>/<image> inside)"
+        )
+    items, ignored = _list_files(layout, classes)
+    total = sum(len(v) for v in items.values())
+    if ignored:
+        kinds = ", ".join(f"{ext or 'no extension'}: {n}" for ext, n in ignored.most_common())
+        notes.append(f"ignored {sum(ignored.values())} files that are not images ({kinds})")
+
+    bad: list[tuple[str, str]] = []
+    headers = _map(_header, items, bad, strict)  # (H, W, colour) per file, nothing decoded yet
+    shapes = [(h, w) for part in headers.values() for _, (h, w, _) in part]
+    channels = 3 if any(c for part in headers.values() for _, (_, _, c) in part) else 1
+    size = _pick_size(shapes, image_size, notes)
+    readable = {split: [item for item, _ in part] for split, part in headers.items()}
+
+    def pixels_of(path: str) -> torch.Tensor:
+        return to_tensor(decode_image(path), channels=channels, size=size)  # (C, H, W) uint8
+
+    pixels = _map(pixels_of, readable, bad, strict)
+    if len(bad) > MAX_BAD_FRACTION * total:
+        first = "; ".join(f"{p}: {why}" for p, why in bad[:3])
+        raise DatasetFormatError(
+            f"{root}: {len(bad)} of {total} image files are unreadable (over "
+            f"{MAX_BAD_FRACTION:.0%}), e.g. {first}"
+        )
+
+    splits = {name: _stack(part, channels, size) for name, part in pixels.items()}
+    for name, part in splits.items():
+        missing = sorted(set(range(len(classes))) - set(part.labels.tolist()))
+        if name == "train" and missing:
+            raise DatasetFormatError(
+                f"{layout['train']}: class folder {classes[missing[0]]!r} holds no readable images"
+            )
+        if missing:
+            notes.append(f"{name} split has no images of {', '.join(classes[i] for i in missing)}")
+    if "val" not in splits:
+        splits["train"], splits["val"], note = hold_out_val(splits["train"], val_fraction, seed)
+        notes.append(note)
+    if "test" not in splits:
+        notes.append("no test/ folder: there is no test split; final metrics use validation")
+    return Dataset(
+        name=str(root),
+        classes=classes,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits.get("test"),
+        source=str(root.resolve()),
+        notes=notes,
+        bad_files=bad,
+    )
+
+
+def _layout(root: Path, notes: list[str]) -> dict[str, Path]:
+    if not root.is_dir():
+        raise ConvlensError(f"{root}: no such folder")
+    found: dict[str, Path] = {}
+    others = []
+    for d in _subdirs(root):
+        split = SPLIT_DIRS.get(d.name.lower())
+        if split is None:
+            others.append(d.name)
+        elif split in found:
+            raise ConvlensError(f"{root}: both {found[split].name}/ and {d.name}/; keep one")
+        else:
+            found[split] = d
+    if not found:
+        return {"train": root}
+    if "train" not in found:
+        raise ConvlensError(f"{root}: has {'/ and '.join(sorted(found))}/ but no train/ folder")
+    if others:
+        notes.append(f"ignored folders beside train/: {', '.join(others)}")
+    return found
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return [d.name for d in _subdirs(folder)]
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d.name))
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _list_files(
+    layout: dict[str, Path], classes: list[str]
+) -> tuple[dict[str, list[Item]], Counter[str]]:
+    """Image files per split, with labels; a count of skipped extensions."""
+    items: dict[str, list[Item]] = {}
+    ignored: Counter[str] = Counter()
+    for split, folder in layout.items():
+        names = _class_dirs(folder)
+        extra = [n for n in names if n not in classes]
+        if extra:
+            raise DatasetFormatError(
+                f"{folder}: class folder {extra[0]!r} is not in {layout['train']} "
+                f"(classes there: {', '.join(classes)})"
+            )
+        items[split] = []
+        for name in names:
+            for path in _walk(folder / name):
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    items[split].append((str(path), classes.index(name)))
+                else:
+                    ignored[path.suffix.lower()] += 1
+        if not items[split]:
+            raise ConvlensError(
+                f"{folder}: no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            )
+    return items, ignored
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every non-hidden file below `folder`, in sorted order."""
+    out = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        out += [Path(top, f) for f in sorted(files) if not _hidden(f)]
+    return out
+
+
+def _header(path: str) -> tuple[int, int, bool]:
+    img = open_image(path)
+    return img.height, img.width, is_colour(img)
+
+
+def _map(
+    fn: Callable[[str], T], items: dict[str, list[Item]], bad: list[tuple[str, str]], strict: bool
+) -> dict[str, list[tuple[Item, T]]]:
+    """Apply `fn` to every path on a thread pool; failures go to `bad` (or raise when strict)."""
+
+    def safe(item: Item) -> tuple[Item, T | None, DatasetFormatError | None]:
+        try:
+            return item, fn(item[0]), None
+        except DatasetFormatError as e:
+            return item, None, e
+
+    out: dict[str, list[tuple[Item, T]]] = {}
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for split, part in items.items():
+            out[split] = []
+            for item, value, error in pool.map(safe, part):
+                if error is None:
+                    out[split].append((item, value))
+                elif strict:
+                    pool.shutdown(cancel_futures=True)
+                    raise error
+                else:
+                    bad.append((item[0], str(error).removeprefix(f"{item[0]}: ")))
+    return out
+
+
+def _pick_size(
+    shapes: list[tuple[int, int]], image_size: int | None, notes: list[str]
+) -> tuple[int, int]:
+    """(H, W): the requested size, else the one size all images share, else the capped median."""
+    if image_size is not None:
+        return image_size, image_size
+    if not shapes:
+        raise ConvlensError("no readable images")
+    if len(set(shapes)) == 1:
+        return shapes[0]
+    h, w = np.median(np.array(shapes), axis=0).round().astype(int).tolist()
+    size = min(h, MAX_AUTO_SIZE), min(w, MAX_AUTO_SIZE)
+    notes.append(
+        f"images come in {len(set(shapes))} sizes: all resized to {size[0]}x{size[1]} (median "
+        f"height x width, at most {MAX_AUTO_SIZE}); set image_size to choose"
+    )
+    return size
+
+
+def _stack(part: list[tuple[Item, torch.Tensor]], channels: int, size: tuple[int, int]) -> Split:
+    if not part:
+        return Split(torch.zeros(0, channels, *size, dtype=torch.uint8), torch.zeros(0).long())
+    images = torch.stack([x for _, x in part])  # (N, C, H, W) uint8
+    return Split(images, torch.tensor([label for (_, label), _ in part], dtype=torch.int64))

@@ -1,0 +1,132 @@
+"""Read MedMNIST-style .npz files (`train_images`, `train_labels`, ...), never unpickling."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.lib import format as npy
+
+from convlens.data.dataset import Dataset, Split, hold_out_val
+from convlens.errors import DatasetFormatError
+
+SPLITS = ("train", "val", "test")
+
+
+def load_npz(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> Dataset:
+    """A Dataset from `<split>_images` uint8 (N,H,W[,C]) and `<split>_labels` (N[,1]) arrays."""
+    path = Path(path)
+    arrays = read_npz(path)
+    splits: dict[str, Split] = {}
+    for name in SPLITS:
+        x, y = arrays.get(f"{name}_images"), arrays.get(f"{name}_labels")
+        if x is None and y is None and name != "train":
+            continue
+        splits[name] = _split(path, name, x, y)
+    shapes = {name: tuple(s.images.shape[1:]) for name, s in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise DatasetFormatError(f"{path}: splits hold images of different shapes {shapes}")
+    classes = _classes(path, arrays.get("classes"), splits)
+    notes = []
+    if "val" not in splits:
+        splits["train"], splits["val"], note = hold_out_val(splits["train"], val_fraction, seed)
+        notes.append(note)
+    if "test" not in splits:
+        notes.append("no test split in this file: final metrics will use the validation split")
+    return Dataset(
+        name=str(path),
+        classes=classes,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits.get("test"),
+        source=str(path.resolve()),
+        notes=notes,
+    )
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array in an .npz, refusing pickled (object) arrays and sizes the file cannot hold."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"PK\x03\x04":
+            raise DatasetFormatError(f"{path}: not an .npz file (no zip header)")
+        with np.load(path, allow_pickle=False) as npz:
+            out = {}
+            for member in npz.zip.namelist():
+                if not member.endswith(".npy"):
+                    raise DatasetFormatError(f"{path}: {member!r} is not a .npy array")
+                key = member.removesuffix(".npy")
+                _check_member(path, npz.zip, member)
+                out[key] = npz[key]
+            return out
+    except DatasetFormatError:
+        raise
+    except Exception as e:  # untrusted bytes: zipfile, zlib and numpy raise many kinds
+        raise DatasetFormatError(f"{path}: not a readable .npz file ({e!r})") from None
+
+
+def _check_member(path: Path, archive: zipfile.ZipFile, member: str) -> None:
+    """Parse a member's .npy header; refuse object dtypes and shapes larger than its bytes."""
+    key = member.removesuffix(".npy")
+    info = archive.getinfo(member)
+    with archive.open(info) as f:
+        major, _ = npy.read_magic(f)
+        read = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+        shape, _, dtype = read(f)
+        have = info.file_size - f.tell()
+    if dtype.hasobject:
+        raise DatasetFormatError(f"{path}: key {key!r} holds pickled objects, which are refused")
+    need = math.prod(shape) * dtype.itemsize
+    if need != have:
+        raise DatasetFormatError(
+            f"{path}: key {key!r} says shape {shape} ({need} bytes) but holds {have} bytes"
+        )
+
+
+def _split(path: Path, name: str, x: np.ndarray | None, y: np.ndarray | None) -> Split:
+    for key, value in ((f"{name}_images", x), (f"{name}_labels", y)):
+        if value is None:
+            raise DatasetFormatError(f"{path}: missing key {key!r}")
+    if x.dtype != np.uint8:
+        raise DatasetFormatError(f"{path}: {name}_images must be uint8, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]  # (N, 1, H, W)
+    elif x.ndim == 4 and x.shape[3] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    else:
+        raise DatasetFormatError(
+            f"{path}: {name}_images must be (N, H, W) or (N, H, W, 3), got {x.shape}"
+        )
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise DatasetFormatError(
+            f"{path}: {name}_labels has {y.shape[1]} columns: multi-label NPZ not supported by "
+            "this task yet"
+        )
+    if y.ndim == 2:
+        y = y[:, 0]
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DatasetFormatError(
+            f"{path}: {name}_labels must be integers (N,) or (N, 1), got {y.dtype} {y.shape}"
+        )
+    if len(y) != len(x):
+        raise DatasetFormatError(f"{path}: {len(x)} {name}_images but {len(y)} {name}_labels")
+    if len(y) and y.min() < 0:
+        raise DatasetFormatError(f"{path}: {name}_labels has negative values")
+    images = torch.from_numpy(np.ascontiguousarray(x))  # (N, C, H, W) uint8
+    return Split(images, torch.from_numpy(y.astype(np.int64)))
+
+
+def _classes(path: Path, names: np.ndarray | None, splits: dict[str, Split]) -> list[str]:
+    k = max((int(s.labels.max()) + 1 for s in splits.values() if len(s)), default=0)
+    if names is None:
+        return [str(i) for i in range(k)]
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        raise DatasetFormatError(f"{path}: 'classes' must be a 1-D string array, got {names.dtype}")
+    if len(names) < k:
+        raise DatasetFormatError(f"{path}: {len(names)} class names but labels go up to {k - 1}")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]

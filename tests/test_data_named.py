@@ -1,0 +1,101 @@
+"""Datasets by name: Fashion-MNIST from Debian's package, the bundled sets, the registry listing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from convlens.data import list_datasets, load_dataset, named
+from convlens.errors import ConvlensError
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture
+def data_isolated(tmp_path, monkeypatch) -> Path:
+    """Hide ~/.cache and $CONVLENS_DATA: only tmp_path (and the system dir) hold data."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CONVLENS_DATA", raising=False)
+    return tmp_path
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="no Debian copy")
+def test_fashion_mnist_from_system_dir(data_isolated):
+    ds = load_dataset("fashion-mnist", download=False)
+    assert ds.source == str(FASHION)
+    assert len(ds.train) + len(ds.val) == 60000 and len(ds.val) == 6000
+    assert len(ds.test) == 10000
+    assert ds.image_size == (28, 28) and ds.channels == 1 and ds.hflip
+    assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
+    assert torch.bincount(ds.val.labels).tolist() == [600] * 10  # stratified
+    assert torch.bincount(ds.test.labels).tolist() == [1000] * 10
+    assert ds.notes == [
+        "no validation split: 10% of train (6000 images, seed 0) held out for validation"
+    ]
+    row = next(r for r in list_datasets() if r["name"] == "fashion-mnist")
+    assert row["found"] == str(FASHION)
+
+
+def test_missing_named_dataset_without_download(data_isolated, monkeypatch):
+    monkeypatch.setattr(named, "SYSTEM_DIR", data_isolated / "system")
+    with pytest.raises(ConvlensError, match="mnist not found .* downloads are off") as e:
+        load_dataset("mnist", download=False)
+    assert "\n" not in str(e.value)
+    row = next(r for r in list_datasets() if r["name"] == "mnist")
+    assert row["found"] is None and "cvdf-datasets" in row["obtain"]
+
+
+def test_data_dir_is_searched_first(data_isolated):
+    from convlens.data.idx import write_idx
+
+    folder = data_isolated / "mine"
+    folder.mkdir()
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", torch.zeros(n, 28, 28).byte().numpy())
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", (torch.arange(n) % 10).byte().numpy())
+    ds = load_dataset("mnist", data_dir=str(folder), download=False)
+    assert len(ds.test) == 10 and ds.source == str(folder) and not ds.hflip
+
+
+def test_digits():
+    ds = load_dataset("digits", seed=0)
+    assert ds.classes == [str(i) for i in range(10)] and not ds.hflip
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (1257, 270, 270)
+    assert ds.image_size == (8, 8) and ds.train.images.max() == 255
+    other = load_dataset("digits", seed=7)
+    assert torch.equal(ds.test.images, other.test.images)  # fixed split, whatever the seed
+
+
+def test_lfw_faces():
+    ds = load_dataset("lfw-faces")
+    assert ds.classes == ["non-face", "face"] and ds.hflip
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (140, 30, 30)
+    assert torch.bincount(ds.test.labels).tolist() == [15, 15]
+    assert ds.image_size == (25, 25)
+
+
+def test_image_size_resizes_any_source():
+    ds = load_dataset("digits", image_size=16)
+    assert ds.image_size == (16, 16) and ds.test.images.shape[2:] == (16, 16)
+    assert "resized from 8x8 to 16x16" in ds.notes[-1]
+
+
+def test_unknown_name_lists_the_known_ones(tmp_path):
+    with pytest.raises(ConvlensError) as e:
+        load_dataset("cifar-11")
+    msg = str(e.value)
+    assert "'cifar-11'" in msg and "fashion-mnist, mnist, digits, lfw-faces" in msg
+    assert "\n" not in msg
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(ConvlensError, match="x.csv.*not an .npz"):
+        load_dataset(str(tmp_path / "x.csv"))
+
+
+def test_list_datasets_rows():
+    rows = list_datasets()
+    assert [r["name"] for r in rows] == ["fashion-mnist", "mnist", "digits", "lfw-faces"]
+    for r in rows:
+        assert set(r) == {"name", "description", "found", "obtain"}
+    assert rows[2]["found"].endswith("digits.csv.gz")
