@@ -144,7 +144,7 @@ def datasets() -> None:
 
     table = Table()
     for col in ("name", "description", "found"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for d in list_datasets():
         found = str(d["found"] or f"not here: {d['obtain']}")
         table.add_row(d["name"], escape(d["description"]), escape(found))

@@ -39,7 +39,7 @@ def fit(cfg: TrainConfig) -> Path:
         run_dir = existing_run_dir(cfg.run)
         cfg = _resumed_config(run_dir, cfg)
     else:
-        run_dir = new_run_dir(cfg.run)
+        run_dir = new_run_dir(cfg.run, create=False)  # made once the model is built
         cfg = dataclasses.replace(cfg, run=str(run_dir))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -59,16 +59,17 @@ def fit(cfg: TrainConfig) -> Path:
     )
     for note in ds.notes:
         log.note(note)
-    if ds.bad_files:
-        _write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
-        log.note(f"{len(ds.bad_files)} unreadable image(s) skipped, listed in bad_files.csv")
-    if not cfg.resume:
-        save_config(cfg, run_dir / "config.yaml")
     mean, std = channel_stats(ds.train)
     hflip = ds.hflip if cfg.hflip == "auto" else cfg.hflip == "on"
 
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg, ds, log).to(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        save_config(cfg, run_dir / "config.yaml")
+    if ds.bad_files:
+        _write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
+        log.note(f"{len(ds.bad_files)} unreadable image(s) skipped, listed in bad_files.csv")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)

@@ -12,14 +12,17 @@ from convlens.training.checkpoint import atomic_write_bytes
 RESULT_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]
 
 
-def new_run_dir(requested: str | Path | None, base: str | Path = "runs") -> Path:
+def new_run_dir(
+    requested: str | Path | None, base: str | Path = "runs", create: bool = True
+) -> Path:
     """A fresh folder: `requested` (or runs/train), with 2, 3, ... appended if it is taken."""
     path = Path(requested) if requested else Path(base) / "train"
     candidate, n = path, 1
     while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
         n += 1
         candidate = path.with_name(f"{path.name}{n}")
-    candidate.mkdir(parents=True, exist_ok=True)
+    if create:
+        candidate.mkdir(parents=True, exist_ok=True)
     return candidate
 
 
