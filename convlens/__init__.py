@@ -20,11 +20,11 @@ def train(config: str | None = None, **settings: Any):
     return fit(make_config(config, settings))
 
 
-def load(run: str, device: str = "cpu"):
+def load(run: str, device: str = "cpu", engine: str = "torch"):
     """A trained model ready to predict: `convlens.load("runs/train").predict("shoe.png")`."""
     from convlens.predict import load as _load
 
-    return _load(run, device=device)
+    return _load(run, device=device, engine=engine)
 
 
 def evaluate(run: str, data: str | None = None, split: str = "test") -> dict:

@@ -106,11 +106,15 @@ def evaluate(run: str, data: str | None, split: str, as_json: bool) -> None:
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document, nothing else")
 @click.option("--csv", "csv_file", type=click.Path(), help="write rows to this CSV file")
-def predict(run: str, inputs: tuple[str, ...], top_k: int, as_json: bool, csv_file: str | None):
+@click.option("--engine", default="torch", show_default=True, type=click.Choice(["torch", "numpy"]),
+              help="numpy: the NumPy reference engine (textbook, lenet5, mlp)")  # fmt: skip
+def predict(
+    run: str, inputs: tuple[str, ...], top_k: int, as_json: bool, csv_file: str | None, engine: str
+):
     """Top-k classes of each image (files, folders or globs) with probabilities."""
     from convlens.predict import expand_inputs, load
 
-    rows = load(run).predict_files(expand_inputs(list(inputs)), top_k=top_k)
+    rows = load(run, engine=engine).predict_files(expand_inputs(list(inputs)), top_k=top_k)
     if csv_file:
         with open(csv_file, "w", newline="") as f:
             writer = csv.writer(f)

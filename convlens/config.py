@@ -49,6 +49,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without val improvement (0 = never)
     tta: bool = True  # average the prediction over the image and its mirror when hflip is on
     # machine
+    engine: str = "torch"  # torch | numpy (the NumPy reference engine: textbook, lenet5, mlp)
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # bf16 autocast: auto (where it helps) | bf16 | off
     channels_last: bool = False  # NHWC memory layout (faster on some hardware)
@@ -141,6 +142,7 @@ _CHOICES = {
     "class_weights": ("none", "auto"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "bf16", "off"),
+    "engine": ("torch", "numpy"),
 }
 
 

@@ -22,13 +22,16 @@ class Recogniser:
     """A trained model with its preprocessing: `load(run).predict(image)`."""
 
     def __init__(self, run: str | Path, device: str = "cpu") -> None:
-        self.model, self.meta, self.weights = load_model(run)
         self.device = torch.device(device)
-        self.model.to(self.device)
+        self.model, self.meta, self.weights = self._load(run)
         self.classes: list[str] = self.meta["classes"]
         size = self.meta["input"]
         self.channels = int(size["channels"])
         self.size = (int(size["height"]), int(size["width"]))
+
+    def _load(self, run: str | Path) -> tuple[torch.nn.Module, dict, Path]:
+        model, meta, weights = load_model(run)
+        return model.to(self.device), meta, weights
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         """uint8 (C, H, W) at the model's input size and channels, as in training."""
@@ -88,9 +91,35 @@ class Recogniser:
         ]
 
 
-def load(run: str | Path, device: str = "cpu") -> Recogniser:
-    """Load a run folder or weights file for prediction."""
-    return Recogniser(run, device=device)
+class NumpyRecogniser(Recogniser):
+    """A Recogniser whose model runs on the NumPy reference engine (convlens.reference)."""
+
+    def _load(self, run: str | Path) -> tuple[object, dict, Path]:
+        from convlens.reference import load_model as load_numpy_model
+        from convlens.training.checkpoint import resolve_weights
+
+        if self.device.type != "cpu":
+            raise ConvlensError(f"the numpy engine runs on the CPU, not on {self.device}")
+        weights = resolve_weights(run)
+        model, meta = load_numpy_model(weights)
+        return model, meta, weights
+
+    def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, K) for preprocessed uint8 images (N, C, H, W)."""
+        probs = self.model.predict_proba(
+            images.numpy(),
+            self.meta["normalize"]["mean"],
+            self.meta["normalize"]["std"],
+            tta_flip=self.meta.get("tta_flip", False),
+        )
+        return torch.from_numpy(probs)
+
+
+def load(run: str | Path, device: str = "cpu", engine: str = "torch") -> Recogniser:
+    """Load a run folder or weights file for prediction, on the torch or the numpy engine."""
+    if engine not in ("torch", "numpy"):
+        raise ConvlensError(f"engine must be torch or numpy, not {engine!r}")
+    return (NumpyRecogniser if engine == "numpy" else Recogniser)(run, device=device)
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:

@@ -9,6 +9,9 @@ __all__ = ["fit"]
 
 def fit(cfg: Any):
     """Train as `cfg` says; return the run folder (see convlens.training.loop.fit)."""
-    from convlens.training.loop import fit as _fit
+    if cfg.engine == "numpy":
+        from convlens.training.numpy_loop import fit as _fit
+    else:
+        from convlens.training.loop import fit as _fit
 
     return _fit(cfg)

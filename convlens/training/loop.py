@@ -35,12 +35,7 @@ RESUMABLE_CHANGES = {"device", "threads", "run", "resume"}  # settings a resume 
 
 def fit(cfg: TrainConfig) -> Path:
     """Train a model as `cfg` says; return the run folder."""
-    if cfg.resume:
-        run_dir = existing_run_dir(cfg.run)
-        cfg = _resumed_config(run_dir, cfg)
-    else:
-        run_dir = new_run_dir(cfg.run, create=False)  # made once the model is built
-        cfg = dataclasses.replace(cfg, run=str(run_dir))
+    cfg, run_dir = resolve_run(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -48,40 +43,20 @@ def fit(cfg: TrainConfig) -> Path:
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     log = Progress()
-
-    ds = load_dataset(
-        cfg.data,
-        data_dir=cfg.data_dir,
-        seed=cfg.seed,
-        val_fraction=cfg.val_fraction,
-        strict=cfg.strict,
-        image_size=cfg.image_size,
-    )
-    for note in ds.notes:
-        log.note(note)
-    mean, std = channel_stats(ds.train)
-    hflip = ds.hflip if cfg.hflip == "auto" else cfg.hflip == "on"
+    ds, mean, std, hflip = load_data(cfg, log)
 
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, ds, log).to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        save_config(cfg, run_dir / "config.yaml")
-    if ds.bad_files:
-        _write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
-        log.note(f"{len(ds.bad_files)} unreadable image(s) skipped, listed in bad_files.csv")
+    model = build_model(cfg, ds, log).to(device)
+    open_run(cfg, run_dir, ds, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
     ema = EMA(model, cfg.ema) if cfg.ema else None
     eval_model = copy.deepcopy(model) if ema else model
     meta = weights_meta(cfg, ds, mean, std, tta_flip=hflip and cfg.tta)
-    class_weight = _class_weights(cfg, ds).to(device) if cfg.class_weights == "auto" else None
+    class_weight = class_weights(cfg, ds).to(device) if cfg.class_weights == "auto" else None
 
-    n_train = len(ds.train)
-    drop_last = n_train > cfg.batch_size  # keep BatchNorm away from a tiny last batch
-    steps_per_epoch = n_train // cfg.batch_size if drop_last else 1
-    total_steps = steps_per_epoch * cfg.epochs
+    drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
     state_path = run_dir / "state" / "last.safetensors"
     if cfg.resume:
@@ -90,16 +65,7 @@ def fit(cfg: TrainConfig) -> Path:
     log.start(cfg, ds, run_dir, model, device, amp)
 
     for epoch in range(state["epoch"], cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        batches = iterate_batches(
-            ds.train,
-            cfg.batch_size,
-            shuffle=True,
-            generator=gen,
-            translate=cfg.translate,
-            hflip=hflip,
-            drop_last=drop_last,
-        )
+        batches = epoch_batches(cfg, ds, epoch, hflip, drop_last)
         model.train()
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
@@ -123,12 +89,7 @@ def fit(cfg: TrainConfig) -> Path:
             if ema:
                 ema.update(model)
             value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"epoch {epoch + 1}, step {i + 1}: loss is {value}; training stopped, the last "
-                    f"good checkpoint (epoch {state['epoch']}) is intact in {run_dir}/weights; "
-                    "try a lower --lr"
-                )
+            check_loss(value, epoch, i, state, run_dir)
             loss_sum += value * len(y)
             seen += len(y)
             log.step(value)
@@ -146,39 +107,146 @@ def fit(cfg: TrainConfig) -> Path:
             amp=amp,
             channels_last=cfg.channels_last,
         )
-        val_loss = F.nll_loss(probs.clamp_min(1e-12).log(), ds.val.labels).item()
-        val_acc = (probs.argmax(1) == ds.val.labels).float().mean().item()
-        prev = state["rows"][-1]["seconds"] if state["rows"] else 0.0
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(1, seen),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr,
-            "seconds": prev + seconds,  # cumulative training time, evaluation excluded
-        }
-        state["rows"].append(row)
-        weights = eval_model.state_dict()
-        ckpt.save_weights(run_dir / "weights" / "last.safetensors", weights, meta)
-        if val_acc > state["best_acc"]:
-            state["best_acc"], state["stale"] = val_acc, 0
-            ckpt.save_weights(run_dir / "weights" / "best.safetensors", weights, meta)
-        else:
-            state["stale"] += 1
-        write_results(run_dir / "results.csv", state["rows"])
-        state["epoch"] = epoch + 1
+        row = end_epoch(
+            run_dir,
+            state,
+            eval_model.state_dict(),
+            meta,
+            probs,
+            ds.val.labels,
+            epoch=epoch + 1,
+            train_loss=loss_sum / max(1, seen),
+            lr=lr,
+            seconds=seconds,
+        )
         _save_state(state_path, state, model, opt, ema)
         log.epoch_end(row, best=state["stale"] == 0)
-        if cfg.patience and state["stale"] >= cfg.patience:
-            log.note(f"early stop: no val improvement in {cfg.patience} epochs")
+        if early_stop(cfg, state, log):
             break
 
+    finish(run_dir, ds, log)
+    return run_dir
+
+
+# --- the pieces both engines share (convlens.training.numpy_loop runs the NumPy engine) -----
+
+
+def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
+    """The config to train with and its run folder: a fresh one, or the one to resume."""
+    if cfg.resume:
+        run_dir = existing_run_dir(cfg.run)
+        return _resumed_config(run_dir, cfg), run_dir
+    run_dir = new_run_dir(cfg.run, create=False)  # made once the model is built
+    return dataclasses.replace(cfg, run=str(run_dir)), run_dir
+
+
+def load_data(cfg: TrainConfig, log: Progress) -> tuple[Dataset, list[float], list[float], bool]:
+    """The dataset, its per-channel mean and std, and whether training flips images."""
+    ds = load_dataset(
+        cfg.data,
+        data_dir=cfg.data_dir,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        strict=cfg.strict,
+        image_size=cfg.image_size,
+    )
+    for note in ds.notes:
+        log.note(note)
+    mean, std = channel_stats(ds.train)
+    hflip = ds.hflip if cfg.hflip == "auto" else cfg.hflip == "on"
+    return ds, mean, std, hflip
+
+
+def open_run(cfg: TrainConfig, run_dir: Path, ds: Dataset, log: Progress) -> None:
+    """Create the run folder with config.yaml (and bad_files.csv), once the model is built."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        save_config(cfg, run_dir / "config.yaml")
+    if ds.bad_files:
+        _write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
+        log.note(f"{len(ds.bad_files)} unreadable image(s) skipped, listed in bad_files.csv")
+
+
+def epoch_steps(cfg: TrainConfig, n_train: int) -> tuple[bool, int, int]:
+    """(drop_last, steps per epoch, total steps) for `n_train` training images."""
+    drop_last = n_train > cfg.batch_size  # keep BatchNorm away from a tiny last batch
+    steps_per_epoch = n_train // cfg.batch_size if drop_last else 1
+    return drop_last, steps_per_epoch, steps_per_epoch * cfg.epochs
+
+
+def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: bool, drop_last: bool):
+    """One epoch's (uint8 images, labels) batches, order and augmentation seeded by the epoch."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    return iterate_batches(
+        ds.train,
+        cfg.batch_size,
+        shuffle=True,
+        generator=gen,
+        translate=cfg.translate,
+        hflip=hflip,
+        drop_last=drop_last,
+    )
+
+
+def check_loss(value: float, epoch: int, step: int, state: dict, run_dir: Path) -> None:
+    """Stop on a non-finite loss, saying where the last good weights are."""
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"epoch {epoch + 1}, step {step + 1}: loss is {value}; training stopped, the last "
+            f"good checkpoint (epoch {state['epoch']}) is intact in {run_dir}/weights; "
+            "try a lower --lr"
+        )
+
+
+def end_epoch(
+    run_dir: Path,
+    state: dict,
+    weights: dict[str, torch.Tensor],
+    meta: dict,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epoch: int,
+    train_loss: float,
+    lr: float,
+    seconds: float,
+) -> dict:
+    """Score the epoch on val probabilities; save last (and best) weights and results.csv."""
+    prev = state["rows"][-1]["seconds"] if state["rows"] else 0.0
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": F.nll_loss(probs.clamp_min(1e-12).log(), labels).item(),
+        "val_acc": (probs.argmax(1) == labels).float().mean().item(),
+        "lr": lr,
+        "seconds": prev + seconds,  # cumulative training time, evaluation excluded
+    }
+    state["rows"].append(row)
+    ckpt.save_weights(run_dir / "weights" / "last.safetensors", weights, meta)
+    if row["val_acc"] > state["best_acc"]:
+        state["best_acc"], state["stale"] = row["val_acc"], 0
+        ckpt.save_weights(run_dir / "weights" / "best.safetensors", weights, meta)
+    else:
+        state["stale"] += 1
+    write_results(run_dir / "results.csv", state["rows"])
+    state["epoch"] = epoch
+    return row
+
+
+def early_stop(cfg: TrainConfig, state: dict, log: Progress) -> bool:
+    if cfg.patience and state["stale"] >= cfg.patience:
+        log.note(f"early stop: no val improvement in {cfg.patience} epochs")
+        return True
+    return False
+
+
+def finish(run_dir: Path, ds: Dataset, log: Progress) -> None:
+    """Evaluate the best weights on the test split; write metrics.json and the figures."""
     log.close()
     from convlens.evaluation import evaluate_run
 
     metrics = evaluate_run(run_dir, dataset=ds, write=True)
     log.final(metrics, run_dir)
-    return run_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,7 +287,7 @@ def weights_meta(
     }
 
 
-def _build_model(cfg: TrainConfig, ds: Dataset, log: Progress) -> nn.Module:
+def build_model(cfg: TrainConfig, ds: Dataset, log: Progress) -> nn.Module:
     kwargs = dict(cfg.model_args)
     if cfg.pretrained:
         kwargs["pretrained"] = True
@@ -250,7 +318,7 @@ def init_from_file(model: nn.Module, path: str) -> str:
     return f"init: {len(taken)} of {len(own)} tensors loaded from {path}{more}"
 
 
-def _class_weights(cfg: TrainConfig, ds: Dataset) -> torch.Tensor:
+def class_weights(cfg: TrainConfig, ds: Dataset) -> torch.Tensor:
     """Inverse class frequency, scaled so that a balanced dataset gets weight 1."""
     counts = torch.bincount(ds.train.labels, minlength=ds.num_classes).float()
     return counts.sum() / (ds.num_classes * counts.clamp_min(1))

@@ -1,0 +1,151 @@
+"""`convlens train --engine numpy`: the training loop, the NumPy reference engine doing the math.
+
+Piece for piece the loop of convlens.training.loop: the same data order, augmentation and
+learning-rate schedule, the same run folder. Only forward, loss, backward and the SGD step are
+convlens.reference's. torch serves the data pipeline (batches, normalisation) and draws the
+initial weights, so for one seed both engines start from the same weights and see the same
+batches. No resume state is written: a NumPy run is short and starts over.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from convlens import reference
+from convlens.config import TrainConfig
+from convlens.data.batches import normalize
+from convlens.errors import ConfigError
+from convlens.training.loop import (
+    build_model,
+    check_loss,
+    class_weights,
+    early_stop,
+    end_epoch,
+    epoch_batches,
+    epoch_steps,
+    finish,
+    load_data,
+    open_run,
+    resolve_run,
+    weights_meta,
+)
+from convlens.training.optim import get_lr, param_groups, set_lr
+from convlens.training.progress import Progress
+
+DEVICE = SimpleNamespace(type="cpu (numpy engine)")  # what the start line names as the device
+
+
+def fit(cfg: TrainConfig) -> Path:
+    """Train as `cfg` says with the NumPy engine; return the run folder."""
+    check_supported(cfg)
+    cfg, run_dir = resolve_run(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # the data pipeline's threads
+    log = Progress()
+    ds, mean, std, hflip = load_data(cfg, log)
+
+    torch.manual_seed(cfg.seed)
+    init = build_model(cfg, ds, log)  # the torch engine's initial weights for this seed
+    model = reference.build_model(
+        cfg.model,
+        in_channels=ds.channels,
+        num_classes=ds.num_classes,
+        image_size=ds.image_size,
+        seed=cfg.seed,  # dropout masks
+        **cfg.model_args,
+    )
+    model.load_state_dict({k: v.numpy() for k, v in init.state_dict().items()})
+    open_run(cfg, run_dir, ds, log)
+    opt = build_sgd(model, cfg)
+    meta = weights_meta(cfg, ds, mean, std, tta_flip=hflip and cfg.tta)
+    weight = class_weights(cfg, ds).numpy() if cfg.class_weights == "auto" else None
+    loss_fn = reference.CrossEntropyLoss(cfg.label_smoothing, weight=weight)
+
+    drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
+    log.start(cfg, ds, run_dir, init, DEVICE, False)
+    with threadpool_limits(cfg.threads or None):  # BLAS threads, as torch's for its engine
+        for epoch in range(cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
+            for i, (xb, yb) in enumerate(epoch_batches(cfg, ds, epoch, hflip, drop_last)):
+                lr = get_lr(epoch * steps_per_epoch + i, total_steps, steps_per_epoch, cfg)
+                set_lr(opt, lr)
+                x = normalize(xb, mean, std).numpy()  # (B, C, H, W) float32
+                value = train_step(model, opt, loss_fn, x, yb.numpy())
+                check_loss(value, epoch, i, state, run_dir)
+                loss_sum += value * len(yb)
+                seen += len(yb)
+                log.step(value)
+            seconds = time.perf_counter() - t0
+
+            val = ds.val.images.numpy()  # (N, C, H, W) uint8
+            probs = model.predict_proba(val, mean, std, tta_flip=meta["tta_flip"])  # (N, K)
+            row = end_epoch(
+                run_dir,
+                state,
+                {k: torch.from_numpy(v) for k, v in model.state_dict().items()},
+                meta,
+                torch.from_numpy(probs),
+                ds.val.labels,
+                epoch=epoch + 1,
+                train_loss=loss_sum / max(1, seen),
+                lr=lr,
+                seconds=seconds,
+            )
+            log.epoch_end(row, best=state["stale"] == 0)
+            if early_stop(cfg, state, log):
+                break
+
+    finish(run_dir, ds, log)  # the test metrics come from the torch engine, on these weights
+    return run_dir
+
+
+def train_step(
+    model: reference.Sequential,
+    opt: reference.SGD,
+    loss_fn: reference.CrossEntropyLoss,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> float:
+    """Forward, loss, backward, SGD step on one batch x (B, C, H, W), y (B,); the loss."""
+    logits = model(x)  # (B, K)
+    loss = loss_fn(logits, y)
+    opt.zero_grad()
+    model.backward(loss_fn.backward())  # dL/dlogits (B, K), then layer by layer back to conv1
+    opt.step()
+    return loss
+
+
+def build_sgd(model: reference.Sequential, cfg: TrainConfig) -> reference.SGD:
+    """SGD as convlens.training.optim.build_optimizer sets it up: no decay on biases."""
+    groups = param_groups(model, cfg.weight_decay)
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    return reference.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
+
+
+def check_supported(cfg: TrainConfig) -> None:
+    """The NumPy engine does plain SGD on the CPU for the models it has; say what it lacks."""
+    if cfg.model not in reference.MODELS:
+        have = ", ".join(reference.MODELS)
+        raise ConfigError(f"--engine numpy has the models {have}; not {cfg.model!r}")
+    unsupported = {
+        "optimizer": cfg.optimizer != "sgd",
+        "ema": cfg.ema > 0,
+        "resume": cfg.resume,
+        "device": cfg.device not in ("auto", "cpu"),
+        "amp": cfg.amp == "bf16",
+        "channels_last": cfg.channels_last,
+    }
+    names = [name for name, bad in unsupported.items() if bad]
+    if names:
+        shown = ", ".join(f"{n}={getattr(cfg, n)}" for n in names)
+        raise ConfigError(f"--engine numpy does not support {shown} (float32 SGD on the CPU)")
