@@ -25,6 +25,13 @@ def _rows(run):
     return [line.rsplit(",", 1)[0] for line in lines]  # drop the seconds column
 
 
+def _epochs_saved(run) -> int:
+    try:
+        return len((run / "results.csv").read_text().splitlines()) - 1
+    except FileNotFoundError:
+        return 0
+
+
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
     whole = tmp_path / "whole"
     out = convlens("train", *ARGS, "--run", str(whole))
@@ -32,31 +39,29 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
 
     broken = tmp_path / "broken"
     rng = random.Random(1234)
-    kills, resumes = 0, 0
+    kills = 0
     cmd = [sys.executable, "-m", "convlens", "train", *ARGS, "--run", str(broken)]
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 400
+    while True:
+        assert time.monotonic() < deadline, "the interrupted run did not finish in time"
+        done = _epochs_saved(broken)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait = rng.uniform(1.5, 4.5)
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        else:
-            err = proc.stderr.read().decode()
-            if proc.returncode == 0:
-                break
-            assert "no saved state" in err, err  # killed before the first epoch ended
-        if (broken / "state" / "last.safetensors").is_file():
-            cmd = [sys.executable, "-m", "convlens", "train", "--resume", "--run", str(broken)]
-            resumes += 1
-        else:  # killed before any checkpoint: start again from scratch in the same folder
-            for p in sorted(broken.rglob("*"), reverse=True):
-                p.unlink() if p.is_file() else p.rmdir()
-    assert proc.returncode == 0, "the interrupted run did not finish in time"
-    assert kills >= 1 and resumes >= 1
+        if kills < 4:
+            # Kill at a random moment of the epoch after the next checkpoint: mid-step,
+            # mid-evaluation or mid-save. Waiting for a checkpoint first guarantees progress
+            # however slowly this machine starts Python.
+            while proc.poll() is None and _epochs_saved(broken) == done:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.6))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+        proc.wait()
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+        cmd = [sys.executable, "-m", "convlens", "train", "--resume", "--run", str(broken)]
+    assert kills >= 3
 
     for name in ("weights/last.safetensors", "weights/best.safetensors"):
         a, b = load_file(whole / name), load_file(broken / name)
