@@ -25,7 +25,7 @@ class TrainConfig:
     image_size: int | None = None  # resize folder images to this (default: their common size)
     strict: bool = False  # stop at the first unreadable image instead of skipping it
     translate: int = 2  # random translation in pixels, each axis (0 = off)
-    hflip: str = "auto"  # random horizontal flips: auto (per dataset) | on | off
+    hflip: str = "auto"  # mirroring: auto (alternate if the data allows) | random | alternate | off
     # model
     model: str = "fastnet"  # a name from `convlens models`
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
@@ -33,26 +33,30 @@ class TrainConfig:
     pretrained: bool = False  # torchvision's published weights (tv-* models, needs internet)
     # optimisation
     epochs: int = 8  # passes over the training split
-    batch_size: int = 256  # images per optimisation step
+    batch_size: int = 512  # images per optimisation step (512 is fastest per image here)
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.2  # peak learning rate (per batch of batch_size)
-    momentum: float = 0.9  # SGD momentum
+    lr: float = 0.75  # peak learning rate (per batch of batch_size)
+    momentum: float = 0.85  # SGD momentum
     nesterov: bool = True  # Nesterov momentum for SGD
-    weight_decay: float = 5e-4  # not applied to biases and norm layers
+    weight_decay: float = 1.3e-3  # coupled (torch SGD); not on biases and norm layers by default
     schedule: str = "onecycle"  # onecycle | cosine | step | constant
-    warmup: float = 0.2  # onecycle: share of steps spent rising to the peak
+    warmup: float = 0.23  # onecycle: share of steps spent rising to the peak
+    lr_start: float = 0.2  # onecycle: lr at the first step, as a share of the peak
+    lr_end: float = 0.07  # onecycle: lr at the last step, as a share of the peak
     step_size: int = 3  # step: epochs between lr drops
     gamma: float = 0.1  # step: lr factor at each drop
-    label_smoothing: float = 0.1  # share of the target spread over all classes
+    label_smoothing: float = 0.2  # share of the target spread over all classes
     class_weights: str = "none"  # none | auto (inverse class frequency)
-    ema: float = 0.0  # decay of an exponential moving average of weights (0 = off)
+    ema: float = 0.95  # lookahead: weights averaged with this decay per step, copied back; 0 = off
+    ema_start: float = 0.3  # share of training steps before the average starts
+    ema_every: int = 5  # steps between updates of the average
     patience: int = 0  # stop after this many epochs without val improvement (0 = never)
-    tta: bool = True  # average the prediction over the image and its mirror when hflip is on
+    tta: str = "auto"  # test-time views: auto (flip-shift if mirrored) | none | flip | flip-shift
     # machine
     engine: str = "torch"  # torch | numpy (the NumPy reference engine: textbook, lenet5, mlp)
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # bf16 autocast: auto (where it helps) | bf16 | off
-    channels_last: bool = False  # NHWC memory layout (faster on some hardware)
+    channels_last: bool = True  # NHWC memory layout (1.2-1.75x faster with bf16 on this CPU)
     threads: int = 0  # torch CPU threads (0 = torch's default)
     seed: int = 0  # seeds weights, data order, augmentation and the validation split
     deterministic: bool = False  # use only deterministic kernels
@@ -138,7 +142,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("onecycle", "cosine", "step", "constant"),
-    "hflip": ("auto", "on", "off"),
+    "hflip": ("auto", "random", "alternate", "off"),
+    "tta": ("auto", "none", "flip", "flip-shift"),
     "class_weights": ("none", "auto"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "bf16", "off"),
@@ -163,6 +168,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("setting 'label_smoothing' must be in [0, 1)")
     if not 0.0 <= cfg.ema < 1.0:
         raise ConfigError("setting 'ema' must be in [0, 1)")
+    if cfg.ema_every < 1:
+        raise ConfigError("setting 'ema_every' must be at least 1")
     if cfg.translate < 0 or cfg.patience < 0:
         raise ConfigError("settings 'translate' and 'patience' must not be negative")
 

@@ -54,7 +54,7 @@ class Recogniser:
             images,
             mean=self.meta["normalize"]["mean"],
             std=self.meta["normalize"]["std"],
-            tta_flip=self.meta.get("tta_flip", False),
+            tta=self.meta.get("tta", "none"),
             device=self.device,
         )
 
@@ -110,7 +110,7 @@ class NumpyRecogniser(Recogniser):
             images.numpy(),
             self.meta["normalize"]["mean"],
             self.meta["normalize"]["std"],
-            tta_flip=self.meta.get("tta_flip", False),
+            tta=self.meta.get("tta", "none"),
         )
         return torch.from_numpy(probs)
 

@@ -101,15 +101,15 @@ def test_reference_runs_with_torch_blocked(tmp_path):
 
         model = R.build_model("lenet5", in_channels=1, num_classes=3, image_size=(8, 8), seed=0)
         meta = {"classes": ["a", "b", "c"], "input": {"channels": 1, "height": 8, "width": 8},
-                "normalize": {"mean": [0.5], "std": [0.25]}, "tta_flip": True,
+                "normalize": {"mean": [0.5], "std": [0.25]}, "tta": "flip-shift",
                 "model": {"name": "lenet5", "args": {}}}
         path = sys.argv[1]
         save_file(model.state_dict(), path, metadata={"convlens": json.dumps(meta)})
         loaded, meta = R.load_model(path)
         images = np.random.default_rng(0).integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
-        p = loaded.predict_proba(images, **meta["normalize"], tta_flip=True)
+        p = loaded.predict_proba(images, **meta["normalize"], tta="flip-shift")
         assert p.shape == (5, 3) and np.allclose(p.sum(1), 1)
-        assert np.array_equal(p, model.predict_proba(images, [0.5], [0.25], tta_flip=True))
+        assert np.array_equal(p, model.predict_proba(images, [0.5], [0.25], tta="flip-shift"))
         assert all(row["ok"] for row in gradcheck.run_all())
         loaded.train()
         opt = R.SGD(loaded.parameters(), lr=0.1, momentum=0.9)
@@ -147,7 +147,7 @@ def test_one_float64_epoch_ends_with_the_same_weights():
     log = Progress(live=False)
     ds, mean, std, hflip = load_data(cfg, log)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, ds, log).double()
+    model = build_model(cfg, ds, log, [0.0], [1.0]).double()
     ours = reference.build_model(
         cfg.model, in_channels=1, num_classes=10, image_size=(8, 8), dtype=np.float64
     )
@@ -203,8 +203,8 @@ def test_predict_numpy_equals_torch_probabilities(runs, tmp_path, capsys):
         Image.fromarray((digits.images[-1 - i] * 255 / 16).astype(np.uint8)).save(path)
         paths.append(str(path))
     tensors, meta = ckpt.load_weights(ckpt.resolve_weights(runs / "numpy"))
-    mirrored = tmp_path / "mirror.safetensors"  # the same weights, predicting with mirror TTA
-    ckpt.save_weights(mirrored, tensors, {**meta, "tta_flip": True})
+    mirrored = tmp_path / "mirror.safetensors"  # the same weights, predicting with 6-view TTA
+    ckpt.save_weights(mirrored, tensors, {**meta, "tta": "flip-shift"})
     probs = {}  # (run, engine) -> rows
     for run in (str(runs / "numpy"), str(mirrored)):
         for engine in ENGINES:
@@ -231,8 +231,8 @@ def test_numpy_engine_names_what_it_cannot_do(tmp_path):
 
     with pytest.raises(ConfigError, match="has the models textbook, lenet5, mlp; not 'fastnet'"):
         convlens.train(data="digits", model="fastnet", engine="numpy", run=str(tmp_path / "a"))
-    with pytest.raises(ConfigError, match="does not support optimizer=adamw, ema=0.5"):
-        convlens.train(data="digits", model="mlp", engine="numpy", optimizer="adamw", ema=0.5,
+    with pytest.raises(ConfigError, match="does not support optimizer=adamw, amp=bf16"):
+        convlens.train(data="digits", model="mlp", engine="numpy", optimizer="adamw", amp="bf16",
                        run=str(tmp_path / "b"))  # fmt: skip
     with pytest.raises(ConfigError, match="'engine' must be one of torch, numpy"):
         make_config(None, {"engine": "jax"})

@@ -17,10 +17,12 @@ def iterate_batches(
     shuffle: bool,
     generator: torch.Generator | None = None,
     translate: int = 0,
-    hflip: bool = False,
+    hflip: bool | torch.Tensor = False,
     drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 (B, C, H, W), int64 (B,)) batches; shifts fill with zeros, flips p = 0.5.
+
+    `hflip` may also be an (N,) bool tensor: which images of the split to mirror this epoch.
 
     All random numbers for the epoch are drawn here, at the call, from `generator`: the same
     generator state gives the same batches, and the state afterwards does not depend on how many
@@ -30,14 +32,17 @@ def iterate_batches(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if translate < 0:
         raise ValueError(f"translate must be >= 0 pixels, got {translate}")
-    if generator is None and (shuffle or translate or hflip):
+    if generator is None and (shuffle or translate or hflip is True):
         raise ValueError("shuffling and augmentation need a torch.Generator (reproducible runs)")
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     shifts = None  # (N, 2) (dy, dx)
     if translate:
         shifts = torch.randint(-translate, translate + 1, (n, 2), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5 if hflip else None  # (N,) bool
+    if isinstance(hflip, torch.Tensor):
+        flips = hflip[order]  # (N,) bool, in batch order
+    else:
+        flips = torch.rand(n, generator=generator) < 0.5 if hflip else None  # (N,) bool
     return _batches(split, batch_size, drop_last, order, shifts, flips, translate)
 
 

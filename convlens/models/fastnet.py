@@ -1,49 +1,159 @@
-"""PLACEHOLDER written by the model-zoo engineer; the speed work replaces this file."""
+"""fastnet: the default model, an airbench-style net that trains fast on a CPU.
+
+Evidence: see the factory's docstring and benchmarks/fast_recipe_log.md (the recipe, the
+per-epoch numbers and the command that made them: benchmarks/fast_recipe.py).
+
+    x (B, C, H, W)
+    -> conv1: 2x2 conv, C -> 8C channels, frozen weights set by `init_from_data` (patch
+       whitening, +V and -V), trainable bias; GELU                   (B, 8C, H-1, W-1)
+    -> layer1..3: conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU
+       (each halves H and W, rounding up)                             (B, 128, ~H/8, ~W/8)
+    -> global max-pool -> fc (no bias) -> x logit_scale               (B, num_classes)
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from convlens.models.base import ConvNet, max_pool
 from convlens.models.registry import register_model
 
 
-def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 conv (no bias) -> BN -> ReLU, size kept."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
-    )
+class FrozenScaleBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose scale stays 1 (weight.requires_grad = False); only the bias trains."""
+
+    def __init__(self, channels: int, momentum: float):
+        super().__init__(channels, eps=1e-12, momentum=momentum)
+        self.weight.requires_grad = False
 
 
-class FastNet(ConvNet):
-    """conv 24 -> pool -> 2 convs 48 -> pool -> 2 convs 96 -> global max pool -> fc."""
+def conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(cin, cout)])  # identity for the first filters (airbench)
+    return conv
 
-    def __init__(self, in_channels: int, num_classes: int):
+
+class ConvGroup(nn.Module):
+    """conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU; halves H and W (ceil)."""
+
+    def __init__(self, cin: int, cout: int, bn_momentum: float):
         super().__init__()
-        self.features = nn.Sequential(
-            conv_bn(in_channels, 24),
-            max_pool(),  # (B, 24, H/2, W/2)
-            conv_bn(24, 48),
-            conv_bn(48, 48),
-            max_pool(),  # (B, 48, H/4, W/4)
-            conv_bn(48, 96),
-            conv_bn(96, 96),
-        )
-        self.fc = nn.Linear(96, num_classes)
-        self.num_features = 96
+        self.conv1 = conv3x3(cin, cout)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.bn1 = FrozenScaleBatchNorm2d(cout, bn_momentum)
+        self.conv2 = conv3x3(cout, cout)
+        self.bn2 = FrozenScaleBatchNorm2d(cout, bn_momentum)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)  # (B, cout, H, W)
+        x = self.pool(x)  # (B, cout, ceil(H/2), ceil(W/2)): pooling first = 4x less BN/GELU work
+        x = self.bn1(x)
+        x = self.act(x)
+        x = self.conv2(x)
+        x = self.bn2(x)
+        return self.act(x)
+
+
+class FastNet(nn.Module):
+    """Whitening stem + three conv groups + max-pool head; see the module docstring."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] = (32, 64, 128),
+        whiten_kernel: int = 2,
+        bn_momentum: float = 0.4,
+        logit_scale: float = 1 / 9,
+    ):
+        super().__init__()
+        stem_width = 2 * in_channels * whiten_kernel**2  # +V and -V per whitening direction
+        self.conv1 = nn.Conv2d(in_channels, stem_width, whiten_kernel, padding=0, bias=True)
+        self.act1 = nn.GELU()
+        self.layer1 = ConvGroup(stem_width, widths[0], bn_momentum)
+        self.layer2 = ConvGroup(widths[0], widths[1], bn_momentum)
+        self.layer3 = ConvGroup(widths[1], widths[2], bn_momentum)
+        self.fc = nn.Linear(widths[2], num_classes, bias=False)
+        self.logit_scale = logit_scale  # small logits + label smoothing: calmer early training
+        self.num_features = widths[2]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 96, H/4, W/4)."""
-        return self.features(x)
+        x = self.act1(self.conv1(x))  # (B, 8C, H-1, W-1) for a 2x2 stem
+        x = self.layer1(x)  # (B, 32, H/2, W/2)
+        x = self.layer2(x)  # (B, 64, H/4, W/4)
+        return self.layer3(x)  # (B, 128, H/8, W/8)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global max pool to (B, 96), then fc unless pre_logits."""
-        x = torch.amax(x, dim=(2, 3))  # (B, 96)
-        return x if pre_logits else self.fc(x)
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.amax(feats, dim=(2, 3))  # (B, num_features): global max-pool
+        if pre_logits:
+            return x
+        return self.fc(x) * self.logit_scale  # (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """Whiten the stem on a sample of normalised training images (see `init_from_data`)."""
+        init_from_data(self, images)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """airbench's optimiser groups, used by convlens.training.optim.build_optimizer.
+
+        BatchNorm biases learn 64x faster with 1/64 of the weight decay (the same decay per
+        step); the stem's bias trains for the first 30% of steps only, then stays fixed.
+        """
+        bn_bias = [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        stem = [self.conv1.bias]
+        taken = {id(p) for p in bn_bias + stem}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        return [
+            {"params": bn_bias, "weight_decay": weight_decay / 64, "lr_scale": 64.0},
+            {"params": stem, "weight_decay": weight_decay, "until": 0.3},
+            {"params": rest, "weight_decay": weight_decay},
+        ]
+
+
+@torch.no_grad()
+def init_from_data(model: FastNet, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set the stem to whiten `images`' kxk patches and freeze its weight (not its bias).
+
+    `images` (N, C, H, W) is a sample of training images (5,000 is plenty) normalised exactly as
+    the model will see them in training; uint8 images are taken as x / 255. Call it before the
+    optimizer is built, so the frozen weight is left out. The filters are the eigenvectors of
+    the patch covariance scaled by 1 / sqrt(eigenvalue + eps), stored as +V and -V (airbench).
+    """
+    conv = model.conv1
+    if images.ndim != 4 or images.shape[1] != conv.in_channels:
+        want = f"(N, {conv.in_channels}, H, W)"
+        raise ValueError(f"init_from_data: expected images {want}, got {tuple(images.shape)}")
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    c, (kh, kw) = x.shape[1], conv.weight.shape[2:]
+    patches = x.unfold(2, kh, 1).unfold(3, kw, 1)  # (N, C, H-kh+1, W-kw+1, kh, kw)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+    cov = patches.T @ patches / len(patches)  # (C*kh*kw, C*kh*kw), uncentred as in airbench
+    eigval, eigvec = torch.linalg.eigh(cov)  # ascending eigenvalues
+    v = (eigvec.T / torch.sqrt(eigval + eps)[:, None]).flip(0).reshape(-1, c, kh, kw)
+    conv.weight.copy_(torch.cat((v, -v)).to(conv.weight))
+    conv.weight.requires_grad = False
 
 
 @register_model("fastnet")
-def fastnet(*, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> FastNet:
-    """Small BN conv net for fast CPU training (placeholder)."""
-    return FastNet(in_channels, num_classes)
+def fastnet(
+    *,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    image_size: tuple[int, int] = (28, 28),
+    **kwargs,
+) -> nn.Module:
+    """Whitened 32/64/128 BN net: Fashion-MNIST 93.2% in 4 epochs (~47 s) on a 2-core CPU.
+
+    Measured with benchmarks/fast_recipe.py (bf16 autocast, channels_last, batch 512, Nesterov
+    SGD with a triangular lr, lookahead EMA, 6-view TTA; 55,000 training images), quiet-machine
+    11.2 s per epoch on 2 vCPUs with AMX-BF16. 8 epochs: 94.0%. Call `init_from_data` before
+    building the optimizer; kwargs: widths, whiten_kernel, bn_momentum, logit_scale.
+    """
+    if min(image_size) < 2:
+        raise ValueError(f"fastnet needs images of at least 2x2 pixels, got {image_size}")
+    return FastNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

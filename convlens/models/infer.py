@@ -1,10 +1,11 @@
-"""Run a model over uint8 images: normalise, batch, optional mirror TTA, softmax."""
+"""Run a model over uint8 images: normalise, batch, test-time augmentation, softmax."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convlens.data.batches import normalize
@@ -17,6 +18,27 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+TTA_MODES = ("none", "flip", "flip-shift")
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
+    """The views of a normalised batch that test-time augmentation averages, with weights.
+
+    flip: the image and its mirror. flip-shift (airbench's 6 views): those two with half the
+    weight, plus the image moved 1 pixel up-left and 1 pixel down-right (zero = mean-grey fill),
+    each with its mirror.
+    """
+    if mode == "none":
+        return [(x, 1.0)]
+    if mode == "flip":
+        return [(x, 0.5), (x.flip(3), 0.5)]
+    h, w = x.shape[2:]
+    padded = F.pad(x, (1, 1, 1, 1))  # (B, C, H + 2, W + 2)
+    shifted = [padded[:, :, :h, :w], padded[:, :, 2:, 2:]]  # content moved down-right, up-left
+    views = [(x, 0.25), (x.flip(3), 0.25)]
+    return views + [(v, 0.125) for s in shifted for v in (s, s.flip(3))]
+
+
 @torch.no_grad()
 def predict_proba(
     model: nn.Module,
@@ -24,7 +46,7 @@ def predict_proba(
     *,
     mean: list[float],
     std: list[float],
-    tta_flip: bool = False,
+    tta: str = "none",
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     amp: bool = False,
@@ -40,9 +62,7 @@ def predict_proba(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            p = model(x).float().softmax(dim=1)
-            if tta_flip:  # average with the mirror image's prediction
-                p = (p + model(x.flip(3)).float().softmax(dim=1)) / 2
+            p = sum(w * model(v).float().softmax(dim=1) for v, w in tta_views(x, tta))  # (B, K)
         out.append(p.cpu())
     model.train(was_training)
     if not out:

@@ -2,7 +2,7 @@
 
     from convlens.reference import load_model
     model, meta = load_model("runs/train/weights/best.safetensors")
-    probs = model.predict_proba(images, **meta["normalize"], tta_flip=meta["tta_flip"])
+    probs = model.predict_proba(images, **meta["normalize"], tta=meta.get("tta", "none"))
 
 Checked against PyTorch by tests/test_reference*.py; `python -m convlens.reference.gradcheck`
 checks every layer's backward pass against finite differences.

@@ -90,7 +90,7 @@ class Sequential:
         images: np.ndarray,
         mean: Sequence[float],
         std: Sequence[float],
-        tta_flip: bool = False,
+        tta: str = "none",
         batch_size: int = 500,
     ) -> np.ndarray:
         """Class probabilities (N, K) for uint8 images (N, C, H, W), as convlens predicts."""
@@ -100,12 +100,24 @@ class Sequential:
         out = []
         for i in range(0, len(images), batch_size):
             x = normalize(images[i : i + batch_size], mean, std).astype(dtype)  # (B, C, H, W)
-            p = softmax(self.forward(x))  # (B, K)
-            if tta_flip:  # average with the mirror image's prediction
-                p = (p + softmax(self.forward(x[..., ::-1]))) / 2
+            p = sum(w * softmax(self.forward(v)) for v, w in tta_views(x, tta))  # (B, K)
             out.append(p)
         self.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, 0), dtype)
+
+
+def tta_views(x: np.ndarray, mode: str) -> list[tuple[np.ndarray, float]]:
+    """Test-time augmentation views and weights, as convlens.models.infer.tta_views makes them."""
+    if mode == "none":
+        return [(x, 1.0)]
+    mirror = np.ascontiguousarray(x[..., ::-1])
+    if mode == "flip":
+        return [(x, 0.5), (mirror, 0.5)]
+    h, w = x.shape[2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero = mean-grey fill
+    shifted = [padded[:, :, :h, :w], padded[:, :, 2:, 2:]]  # moved down-right, up-left
+    views = [(x, 0.25), (mirror, 0.25)]
+    return views + [(np.ascontiguousarray(v), 0.125) for s in shifted for v in (s, s[..., ::-1])]
 
 
 def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -7,7 +7,6 @@ with the same weights, bit for bit on the CPU, as a run that was never stopped.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -25,7 +24,7 @@ from convlens.errors import ConfigError, ConvlensError, TrainingError
 from convlens.models import create_model
 from convlens.models.infer import autocast, predict_proba
 from convlens.training import checkpoint as ckpt
-from convlens.training.ema import EMA
+from convlens.training.ema import Lookahead
 from convlens.training.optim import build_optimizer, get_lr, set_lr
 from convlens.training.progress import Progress
 from convlens.training.runs import existing_run_dir, new_run_dir, write_results
@@ -35,6 +34,14 @@ RESUMABLE_CHANGES = {"device", "threads", "run", "resume"}  # settings a resume 
 
 def fit(cfg: TrainConfig) -> Path:
     """Train a model as `cfg` says; return the run folder."""
+    torch.set_flush_denormal(True)  # denormal floats are ~100x slower on x86 CPUs
+    try:
+        return _fit(cfg)
+    finally:
+        torch.set_flush_denormal(False)  # torch's default, for whatever runs next
+
+
+def _fit(cfg: TrainConfig) -> Path:
     cfg, run_dir = resolve_run(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -46,14 +53,13 @@ def fit(cfg: TrainConfig) -> Path:
     ds, mean, std, hflip = load_data(cfg, log)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, ds, log).to(device)
+    model = build_model(cfg, ds, log, mean, std).to(device)
     open_run(cfg, run_dir, ds, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
-    ema = EMA(model, cfg.ema) if cfg.ema else None
-    eval_model = copy.deepcopy(model) if ema else model
-    meta = weights_meta(cfg, ds, mean, std, tta_flip=hflip and cfg.tta)
+    ema = Lookahead(cfg.ema, cfg.ema_start, cfg.ema_every) if cfg.ema else None
+    meta = weights_meta(cfg, ds, mean, std, hflip)
     class_weight = class_weights(cfg, ds).to(device) if cfg.class_weights == "auto" else None
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
@@ -73,7 +79,7 @@ def fit(cfg: TrainConfig) -> Path:
         for i, (xb, yb) in enumerate(batches):
             step = epoch * steps_per_epoch + i
             lr = get_lr(step, total_steps, steps_per_epoch, cfg)
-            set_lr(opt, lr)
+            set_lr(opt, lr, step / total_steps)
             x = normalize(xb.to(device, non_blocking=True), mean, std)  # (B, C, H, W) float32
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -87,7 +93,7 @@ def fit(cfg: TrainConfig) -> Path:
             loss.backward()
             opt.step()
             if ema:
-                ema.update(model)
+                ema.step(model, step + 1, total_steps)
             value = loss.item()
             check_loss(value, epoch, i, state, run_dir)
             loss_sum += value * len(y)
@@ -96,13 +102,13 @@ def fit(cfg: TrainConfig) -> Path:
         seconds = time.perf_counter() - t0
 
         if ema:
-            eval_model.load_state_dict(ema.state_dict())
+            ema.end_epoch(model)
         probs = predict_proba(
-            eval_model,
+            model,
             ds.val.images,
             mean=mean,
             std=std,
-            tta_flip=meta["tta_flip"],
+            tta=meta["tta"],
             device=device,
             amp=amp,
             channels_last=cfg.channels_last,
@@ -110,7 +116,7 @@ def fit(cfg: TrainConfig) -> Path:
         row = end_epoch(
             run_dir,
             state,
-            eval_model.state_dict(),
+            model.state_dict(),
             meta,
             probs,
             ds.val.labels,
@@ -140,8 +146,8 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
     return dataclasses.replace(cfg, run=str(run_dir)), run_dir
 
 
-def load_data(cfg: TrainConfig, log: Progress) -> tuple[Dataset, list[float], list[float], bool]:
-    """The dataset, its per-channel mean and std, and whether training flips images."""
+def load_data(cfg: TrainConfig, log: Progress) -> tuple[Dataset, list[float], list[float], str]:
+    """The dataset, its per-channel mean and std, and how training mirrors images."""
     ds = load_dataset(
         cfg.data,
         data_dir=cfg.data_dir,
@@ -153,7 +159,9 @@ def load_data(cfg: TrainConfig, log: Progress) -> tuple[Dataset, list[float], li
     for note in ds.notes:
         log.note(note)
     mean, std = channel_stats(ds.train)
-    hflip = ds.hflip if cfg.hflip == "auto" else cfg.hflip == "on"
+    hflip = cfg.hflip
+    if hflip == "auto":  # airbench: every image mirrored on every other epoch
+        hflip = "alternate" if ds.hflip else "off"
     return ds, mean, std, hflip
 
 
@@ -174,16 +182,20 @@ def epoch_steps(cfg: TrainConfig, n_train: int) -> tuple[bool, int, int]:
     return drop_last, steps_per_epoch, steps_per_epoch * cfg.epochs
 
 
-def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: bool, drop_last: bool):
+def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: str, drop_last: bool):
     """One epoch's (uint8 images, labels) batches, order and augmentation seeded by the epoch."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    flips: bool | torch.Tensor = hflip == "random"
+    if hflip == "alternate":  # a fixed coin per image, inverted on odd epochs
+        coins = torch.rand(len(ds.train), generator=torch.Generator().manual_seed(cfg.seed))
+        flips = (coins < 0.5) ^ (epoch % 2 == 1)  # (N,) bool
     return iterate_batches(
         ds.train,
         cfg.batch_size,
         shuffle=True,
         generator=gen,
         translate=cfg.translate,
-        hflip=hflip,
+        hflip=flips,
         drop_last=drop_last,
     )
 
@@ -272,22 +284,28 @@ def resolve_amp(mode: str, device: torch.device) -> bool:
 
 
 def weights_meta(
-    cfg: TrainConfig, ds: Dataset, mean: list[float], std: list[float], *, tta_flip: bool
+    cfg: TrainConfig, ds: Dataset, mean: list[float], std: list[float], hflip: str
 ) -> dict:
-    """What `predict` needs besides the weights: classes, input, normalisation, model."""
+    """What `predict` needs besides the weights: classes, input, normalisation, model, TTA."""
+    tta = cfg.tta
+    if tta == "auto":  # mirrored views help only a model that was trained on mirrored images
+        tta = "flip-shift" if hflip != "off" else "none"
     return {
         "task": "classify",
         "classes": ds.classes,
         "input": {"channels": ds.channels, "height": ds.image_size[0], "width": ds.image_size[1]},
         "normalize": {"mean": mean, "std": std},
-        "tta_flip": tta_flip,
+        "tta": tta,
         "model": {"name": cfg.model, "args": cfg.model_args},
         "data": cfg.data,
         "versions": {"convlens": convlens.__version__, "torch": torch.__version__},
     }
 
 
-def build_model(cfg: TrainConfig, ds: Dataset, log: Progress) -> nn.Module:
+def build_model(
+    cfg: TrainConfig, ds: Dataset, log: Progress, mean: list[float], std: list[float]
+) -> nn.Module:
+    """The model, with weights from --init, or a data-based init where the model has one."""
     kwargs = dict(cfg.model_args)
     if cfg.pretrained:
         kwargs["pretrained"] = True
@@ -300,8 +318,8 @@ def build_model(cfg: TrainConfig, ds: Dataset, log: Progress) -> nn.Module:
     )
     if cfg.init:
         log.note(init_from_file(model, cfg.init))
-    elif hasattr(model, "init_from_data"):
-        model.init_from_data(ds.train.images)  # e.g. fastnet's whitening first layer
+    elif hasattr(model, "init_from_data"):  # e.g. fastnet's whitening first layer
+        model.init_from_data(normalize(ds.train.images[:5000], mean, std))
     return model
 
 
@@ -324,7 +342,7 @@ def class_weights(cfg: TrainConfig, ds: Dataset) -> torch.Tensor:
     return counts.sum() / (ds.num_classes * counts.clamp_min(1))
 
 
-def _save_state(path: Path, state: dict, model: nn.Module, opt, ema: EMA | None) -> None:
+def _save_state(path: Path, state: dict, model: nn.Module, opt, ema: Lookahead | None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
@@ -334,13 +352,13 @@ def _save_state(path: Path, state: dict, model: nn.Module, opt, ema: EMA | None)
     ckpt.save_state(path, tensors, {**state, "optimizer": opt_info})
 
 
-def _load_state(path: Path, model: nn.Module, opt, ema: EMA | None) -> dict:
+def _load_state(path: Path, model: nn.Module, opt, ema: Lookahead | None) -> dict:
     if not path.is_file():
         raise ConvlensError(f"{path}: no saved state; the run stopped before its first epoch ended")
     tensors, info = ckpt.load_state(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema:
-        ema.shadow = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     opt.load_state_dict(ckpt.unflatten_optimizer(tensors, info.pop("optimizer")))
     torch.set_rng_state(tensors["rng.torch"])
     return info

@@ -21,6 +21,7 @@ from convlens import reference
 from convlens.config import TrainConfig
 from convlens.data.batches import normalize
 from convlens.errors import ConfigError
+from convlens.training.ema import Lookahead
 from convlens.training.loop import (
     build_model,
     check_loss,
@@ -51,7 +52,7 @@ def fit(cfg: TrainConfig) -> Path:
     ds, mean, std, hflip = load_data(cfg, log)
 
     torch.manual_seed(cfg.seed)
-    init = build_model(cfg, ds, log)  # the torch engine's initial weights for this seed
+    init = build_model(cfg, ds, log, mean, std)  # the torch engine's initial weights
     model = reference.build_model(
         cfg.model,
         in_channels=ds.channels,
@@ -63,7 +64,9 @@ def fit(cfg: TrainConfig) -> Path:
     model.load_state_dict({k: v.numpy() for k, v in init.state_dict().items()})
     open_run(cfg, run_dir, ds, log)
     opt = build_sgd(model, cfg)
-    meta = weights_meta(cfg, ds, mean, std, tta_flip=hflip and cfg.tta)
+    meta = weights_meta(cfg, ds, mean, std, hflip)
+    ema = Lookahead(cfg.ema, cfg.ema_start, cfg.ema_every) if cfg.ema else None
+    shared = TorchView(model)
     weight = class_weights(cfg, ds).numpy() if cfg.class_weights == "auto" else None
     loss_fn = reference.CrossEntropyLoss(cfg.label_smoothing, weight=weight)
 
@@ -77,18 +80,23 @@ def fit(cfg: TrainConfig) -> Path:
             loss_sum, seen = 0.0, 0
             log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
             for i, (xb, yb) in enumerate(epoch_batches(cfg, ds, epoch, hflip, drop_last)):
-                lr = get_lr(epoch * steps_per_epoch + i, total_steps, steps_per_epoch, cfg)
-                set_lr(opt, lr)
+                step = epoch * steps_per_epoch + i
+                lr = get_lr(step, total_steps, steps_per_epoch, cfg)
+                set_lr(opt, lr, step / total_steps)
                 x = normalize(xb, mean, std).numpy()  # (B, C, H, W) float32
                 value = train_step(model, opt, loss_fn, x, yb.numpy())
+                if ema:
+                    ema.step(shared, step + 1, total_steps)
                 check_loss(value, epoch, i, state, run_dir)
                 loss_sum += value * len(yb)
                 seen += len(yb)
                 log.step(value)
             seconds = time.perf_counter() - t0
+            if ema:
+                ema.end_epoch(shared)
 
             val = ds.val.images.numpy()  # (N, C, H, W) uint8
-            probs = model.predict_proba(val, mean, std, tta_flip=meta["tta_flip"])  # (N, K)
+            probs = model.predict_proba(val, mean, std, tta=meta["tta"])  # (N, K)
             row = end_epoch(
                 run_dir,
                 state,
@@ -107,6 +115,16 @@ def fit(cfg: TrainConfig) -> Path:
 
     finish(run_dir, ds, log)  # the test metrics come from the torch engine, on these weights
     return run_dir
+
+
+class TorchView:
+    """The NumPy model's weights as torch tensors sharing their memory (for Lookahead)."""
+
+    def __init__(self, model: reference.Sequential) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in self.model.state_dict().items()}
 
 
 def train_step(
@@ -139,11 +157,9 @@ def check_supported(cfg: TrainConfig) -> None:
         raise ConfigError(f"--engine numpy has the models {have}; not {cfg.model!r}")
     unsupported = {
         "optimizer": cfg.optimizer != "sgd",
-        "ema": cfg.ema > 0,
         "resume": cfg.resume,
         "device": cfg.device not in ("auto", "cpu"),
         "amp": cfg.amp == "bf16",
-        "channels_last": cfg.channels_last,
     }
     names = [name for name, bad in unsupported.items() if bad]
     if names:

@@ -11,7 +11,14 @@ from convlens.config import TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv and linear weights only, not on biases or norm layers."""
+    """Weight decay on conv and linear weights only, unless the model says otherwise.
+
+    A model may define `param_groups(weight_decay)` (as nanoGPT's `configure_optimizers`) to
+    give groups their own `weight_decay`, an `lr_scale` (a multiple of the scheduled lr) and an
+    `until` (the share of training after which the group stops changing).
+    """
+    if hasattr(model, "param_groups"):
+        return model.param_groups(weight_decay)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -41,14 +48,16 @@ def get_lr(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) 
         return cfg.lr * cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-    # onecycle: linear rise from lr/10 to lr over `warmup`, then linear fall to lr/100
-    # (the triangular shape airbench uses; it beat cosine annealing in short runs).
-    start, end = 0.1, 0.01
+    # onecycle: linear rise from lr_start to the peak over `warmup`, then linear fall to lr_end
+    # (airbench's triangular shape: 0.2 -> 1 at 23% -> 0.07 of the peak).
+    start, end = cfg.lr_start, cfg.lr_end
     if t < cfg.warmup:
         return cfg.lr * (start + (1 - start) * t / cfg.warmup)
     return cfg.lr * (1 - (1 - end) * (t - cfg.warmup) / (1 - cfg.warmup))
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(opt, lr: float, progress: float = 0.0) -> None:
+    """Give each group `lr` times its `lr_scale`, or 0 once `progress` reaches its `until`."""
     for group in opt.param_groups:
-        group["lr"] = lr
+        active = progress < group.get("until", 1.0)
+        group["lr"] = lr * group.get("lr_scale", 1.0) if active else 0.0
