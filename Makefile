@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 DEMO_RUN ?= runs/demo
 
-.PHONY: setup data demo test lint format clean
+.PHONY: setup data browser demo test lint format clean
 
 # The virtual environment, with convlens installed in editable mode and the pinned dev tools.
 $(VENV)/.installed: pyproject.toml
@@ -23,7 +23,17 @@ data:
 	    || echo "could not install dataset-fashion-mnist; convlens will download Fashion-MNIST"; \
 	fi
 
-setup: $(VENV)/.installed data
+# Debian's chromium, for the test that renders report.html in a real browser (skipped without it).
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ($$SUDO apt-get update -qq \
+	    && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium; the browser test will be skipped"; \
+	fi
+
+setup: $(VENV)/.installed data browser
 
 demo: setup
 	$(BIN)/convlens train --data fashion-mnist --run $(DEMO_RUN)

@@ -138,6 +138,49 @@ def predict(
 
 
 @cli.command()
+@click.argument("run")
+@click.argument("images", nargs=-1)
+@click.option("--out", type=click.Path(), help="folder for the figures [default: RUN/explain]")
+@click.option("--layer", help="module for Grad-CAM, e.g. features.conv2 [default: last stage]")
+@click.option("--invariance", is_flag=True, help="also measure shift/rotation accuracy vs an MLP")
+@click.option("--baseline", help="run to compare with [default: an mlp trained like RUN]")
+@click.option("--data", help="dataset to use [default: the one RUN was trained on]")
+@click.option("--max-shift", default=4, show_default=True, type=click.IntRange(min=0),
+              help="largest test shift in pixels")  # fmt: skip
+@click.option("--n-images", default=2000, show_default=True, help="images sampled per measure")
+def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | None,
+            invariance: bool, baseline: str | None, data: str | None, max_shift: int,
+            n_images: int) -> None:  # fmt: skip
+    """Parameter sharing, filters, feature maps, top patches, Grad-CAM of RUN (PNGs + JSON)."""
+    from convlens.explain import explain_run
+
+    summary = explain_run(run, images, out=out, layer=layer, invariance=invariance,
+                          baseline=baseline, data=data, max_shift=max_shift,
+                          n_images=n_images)  # fmt: skip
+    click.echo(f"{len(summary['figures'])} figures and summary.json in {summary['out']}")
+    if "invariance" in summary:
+        inv = summary["invariance"]
+        for key in ("model", "baseline"):
+            accs = " ".join(f"{100 * a:.1f}" for a in inv[key]["curves"]["shift"]["accuracy"])
+            click.echo(f"{inv[key]['name']}: accuracy (%) at shifts 0..{max_shift} px: {accs}")
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--data", help="dataset to evaluate on [default: the one it was trained on]")
+def report(run: str, data: str | None) -> None:
+    """Rewrite RUN/report.html (and metrics.json, figures) from the run's best weights."""
+    from convlens.evaluation import evaluate_run
+    from convlens.training.checkpoint import resolve_weights
+
+    weights = resolve_weights(run)
+    if weights.parent.name != "weights":
+        raise ConvlensError(f"{run}: a report needs a run folder, not a loose weights file")
+    evaluate_run(run, data=data, write=True)
+    click.echo(f"wrote {weights.parent.parent / 'report.html'}")
+
+
+@cli.command()
 def datasets() -> None:
     """Named datasets and where each was found."""
     from rich.console import Console

@@ -46,7 +46,7 @@ def evaluate_run(
     metrics = {"data": dataset.name, "split": split, "weights": str(weights)}
     metrics.update(classification_metrics(part.labels, probs, meta["classes"]))
     if write and run_dir is not None:
-        _write_outputs(run_dir, metrics)
+        _write_outputs(run_dir, metrics, part, probs)
     return metrics
 
 
@@ -79,7 +79,7 @@ def _check_compatible(meta: dict, ds: Dataset, weights: Path) -> None:
         raise ConvlensError(f"{weights} expects images of {want}, data {ds.name} has {have}")
 
 
-def _write_outputs(run_dir: Path, metrics: dict) -> None:
+def _write_outputs(run_dir: Path, metrics: dict, part=None, probs=None) -> None:
     from convlens.evaluation.plots import save_confusion_matrix, save_curves
     from convlens.evaluation.report import write_report
     from convlens.training.runs import read_results
@@ -95,4 +95,4 @@ def _write_outputs(run_dir: Path, metrics: dict) -> None:
     save_confusion_matrix(cm, classes, run_dir / "confusion_matrix.png")
     if (run_dir / "results.csv").is_file():
         save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
-    write_report(run_dir, metrics)
+    write_report(run_dir, metrics, part, probs)

@@ -1,60 +1,171 @@
-"""A self-contained report.html for a run: metrics, curves and confusion matrix, images inline."""
+"""A self-contained report.html for a run: images inline (base64), no script, no outside asset.
+
+Sections: summary cards, training curves, per-class table, confusion matrix, the most confident
+mistakes with their Grad-CAM, filters and feature maps, parameter sharing, translation
+invariance and settings. The explanation sections come from convlens.explain.sections; the
+costly ones (top-activating patches, invariance) only when `convlens explain` has written them
+into RUN/explain/, so the report takes seconds at the end of training.
+"""
 
 from __future__ import annotations
 
-import base64
+import datetime
 import html
+import json
 from pathlib import Path
 
+import torch
 import yaml
 
-STYLE = """
-body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:14px} td,th{padding:3px 10px;text-align:right}
-th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
-.cards{display:flex;gap:1em;flex-wrap:wrap}
-.card{background:#f6f8fa;border-radius:8px;padding:.6em 1.2em}
-.card b{display:block;font-size:1.5em} img{max-width:100%} .muted{color:#777}
+from convlens.evaluation.report_html import STYLE, img_file, note, table
+
+SECTIONS = {  # id -> title, in page order
+    "curves": "Training curves",
+    "per-class": "Per class",
+    "confusion": "Confusion matrix",
+    "mistakes": "Most confident mistakes",
+    "hierarchy": "Filters and feature maps",
+    "sharing": "Parameter sharing",
+    "invariance": "Translation invariance",
+    "settings": "Settings",
+}
+
+
+def write_report(
+    run_dir: Path,
+    metrics: dict,
+    split=None,  # the evaluated Split (uint8 images, labels), for the mistakes
+    probs: torch.Tensor | None = None,  # (N, K) predicted probabilities on that split
+) -> Path:
+    """Write run_dir/report.html from the run's files, `metrics` and the evaluated predictions."""
+    out = run_dir / "report.html"
+    out.write_text(build_report(run_dir, metrics, split, probs))
+    return out
+
+
+def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
+    """The report page as one HTML string."""
+    import convlens
+    from convlens.explain import sections as explain
+
+    cfg = _read_yaml(run_dir / "config.yaml")
+    explained_dir = run_dir / "explain"
+    explained = _read_json(explained_dir / "summary.json")
+    model = explain.RunModel(run_dir)
+    body = {
+        "curves": img_file(run_dir / "curves.png", "training curves")
+        or note("no results.csv: this run has no per-epoch results"),
+        "per-class": _per_class(metrics),
+        "confusion": img_file(run_dir / "confusion_matrix.png", "confusion matrix"),
+        "mistakes": _guard(explain.mistakes, model, metrics, split, probs),
+        "hierarchy": _guard(explain.hierarchy, model, split, explained and explained_dir),
+        "sharing": _guard(explain.sharing, model),
+        "invariance": _guard(explain.invariance, explained),
+        "settings": _settings(cfg),
+    }
+    nav = "".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, t in SECTIONS.items())
+    sections = "".join(
+        f'<section id="{k}"><h2>{html.escape(SECTIONS[k])}</h2>{v}</section>'
+        for k, v in body.items()
+    )
+    name = html.escape(str(cfg.get("model") or model.meta["model"]["name"]))
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>convlens report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>
+<header><div class="wrap"><div class="kicker">convlens report</div>
+<h1>{html.escape(run_dir.name)}</h1>
+<p class="sub">{name} on {html.escape(str(metrics["data"]))} &middot;
+{html.escape(metrics["split"])} split, {metrics["n"]:,} images</p>
+{_cards(metrics, run_dir, model)}</div></header>
+<nav><div class="wrap">{nav}</div></nav>
+<main class="wrap">{sections}</main>
+<footer class="wrap">convlens {html.escape(convlens.__version__)} &middot; {when} &middot;
+{html.escape(str(metrics.get("weights", "")))}</footer>
+</body></html>
 """
 
 
-def _img(path: Path) -> str:
-    if not path.is_file():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+def _guard(section, *args) -> str:
+    """A section's HTML, or a visible note saying why it could not be drawn."""
+    try:
+        return section(*args)
+    except Exception as e:  # written after training: one bad section must not cost the run
+        return note(f"this section could not be drawn: {type(e).__name__}: {e}")
 
 
-def write_report(run_dir: Path, metrics: dict) -> Path:
-    """Write run_dir/report.html from the run's files and `metrics`."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (
-        run_dir / "config.yaml").is_file() else {}  # fmt: skip
-    cards = "".join(
-        f'<div class="card">{name}<b>{100 * metrics[key]:.2f}%</b></div>'
-        for name, key in (("accuracy", "accuracy"), ("top-5", "top5"), ("macro F1", "macro_f1"))
+def _cards(metrics: dict, run_dir: Path, model) -> str:
+    cards = [("accuracy", f"{100 * metrics['accuracy']:.2f}%")]
+    if len(metrics["per_class"]) > 5:
+        cards.append(("top-5 accuracy", f"{100 * metrics['top5']:.2f}%"))
+    cards.append(("macro F1", f"{metrics['macro_f1']:.3f}"))
+    if (run_dir / "results.csv").is_file():
+        from convlens.training.runs import read_results
+
+        rows = read_results(run_dir / "results.csv")
+        if rows:
+            cards += [
+                ("best val accuracy", f"{100 * max(r['val_acc'] for r in rows):.2f}%"),
+                ("epochs", f"{int(rows[-1]['epoch'])}"),
+                ("training time", _duration(rows[-1]["seconds"])),
+            ]
+    cards.append(("parameters", f"{sum(p.numel() for p in model.net.parameters()):,}"))
+    items = "".join(
+        f'<div class="card"><span>{html.escape(k)}</span><b>{v}</b></div>' for k, v in cards
     )
-    rows = "".join(
-        f"<tr><td>{html.escape(c['class'])}</td><td>{c['precision']:.3f}</td>"
-        f"<td>{c['recall']:.3f}</td><td>{c['f1']:.3f}</td><td>{c['support']}</td></tr>"
-        for c in metrics["per_class"]
+    return f'<div class="cards">{items}</div>'
+
+
+def _per_class(metrics: dict) -> str:
+    cm = metrics["confusion_matrix"]  # rows: true class, columns: predicted
+    classes = [c["class"] for c in metrics["per_class"]]
+    f1 = [c["f1"] for c in metrics["per_class"]]
+    worst = f1.index(min(f1)) if min(f1) < max(f1) else -1  # marked only when it stands out
+    rows = []
+    for i, c in enumerate(metrics["per_class"]):
+        off = max(((n, j) for j, n in enumerate(cm[i]) if j != i and n > 0), default=None)
+        taken = f"{html.escape(classes[off[1]])} ({off[0]:,})" if off else "&ndash;"
+        mark = ' class="worst"' if i == worst else ""
+        rows.append(
+            f"<tr{mark}><td>{html.escape(c['class'])}</td><td>{c['precision']:.3f}</td>"
+            f'<td>{c["recall"]:.3f}</td><td class="barcell">{_bar(c["f1"])}</td>'
+            f'<td>{c["support"]:,}</td><td class="left">{taken}</td></tr>'
+        )
+    head = ["class", "precision", "recall", "F1", "support", "most often taken for"]
+    return table(head, rows, left=(3, 5))
+
+
+def _bar(value: float) -> str:
+    return (
+        f'<div class="bar"><i style="width:{100 * value:.1f}%"></i><span>{value:.3f}</span></div>'
     )
-    settings = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+
+
+def _settings(cfg: dict) -> str:
+    if not cfg:
+        return note("no config.yaml in this run folder")
+    rows = [
+        f'<tr><td>{html.escape(str(k))}</td><td class="left">{html.escape(str(v))}</td></tr>'
         for k, v in cfg.items()
+    ]
+    return (
+        f"<details><summary>{len(cfg)} resolved settings (config.yaml)</summary>"
+        f"{table(['setting', 'value'], rows, cls='grid narrow', left=(1,))}</details>"
     )
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>convlens report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>
-<h1>{html.escape(run_dir.name)}</h1>
-<p class="muted">{html.escape(str(cfg.get("model", "")))} on {html.escape(str(metrics["data"]))},
-{metrics["split"]} split, {metrics["n"]} images</p>
-<div class="cards">{cards}</div>
-<h2>Training curves</h2>{_img(run_dir / "curves.png")}
-<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
-<th>support</th></tr>{rows}</table>
-<h2>Confusion matrix</h2>{_img(run_dir / "confusion_matrix.png")}
-<h2>Settings</h2><table>{settings}</table>
-</body></html>"""
-    out = run_dir / "report.html"
-    out.write_text(page)
-    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _read_yaml(path: Path) -> dict:
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
