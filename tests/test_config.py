@@ -12,7 +12,7 @@ def test_defaults_then_yaml_then_flags(tmp_path):
     assert cfg.epochs == 3  # from the file; a flag left at None does not override
     assert cfg.lr == 0.01  # the flag wins over the file
     assert cfg.model == "textbook"
-    assert cfg.batch_size == TrainConfig().batch_size
+    assert cfg.batch_size == 64  # textbook: the classic recipe, not fastnet's defaults
 
 
 def test_unknown_keys_are_errors(tmp_path):
@@ -58,3 +58,16 @@ def test_not_a_mapping(tmp_path):
 def test_every_setting_has_help():
     missing = set(TrainConfig.__dataclass_fields__) - set(setting_help())
     assert not missing
+
+
+def test_models_other_than_fastnet_start_from_the_classic_recipe(tmp_path):
+    assert make_config(None, {}).lr == TrainConfig().lr  # fastnet: the dataclass defaults
+    cfg = make_config(None, {"model": "textbook"})
+    assert (cfg.lr, cfg.batch_size, cfg.ema) == (0.05, 64, 0.0)
+    assert make_config(None, {"model": "textbook", "lr": 0.01}).lr == 0.01  # flags win
+    f = tmp_path / "c.yaml"
+    f.write_text("model: mlp\nbatch_size: 32\n")
+    cfg = make_config(f)
+    assert (cfg.batch_size, cfg.lr) == (32, 0.05)  # the file wins over the recipe
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert make_config(tmp_path / "saved.yaml") == cfg  # a saved config reloads identically
