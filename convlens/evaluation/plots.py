@@ -53,8 +53,11 @@ def save_curves(rows: list[dict], path: Path) -> None:
     b.plot(epochs, [100 * r["val_acc"] for r in rows], "o-", color="tab:green")
     b.set_xlabel("epoch")
     b.set_ylabel("val accuracy (%)")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (a, b):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
