@@ -35,7 +35,7 @@ browser:
 
 setup: $(VENV)/.installed data browser
 
-demo: setup
+demo: $(VENV)/.installed data
 	$(BIN)/convlens train --data fashion-mnist --run $(DEMO_RUN)
 	@echo "run folder: $$(ls -dt runs/* | head -1) (report.html, metrics.json, weights/)"
 
