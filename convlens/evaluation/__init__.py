@@ -14,7 +14,7 @@ from convlens.evaluation.metrics import classification_metrics
 from convlens.models.infer import predict_proba
 from convlens.models.loading import load_model
 
-__all__ = ["classification_metrics", "evaluate_run"]
+__all__ = ["check_compatible", "classification_metrics", "evaluate_run", "load_run_data"]
 
 
 def evaluate_run(
@@ -30,11 +30,11 @@ def evaluate_run(
     model, meta, weights = load_model(run)
     run_dir = weights.parent.parent if weights.parent.name == "weights" else None
     if dataset is None:
-        dataset = _load_data(data or meta.get("data"), run_dir)
+        dataset = load_run_data(data or meta.get("data"), run_dir)
     if split == "test" and dataset.test is None:
         split = "val"  # the source has no test split; say which split was used in the result
     part = dataset.split(split)
-    _check_compatible(meta, dataset, weights)
+    check_compatible(meta, dataset, weights)
     probs = predict_proba(
         model,
         part.images,
@@ -50,7 +50,8 @@ def evaluate_run(
     return metrics
 
 
-def _load_data(spec: str | None, run_dir: Path | None) -> Dataset:
+def load_run_data(spec: str | None, run_dir: Path | None) -> Dataset:
+    """The dataset `spec`, split as the run in `run_dir` split it (its seed and val share)."""
     if not spec:
         raise ConvlensError("this model does not record its data: pass --data")
     cfg = make_config(run_dir / "config.yaml") if run_dir and (run_dir / "config.yaml").is_file() \
@@ -64,7 +65,8 @@ def _load_data(spec: str | None, run_dir: Path | None) -> Dataset:
     )
 
 
-def _check_compatible(meta: dict, ds: Dataset, weights: Path) -> None:
+def check_compatible(meta: dict, ds: Dataset, weights: Path) -> None:
+    """Refuse data whose classes or image shape differ from what the weights expect."""
     classes = meta["classes"]
     if len(classes) != ds.num_classes:
         raise ConvlensError(

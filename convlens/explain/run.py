@@ -189,11 +189,11 @@ def measure_invariance(rec, baseline, ds, *, max_shift=4, angles=ANGLES, n_image
 
 def load_data(rec, data: str | None, home: Path):
     """The run's dataset (or `data`), checked against the model's classes and input."""
-    from convlens.evaluation import _check_compatible, _load_data
+    from convlens.evaluation import check_compatible, load_run_data
 
     run_dir = home if (home / "config.yaml").is_file() else None
-    ds = _load_data(data or rec.meta.get("data"), run_dir)
-    _check_compatible(rec.meta, ds, rec.weights)
+    ds = load_run_data(data or rec.meta.get("data"), run_dir)
+    check_compatible(rec.meta, ds, rec.weights)
     return ds
 
 
