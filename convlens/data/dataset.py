@@ -104,3 +104,14 @@ def hold_out_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split
         "held out for validation"
     )
     return train.subset(rest), train.subset(val), note
+
+
+def complete_splits(
+    splits: dict[str, Split], val_fraction: float, seed: int, notes: list[str], missing_test: str
+) -> None:
+    """Hold out a seeded validation share of train if `splits` has no val; note a missing test."""
+    if "val" not in splits:
+        splits["train"], splits["val"], note = hold_out_val(splits["train"], val_fraction, seed)
+        notes.append(note)
+    if "test" not in splits:
+        notes.append(f"{missing_test}: there is no test split; final metrics use validation")

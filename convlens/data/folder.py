@@ -12,7 +12,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from convlens.data.dataset import Dataset, Split, hold_out_val
+from convlens.data.dataset import Dataset, Split, complete_splits
 from convlens.data.images import decode_image, is_colour, open_image, to_tensor
 from convlens.errors import ConvlensError, DatasetFormatError
 
@@ -76,11 +76,7 @@ def load_folder(
             )
         if missing:
             notes.append(f"{name} split has no images of {', '.join(classes[i] for i in missing)}")
-    if "val" not in splits:
-        splits["train"], splits["val"], note = hold_out_val(splits["train"], val_fraction, seed)
-        notes.append(note)
-    if "test" not in splits:
-        notes.append("no test/ folder: there is no test split; final metrics use validation")
+    complete_splits(splits, val_fraction, seed, notes, missing_test="no test/ folder")
     return Dataset(
         name=str(root),
         classes=classes,

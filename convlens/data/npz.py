@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy
 
-from convlens.data.dataset import Dataset, Split, hold_out_val
+from convlens.data.dataset import Dataset, Split, complete_splits
 from convlens.errors import DatasetFormatError
 
 SPLITS = ("train", "val", "test")
@@ -30,12 +30,8 @@ def load_npz(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> D
     if len(set(shapes.values())) > 1:
         raise DatasetFormatError(f"{path}: splits hold images of different shapes {shapes}")
     classes = _classes(path, arrays.get("classes"), splits)
-    notes = []
-    if "val" not in splits:
-        splits["train"], splits["val"], note = hold_out_val(splits["train"], val_fraction, seed)
-        notes.append(note)
-    if "test" not in splits:
-        notes.append("no test split in this file: final metrics will use the validation split")
+    notes: list[str] = []
+    complete_splits(splits, val_fraction, seed, notes, missing_test="no test arrays in this file")
     return Dataset(
         name=str(path),
         classes=classes,
