@@ -181,6 +181,21 @@ def report(run: str, data: str | None) -> None:
 
 
 @cli.command()
+@click.argument("run")
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]))
+@click.option("--out", type=click.Path(), help="output file [default: next to the weights]")
+def export(run: str, fmt: str, out: str | None) -> None:
+    """Export RUN (ONNX, dynamic batch, metadata) and check it against torch."""
+    from convlens.export import export_onnx
+
+    result = export_onnx(run, out)
+    click.echo(
+        f"wrote {result['onnx']}; on {result['images']} {result['source']} images the largest "
+        f"probability difference from torch is {result['max_abs_diff']:.2e}"
+    )
+
+
+@cli.command()
 def datasets() -> None:
     """Named datasets and where each was found."""
     from rich.console import Console

@@ -115,10 +115,28 @@ class NumpyRecogniser(Recogniser):
         return torch.from_numpy(probs)
 
 
+class OnnxRecogniser(Recogniser):
+    """A Recogniser for an exported .onnx model, run by onnxruntime (convlens.export)."""
+
+    def _load(self, run: str | Path) -> tuple[object, dict, Path]:
+        from convlens.export import OnnxModel
+
+        if not Path(run).is_file():
+            raise ConvlensError(f"{run}: no such ONNX file")
+        model = OnnxModel(run)
+        return model, model.meta, Path(run)
+
+    def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, K) for preprocessed uint8 images (N, C, H, W)."""
+        return torch.from_numpy(self.model.predict_proba(images.numpy()))
+
+
 def load(run: str | Path, device: str = "cpu", engine: str = "torch") -> Recogniser:
-    """Load a run folder or weights file for prediction, on the torch or the numpy engine."""
+    """Load a run folder, weights file or .onnx file for prediction (torch or numpy engine)."""
     if engine not in ("torch", "numpy"):
         raise ConvlensError(f"engine must be torch or numpy, not {engine!r}")
+    if str(run).endswith(".onnx"):
+        return OnnxRecogniser(run, device=device)
     return (NumpyRecogniser if engine == "numpy" else Recogniser)(run, device=device)
 
 
