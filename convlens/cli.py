@@ -196,6 +196,23 @@ def export(run: str, fmt: str, out: str | None) -> None:
 
 
 @cli.command()
+@click.argument("run")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-in-flight", default=64, show_default=True, type=click.IntRange(min=1),
+              help="requests handled at once; more get 503")  # fmt: skip
+def serve(run: str, host: str, port: int, max_in_flight: int) -> None:
+    """Serve RUN (run folder, weights or .onnx) over HTTP: /predict, /model, /health, page at /."""
+    import uvicorn
+
+    from convlens.serve import Limits, create_app
+
+    app = create_app(run, Limits(max_in_flight=max_in_flight))
+    click.echo(f"serving {run} on http://{host}:{port}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@cli.command()
 def datasets() -> None:
     """Named datasets and where each was found."""
     from rich.console import Console
