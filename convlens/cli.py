@@ -201,13 +201,16 @@ def export(run: str, fmt: str, out: str | None) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-in-flight", default=64, show_default=True, type=click.IntRange(min=1),
               help="requests handled at once; more get 503")  # fmt: skip
-def serve(run: str, host: str, port: int, max_in_flight: int) -> None:
+@click.option("--engine", default="auto", show_default=True,
+              type=click.Choice(["auto", "onnx", "torch"]),
+              help="predict via an ONNX export (auto: where it exports) or torch")  # fmt: skip
+def serve(run: str, host: str, port: int, max_in_flight: int, engine: str) -> None:
     """Serve RUN (run folder, weights or .onnx) over HTTP: /predict, /model, /health, page at /."""
     import uvicorn
 
     from convlens.serve import Limits, create_app
 
-    app = create_app(run, Limits(max_in_flight=max_in_flight))
+    app = create_app(run, Limits(max_in_flight=max_in_flight), engine=engine)
     click.echo(f"serving {run} on http://{host}:{port}/", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

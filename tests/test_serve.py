@@ -76,6 +76,7 @@ def test_predict_answers_like_the_cli(server, run, digit_png):
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
     info = httpx.get(f"{server}/model").json()
     assert info["classes"] == [str(i) for i in range(10)] and info["task"] == "classify"
+    assert info["engine"] == "onnxruntime"  # predictions through an ONNX export made at start
     r = httpx.post(f"{server}/predict", files={"file": digit_png.read_bytes()},
                    data={"top_k": "3", "heatmap": "true"})  # fmt: skip
     assert r.status_code == 200, r.text
