@@ -45,7 +45,9 @@ def _train_options(fn):
                 tp = next(a for a in typing.get_args(tp) if a is not type(None))
             default = getattr(defaults, name)
             shown = f" [default: {default}]" if default is not None else ""
-            opt = click.option(flag, name, type=_CLICK_TYPES[tp], default=None, help=text + shown)
+            # --run-dir too: under torchrun, `--run` is taken for an abbreviation of --run-path
+            flags = (flag, "--run-dir") if name == "run" else (flag,)
+            opt = click.option(*flags, name, type=_CLICK_TYPES[tp], default=None, help=text + shown)
         fn = opt(fn)
     return fn
 

@@ -24,6 +24,7 @@ from convlens.errors import ConfigError, ConvlensError, TrainingError
 from convlens.models import create_model
 from convlens.models.infer import autocast, predict_proba
 from convlens.training import checkpoint as ckpt
+from convlens.training import distributed
 from convlens.training.ema import Lookahead
 from convlens.training.optim import build_optimizer, get_lr, set_lr
 from convlens.training.progress import Progress
@@ -47,14 +48,22 @@ def _fit(cfg: TrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    device = resolve_device(cfg.device)
+    group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
+    try:
+        return _train(cfg, run_dir, group, device)
+    finally:
+        distributed.teardown(group)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) -> Path:
     amp = resolve_amp(cfg.amp, device)
-    log = Progress()
+    log = Progress(enabled=group.main)
     ds, mean, std, hflip = load_data(cfg, log)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, ds, log, mean, std).to(device)
-    open_run(cfg, run_dir, ds, log)
+    if group.main:
+        open_run(cfg, run_dir, ds, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
@@ -69,6 +78,7 @@ def _fit(cfg: TrainConfig) -> Path:
         state = _load_state(state_path, model, opt, ema)
         log.note(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.epochs}")
     log.start(cfg, ds, run_dir, model, device, amp)
+    trained = distributed.wrap(model, group)  # DDP when torchrun started several processes
 
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(cfg, ds, epoch, hflip, drop_last)
@@ -80,12 +90,13 @@ def _fit(cfg: TrainConfig) -> Path:
             step = epoch * steps_per_epoch + i
             lr = get_lr(step, total_steps, steps_per_epoch, cfg)
             set_lr(opt, lr, step / total_steps)
+            xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
             x = normalize(xb.to(device, non_blocking=True), mean, std)  # (B, C, H, W) float32
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = yb.to(device, non_blocking=True)  # (B,)
             with autocast(device, amp):
-                logits = model(x)  # (B, K)
+                logits = trained(x)  # (B, K)
             loss = F.cross_entropy(
                 logits.float(), y, weight=class_weight, label_smoothing=cfg.label_smoothing
             )
@@ -124,13 +135,16 @@ def _fit(cfg: TrainConfig) -> Path:
             train_loss=loss_sum / max(1, seen),
             lr=lr,
             seconds=seconds,
+            write=group.main,
         )
-        _save_state(state_path, state, model, opt, ema)
+        if group.main:
+            _save_state(state_path, state, model, opt, ema)
         log.epoch_end(row, best=state["stale"] == 0)
         if early_stop(cfg, state, log):
             break
 
-    finish(run_dir, ds, log)
+    if group.main:
+        finish(run_dir, ds, log)
     return run_dir
 
 
@@ -222,6 +236,7 @@ def end_epoch(
     train_loss: float,
     lr: float,
     seconds: float,
+    write: bool = True,
 ) -> dict:
     """Score the epoch on val probabilities; save last (and best) weights and results.csv."""
     prev = state["rows"][-1]["seconds"] if state["rows"] else 0.0
@@ -234,13 +249,16 @@ def end_epoch(
         "seconds": prev + seconds,  # cumulative training time, evaluation excluded
     }
     state["rows"].append(row)
-    ckpt.save_weights(run_dir / "weights" / "last.safetensors", weights, meta)
-    if row["val_acc"] > state["best_acc"]:
+    improved = row["val_acc"] > state["best_acc"]
+    if improved:
         state["best_acc"], state["stale"] = row["val_acc"], 0
-        ckpt.save_weights(run_dir / "weights" / "best.safetensors", weights, meta)
     else:
         state["stale"] += 1
-    write_results(run_dir / "results.csv", state["rows"])
+    if write:  # with torchrun, rank 0 alone writes
+        ckpt.save_weights(run_dir / "weights" / "last.safetensors", weights, meta)
+        if improved:
+            ckpt.save_weights(run_dir / "weights" / "best.safetensors", weights, meta)
+        write_results(run_dir / "results.csv", state["rows"])
     state["epoch"] = epoch
     return row
 

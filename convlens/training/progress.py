@@ -14,8 +14,9 @@ from rich.progress import Progress as RichProgress
 class Progress:
     """Training's console output."""
 
-    def __init__(self, live: bool | None = None) -> None:
-        self.console = Console(highlight=False, soft_wrap=True)
+    def __init__(self, live: bool | None = None, enabled: bool = True) -> None:
+        # enabled=False (torchrun ranks other than 0): print nothing
+        self.console = Console(highlight=False, soft_wrap=True, quiet=not enabled)
         self.live = sys.stdout.isatty() if live is None else live
         self.bar: RichProgress | None = None
         self.task = None

@@ -1,0 +1,60 @@
+"""torchrun support: one process per device, DistributedDataParallel, only rank 0 writes.
+
+`torchrun --nproc_per_node=N -m convlens train ...` starts N processes; each takes its share
+of every batch (`batch_size` is the global batch, so the learning rate needs no change), DDP
+averages the gradients, and rank 0 alone writes the run folder. gloo on CPUs, NCCL on GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from convlens.errors import ConfigError
+
+
+@dataclass
+class Group:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: torch.device, batch_size: int) -> tuple[Group, torch.device]:
+    """Join the process group torchrun describes in the environment (or run alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Group(), device
+    if batch_size % world:
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Group(dist.get_rank(), dist.get_world_size()), device
+
+
+def teardown(group: Group) -> None:
+    if group.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, group: Group) -> nn.Module:
+    """The module to train: DDP around the model when there are several processes."""
+    if group.world == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def shard(batch: torch.Tensor, group: Group) -> torch.Tensor:
+    """This process's equal share of a global batch."""
+    return batch.chunk(group.world)[group.rank] if group.world > 1 else batch
