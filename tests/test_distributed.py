@@ -1,6 +1,5 @@
 """torchrun with two gloo processes on the CPU trains like one process with the same batch."""
 
-import socket
 import subprocess
 import sys
 
@@ -8,24 +7,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import convlens
+from tests.helpers import convlens, free_port
 
 pytestmark = pytest.mark.xdist_group("distributed")
 ARGS = ["train", "--data", "digits", "--model", "textbook", "--epochs", "2", "--batch-size", "64",
         "--lr", "0.05", "--amp", "off", "--seed", "4"]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path):
     out = convlens(*ARGS, "--run", tmp_path / "single")
     assert out.returncode == 0, out.stderr
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "convlens", *ARGS,
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "convlens", *ARGS,
            "--run-dir", str(tmp_path / "ddp")]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import convlens
+from tests.helpers import convlens, free_port
 
 pytestmark = pytest.mark.xdist_group("serve")
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +30,7 @@ def run(tmp_path_factory):
 
 
 def _start(target, *extra):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "convlens", "serve", str(target), "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
