@@ -26,6 +26,15 @@ class TrainConfig:
     strict: bool = False  # stop at the first unreadable image instead of skipping it
     translate: int = 2  # random translation in pixels, each axis (0 = off)
     hflip: str = "auto"  # mirroring: auto (alternate if the data allows) | random | alternate | off
+    # task
+    task: str = "classify"  # classify | multilabel | anomaly | embed (face identities)
+    normal: str | None = None  # anomaly: normal class name(s), comma-separated (default: all)
+    anomaly_method: str = "geom"  # anomaly: geom (72 transformations) | svdd (Deep SVDD)
+    target_sensitivity: float | None = None  # two-class: threshold for this sensitivity on val
+    embedding_size: int = 128  # embed: length of the L2-normalised face embedding
+    embed_loss: str = "arcface"  # embed: arcface (additive angular margin) | softmax
+    margin: float = 0.5  # embed: ArcFace angular margin m (radians)
+    scale: float = 30.0  # embed: ArcFace logit scale s
     # model
     model: str = "fastnet"  # a name from `convlens models`
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
@@ -58,6 +67,8 @@ class TrainConfig:
     amp: str = "auto"  # bf16 autocast: auto (where it helps) | bf16 | off
     channels_last: bool = True  # NHWC memory layout (1.2-1.75x faster with bf16 on this CPU)
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    compile: bool = False  # torch.compile the model (pays a start-up cost; helps on GPUs)
+    workers: int = 0  # data-loader processes decoding folder images (0 = in the main process)
     seed: int = 0  # seeds weights, data order, augmentation and the validation split
     deterministic: bool = False  # use only deterministic kernels
     # output
@@ -165,6 +176,9 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "bf16", "off"),
     "engine": ("torch", "numpy"),
+    "task": ("classify", "multilabel", "anomaly", "embed"),
+    "anomaly_method": ("geom", "svdd"),
+    "embed_loss": ("arcface", "softmax"),
 }
 
 

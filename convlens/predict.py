@@ -137,7 +137,19 @@ def load(run: str | Path, device: str = "cpu", engine: str = "torch") -> Recogni
         raise ConvlensError(f"engine must be torch or numpy, not {engine!r}")
     if str(run).endswith(".onnx"):
         return OnnxRecogniser(run, device=device)
+    task = run_task(run)
+    if task != "classify":  # multilabel, anomaly, embed: the task's own Recogniser subclass
+        from convlens.training.tasks import task_class
+
+        return task_class(task).recogniser(run, device=device, engine=engine)
     return (NumpyRecogniser if engine == "numpy" else Recogniser)(run, device=device)
+
+
+def run_task(run: str | Path) -> str:
+    """The task a run folder or weights file was trained for (classify, anomaly, ...)."""
+    from convlens.training.checkpoint import load_weights, resolve_weights
+
+    return load_weights(resolve_weights(run))[1].get("task", "classify")
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:

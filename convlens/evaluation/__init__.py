@@ -33,6 +33,13 @@ def evaluate_run(
         dataset = load_run_data(data or meta.get("data"), run_dir)
     if split == "test" and dataset.test is None:
         split = "val"  # the source has no test split; say which split was used in the result
+    task = meta.get("task", "classify")
+    if task != "classify":  # multilabel, anomaly, embed: the task measures itself
+        from convlens.training.tasks import task_class
+
+        return task_class(task).evaluate(
+            model, meta, weights, run_dir, dataset, split=split, write=write, device=device
+        )
     part = dataset.split(split)
     check_compatible(meta, dataset, weights)
     probs = predict_proba(

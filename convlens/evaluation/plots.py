@@ -41,7 +41,9 @@ def save_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -
 
 
 def save_curves(rows: list[dict], path: Path) -> None:
-    """Loss and validation accuracy per epoch."""
+    """Loss and validation accuracy (or the task's score) per epoch."""
+    from convlens.training.progress import score_column
+
     plt = _pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
@@ -50,9 +52,10 @@ def save_curves(rows: list[dict], path: Path) -> None:
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.legend()
-    b.plot(epochs, [100 * r["val_acc"] for r in rows], "o-", color="tab:green")
+    score = score_column(rows[0])
+    b.plot(epochs, [100 * r[score] for r in rows], "o-", color="tab:green")
     b.set_xlabel("epoch")
-    b.set_ylabel("val accuracy (%)")
+    b.set_ylabel("val accuracy (%)" if score == "val_acc" else f"{score} (x100)")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (a, b):

@@ -100,12 +100,13 @@ def _cards(metrics: dict, run_dir: Path, model) -> str:
         cards.append(("top-5 accuracy", f"{100 * metrics['top5']:.2f}%"))
     cards.append(("macro F1", f"{metrics['macro_f1']:.3f}"))
     if (run_dir / "results.csv").is_file():
+        from convlens.training.progress import score_column
         from convlens.training.runs import read_results
 
         rows = read_results(run_dir / "results.csv")
         if rows:
             cards += [
-                ("best val accuracy", f"{100 * max(r['val_acc'] for r in rows):.2f}%"),
+                ("best val accuracy", f"{100 * max(r[score_column(r)] for r in rows):.2f}%"),
                 ("epochs", f"{int(rows[-1]['epoch'])}"),
                 ("training time", _duration(rows[-1]["seconds"])),
             ]

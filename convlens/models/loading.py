@@ -9,6 +9,7 @@ from torch import nn
 from convlens.errors import ModelError
 from convlens.models.registry import create_model
 from convlens.training.checkpoint import load_weights, resolve_weights
+from convlens.training.tasks import task_class
 
 
 def load_model(run: str | Path) -> tuple[nn.Module, dict, Path]:
@@ -20,10 +21,11 @@ def load_model(run: str | Path) -> tuple[nn.Module, dict, Path]:
     model = create_model(
         spec["name"],
         in_channels=size["channels"],
-        num_classes=len(meta["classes"]),
+        num_classes=meta.get("outputs", len(meta["classes"])),
         image_size=(size["height"], size["width"]),
         **args,
     )
+    model = task_class(meta.get("task", "classify")).wrap(model, meta)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:

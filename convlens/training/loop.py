@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import convlens
@@ -22,13 +21,14 @@ from convlens.data import Dataset, load_dataset
 from convlens.data.batches import channel_stats, iterate_batches, normalize
 from convlens.errors import ConfigError, ConvlensError, TrainingError
 from convlens.models import create_model
-from convlens.models.infer import autocast, predict_proba
+from convlens.models.infer import autocast
 from convlens.training import checkpoint as ckpt
 from convlens.training import distributed
 from convlens.training.ema import Lookahead
 from convlens.training.optim import build_optimizer, get_lr, set_lr
 from convlens.training.progress import Progress
 from convlens.training.runs import existing_run_dir, new_run_dir, write_results
+from convlens.training.tasks import Classify, make_task
 
 RESUMABLE_CHANGES = {"device", "threads", "run", "resume"}  # settings a resume may change
 
@@ -58,18 +58,18 @@ def _fit(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) -> Path:
     amp = resolve_amp(cfg.amp, device)
     log = Progress(enabled=group.main)
-    ds, mean, std, hflip = load_data(cfg, log)
+    task = make_task(cfg)
+    ds, mean, std, hflip = load_data(cfg, log, task)
+    meta = weights_meta(cfg, ds, mean, std, hflip, task)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, ds, log, mean, std).to(device)
+    model = build_model(cfg, ds, log, mean, std, task, meta).to(device)
     if group.main:
         open_run(cfg, run_dir, ds, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
     ema = Lookahead(cfg.ema, cfg.ema_start, cfg.ema_every) if cfg.ema else None
-    meta = weights_meta(cfg, ds, mean, std, hflip)
-    class_weight = class_weights(cfg, ds).to(device) if cfg.class_weights == "auto" else None
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
@@ -86,7 +86,9 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
         log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
+        aug = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # the task's own draws
         for i, (xb, yb) in enumerate(batches):
+            xb, yb = task.batch(xb, yb, aug)
             step = epoch * steps_per_epoch + i
             lr = get_lr(step, total_steps, steps_per_epoch, cfg)
             set_lr(opt, lr, step / total_steps)
@@ -97,9 +99,7 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
             y = yb.to(device, non_blocking=True)  # (B,)
             with autocast(device, amp):
                 logits = trained(x)  # (B, K)
-            loss = F.cross_entropy(
-                logits.float(), y, weight=class_weight, label_smoothing=cfg.label_smoothing
-            )
+            loss = task.loss(model, logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -114,23 +114,16 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
 
         if ema:
             ema.end_epoch(model)
-        probs = predict_proba(
-            model,
-            ds.val.images,
-            mean=mean,
-            std=std,
-            tta=meta["tta"],
-            device=device,
-            amp=amp,
-            channels_last=cfg.channels_last,
+        scores = task.validate(
+            model, ds.val, meta, device=device, amp=amp, channels_last=cfg.channels_last
         )
         row = end_epoch(
             run_dir,
             state,
             model.state_dict(),
             meta,
-            probs,
-            ds.val.labels,
+            scores,
+            task.score,
             epoch=epoch + 1,
             train_loss=loss_sum / max(1, seen),
             lr=lr,
@@ -144,7 +137,7 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
             break
 
     if group.main:
-        finish(run_dir, ds, log)
+        finish(run_dir, ds, log, task)
     return run_dir
 
 
@@ -160,8 +153,10 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
     return dataclasses.replace(cfg, run=str(run_dir)), run_dir
 
 
-def load_data(cfg: TrainConfig, log: Progress) -> tuple[Dataset, list[float], list[float], str]:
-    """The dataset, its per-channel mean and std, and how training mirrors images."""
+def load_data(
+    cfg: TrainConfig, log: Progress, task: Classify | None = None
+) -> tuple[Dataset, list[float], list[float], str]:
+    """The task's dataset, its per-channel mean and std, and how training mirrors images."""
     ds = load_dataset(
         cfg.data,
         data_dir=cfg.data_dir,
@@ -170,6 +165,7 @@ def load_data(cfg: TrainConfig, log: Progress) -> tuple[Dataset, list[float], li
         strict=cfg.strict,
         image_size=cfg.image_size,
     )
+    ds = (task or Classify(cfg)).prepare(ds)
     for note in ds.notes:
         log.note(note)
     mean, std = channel_stats(ds.train)
@@ -229,8 +225,8 @@ def end_epoch(
     state: dict,
     weights: dict[str, torch.Tensor],
     meta: dict,
-    probs: torch.Tensor,
-    labels: torch.Tensor,
+    scores: dict,
+    score: str,
     *,
     epoch: int,
     train_loss: float,
@@ -238,20 +234,20 @@ def end_epoch(
     seconds: float,
     write: bool = True,
 ) -> dict:
-    """Score the epoch on val probabilities; save last (and best) weights and results.csv."""
+    """Record the epoch's validation `scores`; save last (and best by `score`) weights."""
     prev = state["rows"][-1]["seconds"] if state["rows"] else 0.0
     row = {
         "epoch": epoch,
         "train_loss": train_loss,
-        "val_loss": F.nll_loss(probs.clamp_min(1e-12).log(), labels).item(),
-        "val_acc": (probs.argmax(1) == labels).float().mean().item(),
+        "val_loss": scores["val_loss"],
+        score: scores[score],
         "lr": lr,
         "seconds": prev + seconds,  # cumulative training time, evaluation excluded
     }
     state["rows"].append(row)
-    improved = row["val_acc"] > state["best_acc"]
+    improved = row[score] > state["best_acc"]  # "best_acc": the best score, whatever it is
     if improved:
-        state["best_acc"], state["stale"] = row["val_acc"], 0
+        state["best_acc"], state["stale"] = row[score], 0
     else:
         state["stale"] += 1
     if write:  # with torchrun, rank 0 alone writes
@@ -270,13 +266,11 @@ def early_stop(cfg: TrainConfig, state: dict, log: Progress) -> bool:
     return False
 
 
-def finish(run_dir: Path, ds: Dataset, log: Progress) -> None:
+def finish(run_dir: Path, ds: Dataset, log: Progress, task: Classify) -> None:
     """Evaluate the best weights on the test split; write metrics.json and the figures."""
     log.close()
-    from convlens.evaluation import evaluate_run
-
-    metrics = evaluate_run(run_dir, dataset=ds, write=True)
-    log.final(metrics, run_dir)
+    metrics = task.finish(run_dir, ds)
+    log.final(task.summary(metrics), run_dir)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -302,42 +296,52 @@ def resolve_amp(mode: str, device: torch.device) -> bool:
 
 
 def weights_meta(
-    cfg: TrainConfig, ds: Dataset, mean: list[float], std: list[float], hflip: str
+    cfg: TrainConfig, ds: Dataset, mean: list[float], std: list[float], hflip: str, task: Classify
 ) -> dict:
     """What `predict` needs besides the weights: classes, input, normalisation, model, TTA."""
     tta = cfg.tta
     if tta == "auto":  # mirrored views help only a model that was trained on mirrored images
         tta = "flip-shift" if hflip != "off" else "none"
     return {
-        "task": "classify",
+        "task": task.name,
         "classes": ds.classes,
+        "outputs": task.outputs(ds),
         "input": {"channels": ds.channels, "height": ds.image_size[0], "width": ds.image_size[1]},
         "normalize": {"mean": mean, "std": std},
         "tta": tta,
         "model": {"name": cfg.model, "args": cfg.model_args},
         "data": cfg.data,
         "versions": {"convlens": convlens.__version__, "torch": torch.__version__},
+        **task.meta(ds),
     }
 
 
 def build_model(
-    cfg: TrainConfig, ds: Dataset, log: Progress, mean: list[float], std: list[float]
+    cfg: TrainConfig,
+    ds: Dataset,
+    log: Progress,
+    mean: list[float],
+    std: list[float],
+    task: Classify | None = None,
+    meta: dict | None = None,
 ) -> nn.Module:
-    """The model, with weights from --init, or a data-based init where the model has one."""
+    """The task's model, with weights from --init, or a data-based init where it has one."""
+    task = task or Classify(cfg)
     kwargs = dict(cfg.model_args)
     if cfg.pretrained:
         kwargs["pretrained"] = True
     model = create_model(
         cfg.model,
         in_channels=ds.channels,
-        num_classes=ds.num_classes,
+        num_classes=task.outputs(ds),
         image_size=ds.image_size,
         **kwargs,
     )
+    if not cfg.init and hasattr(model, "init_from_data"):  # e.g. fastnet's whitening layer
+        model.init_from_data(normalize(ds.train.images[:5000], mean, std))
+    model = task.wrap(model, meta or {})
     if cfg.init:
         log.note(init_from_file(model, cfg.init))
-    elif hasattr(model, "init_from_data"):  # e.g. fastnet's whitening first layer
-        model.init_from_data(normalize(ds.train.images[:5000], mean, std))
     return model
 
 
@@ -352,12 +356,6 @@ def init_from_file(model: nn.Module, path: str) -> str:
     skipped = sorted(set(own) - set(taken))
     more = f"; kept this model's own {', '.join(skipped)}" if skipped else ""
     return f"init: {len(taken)} of {len(own)} tensors loaded from {path}{more}"
-
-
-def class_weights(cfg: TrainConfig, ds: Dataset) -> torch.Tensor:
-    """Inverse class frequency, scaled so that a balanced dataset gets weight 1."""
-    counts = torch.bincount(ds.train.labels, minlength=ds.num_classes).float()
-    return counts.sum() / (ds.num_classes * counts.clamp_min(1))
 
 
 def _save_state(path: Path, state: dict, model: nn.Module, opt, ema: Lookahead | None) -> None:

@@ -25,7 +25,6 @@ from convlens.training.ema import Lookahead
 from convlens.training.loop import (
     build_model,
     check_loss,
-    class_weights,
     early_stop,
     end_epoch,
     epoch_batches,
@@ -38,6 +37,7 @@ from convlens.training.loop import (
 )
 from convlens.training.optim import get_lr, param_groups, set_lr
 from convlens.training.progress import Progress
+from convlens.training.tasks import Classify, classify_scores
 
 DEVICE = SimpleNamespace(type="cpu (numpy engine)")  # what the start line names as the device
 
@@ -49,10 +49,12 @@ def fit(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # the data pipeline's threads
     log = Progress()
-    ds, mean, std, hflip = load_data(cfg, log)
+    task = Classify(cfg)
+    ds, mean, std, hflip = load_data(cfg, log, task)
+    meta = weights_meta(cfg, ds, mean, std, hflip, task)
 
     torch.manual_seed(cfg.seed)
-    init = build_model(cfg, ds, log, mean, std)  # the torch engine's initial weights
+    init = build_model(cfg, ds, log, mean, std, task, meta)  # the torch engine's initial weights
     model = reference.build_model(
         cfg.model,
         in_channels=ds.channels,
@@ -64,10 +66,9 @@ def fit(cfg: TrainConfig) -> Path:
     model.load_state_dict({k: v.numpy() for k, v in init.state_dict().items()})
     open_run(cfg, run_dir, ds, log)
     opt = build_sgd(model, cfg)
-    meta = weights_meta(cfg, ds, mean, std, hflip)
     ema = Lookahead(cfg.ema, cfg.ema_start, cfg.ema_every) if cfg.ema else None
     shared = TorchView(model)
-    weight = class_weights(cfg, ds).numpy() if cfg.class_weights == "auto" else None
+    weight = None if task.class_weight is None else task.class_weight.numpy()
     loss_fn = reference.CrossEntropyLoss(cfg.label_smoothing, weight=weight)
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
@@ -102,8 +103,8 @@ def fit(cfg: TrainConfig) -> Path:
                 state,
                 {k: torch.from_numpy(v) for k, v in model.state_dict().items()},
                 meta,
-                torch.from_numpy(probs),
-                ds.val.labels,
+                classify_scores(torch.from_numpy(probs), ds.val.labels),
+                task.score,
                 epoch=epoch + 1,
                 train_loss=loss_sum / max(1, seen),
                 lr=lr,
@@ -113,7 +114,7 @@ def fit(cfg: TrainConfig) -> Path:
             if early_stop(cfg, state, log):
                 break
 
-    finish(run_dir, ds, log)  # the test metrics come from the torch engine, on these weights
+    finish(run_dir, ds, log, task)  # the test metrics come from the torch engine, on these weights
     return run_dir
 
 

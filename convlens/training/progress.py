@@ -56,9 +56,10 @@ class Progress:
 
     def epoch_end(self, row: dict, best: bool) -> None:
         self.close()
+        score = score_column(row)
         self.console.print(
             f"epoch {row['epoch']:>3}  train_loss {row['train_loss']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  {score} {row[score]:.4f}  "
             f"lr {row['lr']:.4g}  {row['seconds']:.1f}s{'  *' if best else ''}"
         )
 
@@ -67,9 +68,10 @@ class Progress:
             self.bar.stop()
             self.bar = None
 
-    def final(self, metrics: dict, run_dir) -> None:
-        self.console.print(
-            f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}  top5 {metrics['top5']:.4f}"
-            f"  macro_f1 {metrics['macro_f1']:.4f}  (n={metrics['n']}); results in {run_dir}",
-            markup=False,
-        )
+    def final(self, summary: str, run_dir) -> None:
+        self.console.print(f"{summary}; results in {run_dir}", markup=False)
+
+
+def score_column(row: dict) -> str:
+    """The validation score in a results row: val_acc, or the task's own (val_auc, ...)."""
+    return next(k for k in row if k.startswith("val_") and k != "val_loss")

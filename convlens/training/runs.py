@@ -9,7 +9,7 @@ from pathlib import Path
 from convlens.errors import ConvlensError
 from convlens.training.checkpoint import atomic_write_bytes
 
-RESULT_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]
+RESULT_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]  # classify
 
 
 def new_run_dir(
@@ -39,10 +39,11 @@ def existing_run_dir(requested: str | Path | None) -> Path:
 def write_results(path: Path, rows: list[dict]) -> None:
     """Rewrite results.csv from the epoch rows (the training state holds the same rows)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    columns = list(rows[0]) if rows else RESULT_COLUMNS  # other tasks name their own score
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row[k]) for k in RESULT_COLUMNS})
+        writer.writerow({k: _fmt(row[k]) for k in columns})
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
