@@ -184,7 +184,7 @@ def test_tv_model_keeps_torchvision_names_and_class() -> None:
     assert model.conv1.weight.shape == (64, 1, 7, 7)
 
 
-def test_tv_pretrained_offline_is_one_line_model_error(monkeypatch, tmp_path) -> None:
+def test_tv_pretrained_offline_is_one_line_model_error(monkeypatch, tmp_path, capfd) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights to fall back on
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)  # offline connections are refused fast; never hang regardless
@@ -197,6 +197,7 @@ def test_tv_pretrained_offline_is_one_line_model_error(monkeypatch, tmp_path) ->
     assert message.startswith("cannot download pretrained weights for resnet18: ")
     assert message.endswith("use --init FILE with a local weights file")
     assert "\n" not in message
+    assert "Downloading" not in capfd.readouterr().err  # torch.hub's line, for a failed download
 
 
 def test_tv_pretrained_adapts_first_conv_and_last_layer(monkeypatch, tmp_path) -> None:

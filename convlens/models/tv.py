@@ -156,10 +156,19 @@ def create_torchvision_model(
 
 def _pretrained(name: str, **kwargs: object) -> nn.Module:
     """The 1000-class model with torchvision's published default weights."""
+    import contextlib
+    import io
+    import sys
+
     from torchvision import models
 
+    said = io.StringIO()  # torch.hub's "Downloading: ..." line, shown only if it downloads
     try:
-        return models.get_model(name, weights=models.get_model_weights(name).DEFAULT, **kwargs)
+        with contextlib.redirect_stderr(said):
+            weights = models.get_model_weights(name).DEFAULT
+            model = models.get_model(name, weights=weights, **kwargs)
+        sys.stderr.write(said.getvalue())
+        return model
     except OSError as e:  # urllib's URLError is an OSError; offline it fails fast
         reason = " ".join(str(getattr(e, "reason", e)).split())
         raise ModelError(
