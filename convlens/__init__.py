@@ -27,11 +27,13 @@ def load(run: str, device: str = "cpu", engine: str = "torch"):
     return _load(run, device=device, engine=engine)
 
 
-def evaluate(run: str, data: str | None = None, split: str = "test") -> dict:
+def evaluate(
+    run: str, data: str | None = None, split: str = "test", target_sensitivity: float | None = None
+) -> dict:
     """Metrics of a run on a split, as `convlens evaluate RUN --json` prints them."""
     from convlens.evaluation import evaluate_run
 
-    return evaluate_run(run, data=data, split=split)
+    return evaluate_run(run, data=data, split=split, target_sensitivity=target_sensitivity)
 
 
 def create_model(name: str, **kwargs: Any):

@@ -77,13 +77,23 @@ def train(config_file: str | None, model_args: tuple[str, ...], **settings: obje
 @click.option("--data", help="dataset to evaluate on [default: the one it was trained on]")
 @click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document, nothing else")
-def evaluate(run: str, data: str | None, split: str, as_json: bool) -> None:
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True),
+              help="two classes: threshold reaching this sensitivity on val [default: the run's "
+              "setting, else Youden's J]")  # fmt: skip
+def evaluate(
+    run: str, data: str | None, split: str, as_json: bool, target_sensitivity: float | None
+) -> None:
     """Accuracy, top-5, per-class precision/recall/F1 and confusion matrix of RUN."""
     from convlens.evaluation import evaluate_run
 
-    metrics = evaluate_run(run, data=data, split=split)
+    metrics = evaluate_run(run, data=data, split=split, target_sensitivity=target_sensitivity)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
+        return
+    if "per_class" not in metrics:  # multilabel, anomaly, embed: the task's own summary line
+        from convlens.training.tasks import task_class
+
+        click.echo(task_class(metrics.get("task", "classify")).summary(metrics))
         return
     from rich.console import Console
     from rich.table import Table
@@ -100,6 +110,10 @@ def evaluate(run: str, data: str | None, split: str, as_json: bool) -> None:
         f"accuracy {metrics['accuracy']:.4f}  top5 {metrics['top5']:.4f}  "
         f"macro_f1 {metrics['macro_f1']:.4f}"
     )
+    if "detection" in metrics:
+        from convlens.medical.evaluate import detection_lines
+
+        click.echo("\n".join(detection_lines(metrics["detection"])))
 
 
 @cli.command()
@@ -124,6 +138,9 @@ def predict(
             for row in rows:
                 for rank, p in enumerate(row.get("predictions", []), 1):
                     writer.writerow([row["file"], rank, p["label"], p["index"], p["score"], ""])
+                if "anomaly" in row:  # anomaly run: one row, labelled anomalous or normal
+                    label = "anomalous" if row["anomaly"] else "normal"
+                    writer.writerow([row["file"], "", label, "", row["score"], ""])
                 if "error" in row:
                     writer.writerow([row["file"], "", "", "", "", row["error"]])
     if as_json:
@@ -133,7 +150,16 @@ def predict(
             if "error" in row:
                 click.echo(f"{row['file']}: error: {row['error']}")
                 continue
-            tops = ", ".join(f"{p['label']} {p['score']:.3f}" for p in row["predictions"])
+            if "anomaly" in row:  # anomaly run: a score in [0, 1], flagged at the val threshold
+                flag = "ANOMALOUS" if row["anomaly"] else "normal"
+                click.echo(f"{row['file']}: anomaly score {row['score']:.3f} {flag}")
+                continue
+            tops = ", ".join(
+                f"{p['label']} {p['score']:.3f}{' +' if p.get('positive') else ''}"
+                for p in row["predictions"]
+            )  # +: multi-label, positive at the label's threshold chosen on val
+            if "flag" in row:  # two-class run: the decision at the threshold chosen on val
+                tops += f"  -> {'POSITIVE' if row['flag'] else 'negative'}"
             click.echo(f"{row['file']}: {tops}")
     if any("error" in row for row in rows):
         click.echo(f"{sum('error' in r for r in rows)} of {len(rows)} file(s) unreadable", err=True)

@@ -29,7 +29,7 @@ class TrainConfig:
     # task
     task: str = "classify"  # classify | multilabel | anomaly | embed (face identities)
     normal: str | None = None  # anomaly: normal class name(s), comma-separated (default: all)
-    anomaly_method: str = "geom"  # anomaly: geom (72 transformations) | svdd (Deep SVDD)
+    anomaly_method: str = "geom"  # anomaly: geom (72 transformations) | mahalanobis (features)
     target_sensitivity: float | None = None  # two-class: threshold for this sensitivity on val
     embedding_size: int = 128  # embed: length of the L2-normalised face embedding
     embed_loss: str = "arcface"  # embed: arcface (additive angular margin) | softmax
@@ -177,7 +177,7 @@ _CHOICES = {
     "amp": ("auto", "bf16", "off"),
     "engine": ("torch", "numpy"),
     "task": ("classify", "multilabel", "anomaly", "embed"),
-    "anomaly_method": ("geom", "svdd"),
+    "anomaly_method": ("geom", "mahalanobis"),
     "embed_loss": ("arcface", "softmax"),
 }
 
@@ -201,8 +201,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("setting 'ema' must be in [0, 1)")
     if cfg.ema_every < 1:
         raise ConfigError("setting 'ema_every' must be at least 1")
+    if cfg.target_sensitivity is not None and not 0.0 < cfg.target_sensitivity <= 1.0:
+        raise ConfigError("setting 'target_sensitivity' must be in (0, 1]")
     if cfg.translate < 0 or cfg.patience < 0:
         raise ConfigError("settings 'translate' and 'patience' must not be negative")
+    if cfg.workers < 0:
+        raise ConfigError("setting 'workers' must not be negative (0: decode in this process)")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

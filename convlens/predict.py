@@ -28,6 +28,15 @@ class Recogniser:
         size = self.meta["input"]
         self.channels = int(size["channels"])
         self.size = (int(size["height"]), int(size["width"]))
+        self.operating_point = self._operating_point()
+
+    def _operating_point(self) -> dict | None:
+        """A two-class run's threshold chosen on validation (weights/threshold.json), if any."""
+        if len(self.classes) != 2 or self.meta.get("task", "classify") != "classify":
+            return None
+        from convlens.medical.evaluate import read_threshold
+
+        return read_threshold(self.weights)
 
     def _load(self, run: str | Path) -> tuple[torch.nn.Module, dict, Path]:
         model, meta, weights = load_model(run)
@@ -63,8 +72,21 @@ class Recogniser:
         probs = self.predict_tensor(self.preprocess(image)[None])[0]
         return self._top(probs, top_k)
 
+    def flag(self, image: ImageLike) -> dict:
+        """A two-class run's decision at its operating point: {"flag", "positive_score"}."""
+        if self.operating_point is None:
+            raise ConvlensError(f"{self.weights}: not a two-class run with an operating point")
+        row = {"predictions": self.predict(image, top_k=2)}
+        return self._flagged([row])[0]
+
+    def _flagged(self, rows: list[dict]) -> list[dict]:
+        from convlens.medical.evaluate import flag_rows
+
+        return flag_rows(rows, self.operating_point) if self.operating_point else rows
+
     def predict_files(self, paths: list[str], top_k: int = 5, batch_size: int = 256) -> list[dict]:
-        """One row per file: `{"file", "predictions"}` or `{"file", "error"}`; errors don't stop."""
+        """One row per file: `{"file", "predictions"}` (and a two-class run's `flag`) or
+        `{"file", "error"}`; errors don't stop."""
         rows: list[dict] = []
         for i in range(0, len(paths), batch_size):
             chunk, tensors, kept = paths[i : i + batch_size], [], []
@@ -81,7 +103,7 @@ class Recogniser:
                     for p, pr in zip(kept, probs, strict=True)
                 ]
         order = {p: n for n, p in enumerate(paths)}
-        return sorted(rows, key=lambda r: order[r["file"]])
+        return self._flagged(sorted(rows, key=lambda r: order[r["file"]]))
 
     def _top(self, probs: torch.Tensor, k: int) -> list[dict]:
         scores, idx = probs.topk(min(k, len(self.classes)))

@@ -72,7 +72,7 @@ def test_object_array_is_refused(tmp_path):
         (lambda a: a.update(val_labels=a["val_labels"] * 0.5), "val_labels must be integers"),
         (lambda a: a.update(test_images=a["test_images"][:, None]), "test_images must be"),
         (lambda a: a.update(test_images=a["test_images"][:, :4]), "different shapes"),
-        (lambda a: a.update(train_labels=np.zeros((40, 3), int)), "multi-label NPZ not supported"),
+        (lambda a: a.update(train_labels=np.zeros((40, 3), int)), "disagree on label columns"),
         (lambda a: a.update(train_labels=-a["train_labels"] - 1), "negative"),
         (lambda a: a.update(classes=np.array(["a", "b"])), "2 class names but labels go up to 3"),
     ],

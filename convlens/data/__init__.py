@@ -12,6 +12,7 @@ from convlens.data.dataset import Dataset, Split, hold_out_val, stratified_split
 from convlens.data.folder import IMAGE_EXTENSIONS, load_folder
 from convlens.data.idx import find_idx_folder, find_idx_prefix, load_idx, read_idx, write_idx
 from convlens.data.images import decode_image, to_tensor
+from convlens.data.labelcsv import is_label_csv, load_label_csv
 from convlens.data.named import DATASETS, list_datasets, load_named
 from convlens.data.npz import load_npz
 from convlens.errors import ConvlensError
@@ -43,8 +44,9 @@ def load_dataset(
     strict: bool = False,
     image_size: int | None = None,
     download: bool = True,
+    workers: int = 0,
 ) -> Dataset:
-    """A dataset name, a folder of class folders, an .npz or an IDX prefix -> Dataset."""
+    """A dataset name, a folder of class folders, an .npz, a label .csv or an IDX prefix."""
     split_args = {"seed": seed, "val_fraction": val_fraction}
     path = Path(spec).expanduser()
     if spec in DATASETS:  # names win over same-named folders: write ./digits for the folder
@@ -52,13 +54,18 @@ def load_dataset(
     elif path.is_dir() and (pairs := find_idx_folder(path)):
         ds = load_idx(pairs, name=spec, **split_args)
     elif path.is_dir():
-        return load_folder(path, strict=strict, image_size=image_size, **split_args)
+        folder_args = {"strict": strict, "image_size": image_size, "workers": workers}
+        return load_folder(path, **folder_args, **split_args)
     elif path.is_file() and path.suffix.lower() == ".npz":
         ds = load_npz(path, **split_args)
+    elif path.is_file() and path.suffix.lower() == ".csv" and is_label_csv(path):
+        return load_label_csv(path, strict=strict, image_size=image_size, **split_args)
     elif pairs := find_idx_prefix(path):
         ds = load_idx(pairs, name=spec, **split_args)
     else:
-        what = "is not an .npz, a folder or an IDX prefix" if path.exists() else "does not exist"
+        what = "does not exist"
+        if path.exists():
+            what = "is not an .npz, a label .csv (header path,labels), a folder or an IDX prefix"
         raise ConvlensError(
             f"unknown dataset {spec!r}: not a name ({', '.join(DATASETS)}) and the path {what}"
         )

@@ -77,6 +77,11 @@ def translate_each(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Ten
     return x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))  # (B, C, H, W)
 
 
+def to_device(split: Split, device: torch.device | str) -> Split:
+    """The split held on `device`; iterate_batches then cuts and augments batches there."""
+    return Split(split.images.to(device), split.labels.to(device))
+
+
 def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """float32 (x / 255 - mean) / std per channel, for uint8 (..., C, H, W)."""
     if len(mean) != x.shape[-3] or len(std) != x.shape[-3]:

@@ -12,7 +12,7 @@ class Split:
     """One split held in memory."""
 
     images: torch.Tensor  # (N, C, H, W) uint8
-    labels: torch.Tensor  # (N,) int64
+    labels: torch.Tensor  # (N,) int64 class indices, or (N, L) float32 0/1 for multi-label
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -47,6 +47,11 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether each image carries a 0/1 vector of labels (N, L) instead of one class."""
+        return self.train.labels.ndim == 2
+
     def split(self, name: str) -> Split:
         """Return the split called `name` (train, val or test)."""
         from convlens.errors import ConvlensError
@@ -58,10 +63,13 @@ class Dataset:
 
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) -> list[torch.Tensor]:
-    """Split indices class by class into [rest, one part per fraction], seeded; each sorted."""
+    """Split indices class by class into [rest, one part per fraction], seeded; each sorted.
+
+    Multi-label (N, L) labels are stratified by each image's rarest label (or "none").
+    """
     import numpy as np
 
-    y = labels.numpy()  # (N,)
+    y = labels.numpy() if labels.ndim == 1 else _rarest_label(labels.numpy())  # (N,)
     counts = np.bincount(y, minlength=1)  # (K,)
     quotas = [_quota(counts, f) for f in fractions]  # each (K,)
     rng = np.random.default_rng(seed)
@@ -75,6 +83,15 @@ def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) ->
             start += take
         parts[0].append(idx[start:])
     return [torch.from_numpy(np.sort(np.concatenate(p))).long() for p in parts]
+
+
+def _rarest_label(labels):
+    """Per row of 0/1 labels (N, L): the index of its rarest positive label, or L if none."""
+    import numpy as np
+
+    on = labels > 0.5
+    freq = np.where(on, on.sum(0), np.inf)  # (N, L): how common each of the row's labels is
+    return np.where(on.any(1), freq.argmin(1), labels.shape[1])
 
 
 def _quota(counts, fraction: float):

@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from convlens.data.cache import Decoded, load_or_decode
 from convlens.data.dataset import Dataset, Split, complete_splits
 from convlens.data.images import decode_image, is_colour, open_image, to_tensor
 from convlens.errors import ConvlensError, DatasetFormatError
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm"})
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 MAX_BAD_FRACTION = 0.01  # more unreadable files than this is an error, not a skip
 MAX_AUTO_SIZE = 64  # cap on the median size picked when images differ in size
@@ -33,8 +35,14 @@ def load_folder(
     val_fraction: float = 0.1,
     strict: bool = False,
     image_size: int | None = None,
+    workers: int = 0,
+    cache: bool = True,
 ) -> Dataset:
-    """A Dataset from `root/<class>/*` or `root/{train,val,test}/<class>/*`; bad files skipped."""
+    """A Dataset from `root/<class>/*` or `root/{train,val,test}/<class>/*`; bad files skipped.
+
+    Decoded pixels are cached under `root/.convlens-cache/` (convlens.data.cache) and reused
+    until a file changes; `workers` processes decode (0: threads of this process).
+    """
     root = Path(root)
     notes: list[str] = []
     layout = _layout(root, notes)  # {"train": dir, "val": dir?, "test": dir?}
@@ -44,30 +52,19 @@ def load_folder(
             f"{layout['train']}: no class subfolders (expected <class>/<image> inside)"
         )
     items, ignored = _list_files(layout, classes)
-    total = sum(len(v) for v in items.values())
     if ignored:
         kinds = ", ".join(f"{ext or 'no extension'}: {n}" for ext, n in ignored.most_common())
         notes.append(f"ignored {sum(ignored.values())} files that are not images ({kinds})")
 
-    bad: list[tuple[str, str]] = []
-    headers = _map(_header, items, bad, strict)  # (H, W, colour) per file, nothing decoded yet
-    shapes = [(h, w) for part in headers.values() for _, (h, w, _) in part]
-    channels = 3 if any(c for part in headers.values() for _, (_, _, c) in part) else 1
-    size = _pick_size(shapes, image_size, notes)
-    readable = {split: [item for item, _ in part] for split, part in headers.items()}
-
-    def pixels_of(path: str) -> torch.Tensor:
-        return to_tensor(decode_image(path), channels=channels, size=size)  # (C, H, W) uint8
-
-    pixels = _map(pixels_of, readable, bad, strict)
-    if len(bad) > MAX_BAD_FRACTION * total:
-        first = "; ".join(f"{p}: {why}" for p, why in bad[:3])
-        raise DatasetFormatError(
-            f"{root}: {len(bad)} of {total} image files are unreadable (over "
-            f"{MAX_BAD_FRACTION:.0%}), e.g. {first}"
-        )
-
-    splits = {name: _stack(part, channels, size) for name, part in pixels.items()}
+    splits, bad, more = load_or_decode(
+        root,
+        items,
+        {"image_size": image_size},
+        lambda: _decode(root, items, strict=strict, image_size=image_size, workers=workers),
+        strict=strict,
+        enabled=cache,
+    )
+    notes += more
     for name, part in splits.items():
         missing = sorted(set(range(len(classes))) - set(part.labels.tolist()))
         if name == "train" and missing:
@@ -87,6 +84,36 @@ def load_folder(
         notes=notes,
         bad_files=bad,
     )
+
+
+def _decode(
+    root: Path, items: dict[str, list[Item]], *, strict: bool, image_size: int | None, workers: int
+) -> Decoded:
+    """Decode every listed image to one size and channel count; unreadable files go to `bad`."""
+    notes: list[str] = []
+    total = sum(len(v) for v in items.values())
+    bad: list[tuple[str, str]] = []
+    headers = _map(_header, items, bad, strict)  # (H, W, colour) per file, nothing decoded yet
+    shapes = [(h, w) for part in headers.values() for _, (h, w, _) in part]
+    channels = 3 if any(c for part in headers.values() for _, (_, _, c) in part) else 1
+    size = _pick_size(shapes, image_size, notes)
+    readable = {split: [item for item, _ in part] for split, part in headers.items()}
+    pixels_of = partial(_pixels, channels=channels, size=size)  # a function processes can take
+    pixels = _map(pixels_of, readable, bad, strict, workers)
+    if len(bad) > MAX_BAD_FRACTION * total:
+        first = "; ".join(f"{p}: {why}" for p, why in bad[:3])
+        raise DatasetFormatError(
+            f"{root}: {len(bad)} of {total} image files are unreadable (over "
+            f"{MAX_BAD_FRACTION:.0%}), e.g. {first}"
+        )
+
+    splits = {name: _stack(part, channels, size) for name, part in pixels.items()}
+    return Decoded(splits, bad, notes)
+
+
+def _pixels(path: str, *, channels: int, size: tuple[int, int]) -> np.ndarray:
+    # NumPy, not torch: a process pool would pass each tensor through its own shared-memory file
+    return to_tensor(decode_image(path), channels=channels, size=size).numpy()  # (C, H, W) uint8
 
 
 def _layout(root: Path, notes: list[str]) -> dict[str, Path]:
@@ -166,21 +193,21 @@ def _header(path: str) -> tuple[int, int, bool]:
 
 
 def _map(
-    fn: Callable[[str], T], items: dict[str, list[Item]], bad: list[tuple[str, str]], strict: bool
+    fn: Callable[[str], T],
+    items: dict[str, list[Item]],
+    bad: list[tuple[str, str]],
+    strict: bool,
+    workers: int = 0,
 ) -> dict[str, list[tuple[Item, T]]]:
-    """Apply `fn` to every path on a thread pool; failures go to `bad` (or raise when strict)."""
-
-    def safe(item: Item) -> tuple[Item, T | None, DatasetFormatError | None]:
-        try:
-            return item, fn(item[0]), None
-        except DatasetFormatError as e:
-            return item, None, e
-
+    """Apply `fn` to every path on threads, or on `workers` processes; failures go to `bad`."""
     out: dict[str, list[tuple[Item, T]]] = {}
-    with ThreadPoolExecutor(WORKERS) as pool:
+    pool = ProcessPoolExecutor(workers) if workers else ThreadPoolExecutor(WORKERS)
+    with pool:
         for split, part in items.items():
             out[split] = []
-            for item, value, error in pool.map(safe, part):
+            chunk = max(1, len(part) // (8 * max(workers, 1)))  # few round trips per process
+            results = pool.map(partial(_safe, fn), part, chunksize=chunk)
+            for item, (value, error) in zip(part, results, strict=True):
                 if error is None:
                     out[split].append((item, value))
                 elif strict:
@@ -189,6 +216,14 @@ def _map(
                 else:
                     bad.append((item[0], str(error).removeprefix(f"{item[0]}: ")))
     return out
+
+
+def _safe(fn: Callable[[str], T], item: Item) -> tuple[T | None, DatasetFormatError | None]:
+    """fn(path), or the DatasetFormatError it raised (returned: a process pool can carry it)."""
+    try:
+        return fn(item[0]), None
+    except DatasetFormatError as e:
+        return None, e
 
 
 def _pick_size(
@@ -210,8 +245,8 @@ def _pick_size(
     return size
 
 
-def _stack(part: list[tuple[Item, torch.Tensor]], channels: int, size: tuple[int, int]) -> Split:
+def _stack(part: list[tuple[Item, np.ndarray]], channels: int, size: tuple[int, int]) -> Split:
     if not part:
         return Split(torch.zeros(0, channels, *size, dtype=torch.uint8), torch.zeros(0).long())
-    images = torch.stack([x for _, x in part])  # (N, C, H, W) uint8
+    images = torch.from_numpy(np.stack([x for _, x in part]))  # (N, C, H, W) uint8
     return Split(images, torch.tensor([label for (_, label), _ in part], dtype=torch.int64))

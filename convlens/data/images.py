@@ -1,4 +1,10 @@
-"""Decode an image file and make it a uint8 (C, H, W) tensor: shared by training and predict."""
+"""Decode an image file and make it a uint8 (C, H, W) tensor: shared by training and predict.
+
+Images with more than 8 bits become 8 bits here, the same way for training and predict:
+16-bit (and 32-bit integer) PNG/TIFF files are mapped linearly from their own min..max to
+0..255 (a 12-bit X-ray stored in 16 bits keeps its contrast; absolute levels are not kept), and
+DICOM files are rescaled and windowed as convlens.data.dicom describes.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +49,13 @@ def open_image(
         raise DatasetFormatError(f"{name}: cannot read ({e.strerror or e})") from None
     if not data:
         raise DatasetFormatError(f"{name}: empty file (0 bytes)")
+    if data[128:132] == b"DICM":  # DICOM: pydicom decodes and windows it to 8 bits
+        from convlens.data.dicom import dicom_image
+
+        img = dicom_image(data, name)
+        if img.width * img.height > limit:
+            raise DatasetFormatError(f"{name}: DICOM image is {img.width}x{img.height} pixels")
+        return img
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
@@ -82,9 +95,8 @@ def to_tensor(
 
 def _to_8bit(img: Image.Image) -> Image.Image:
     """Bring 16/32-bit and float modes into 8 bits, and palettes to RGBA, before any convert()."""
-    if img.mode.startswith("I"):  # I;16, I;16B, I: treat as 16-bit, map 0..65535 to 0..255
-        a = np.asarray(img).astype(np.int64).clip(0, 65535)
-        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if img.mode.startswith("I"):  # I;16, I;16B, I (16-bit PNG/TIFF): per-image min..max
+        return Image.fromarray(minmax_uint8(np.asarray(img).astype(np.float64)), "L")
     if img.mode == "F":  # float: assumed 0..255, as PIL's own convert does
         return Image.fromarray(np.asarray(img).clip(0, 255).round().astype(np.uint8), "L")
     if img.mode in ("P", "PA"):  # palette: via RGBA so transparency is handled without a warning
@@ -92,6 +104,14 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode == "LAB":  # PIL converts LAB to RGB only
         return img.convert("RGB")
     return img
+
+
+def minmax_uint8(values: np.ndarray) -> np.ndarray:
+    """Linear min..max -> 0..255 uint8 (all zeros for a constant image)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.uint8)
+    return np.round((values - lo) * (255 / (hi - lo))).astype(np.uint8)
 
 
 def is_colour(img: Image.Image) -> bool:

@@ -1,4 +1,9 @@
-"""Read MedMNIST-style .npz files (`train_images`, `train_labels`, ...), never unpickling."""
+"""Read MedMNIST-style .npz files (`train_images`, `train_labels`, ...), never unpickling.
+
+Every 2-D MedMNIST v2 flavour: grey (N, H, W) or RGB (N, H, W, 3) uint8 images at 28, 64, 128 or
+224 pixels; labels (N, 1) class indices, or (N, L) 0/1 columns for multi-label files such as
+ChestMNIST (loaded as float32 (N, L) labels, one class name per column).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +26,21 @@ def load_npz(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> D
     path = Path(path)
     arrays = read_npz(path)
     splits: dict[str, Split] = {}
+    for key in ("train_images", "train_labels"):
+        if key not in arrays:
+            raise DatasetFormatError(
+                f"{path}: missing key {key!r} (the file has {', '.join(sorted(arrays)) or 'none'};"
+                " MedMNIST files have train_images, train_labels, val_images, val_labels, "
+                "test_images, test_labels)"
+            )
     for name in SPLITS:
         x, y = arrays.get(f"{name}_images"), arrays.get(f"{name}_labels")
         if x is None and y is None and name != "train":
             continue
         splits[name] = _split(path, name, x, y)
+    columns = {n: s.labels.shape[1] if s.labels.ndim == 2 else 1 for n, s in splits.items()}
+    if len(set(columns.values())) > 1:
+        raise DatasetFormatError(f"{path}: splits disagree on label columns {columns}")
     shapes = {name: tuple(s.images.shape[1:]) for name, s in splits.items()}
     if len(set(shapes.values())) > 1:
         raise DatasetFormatError(f"{path}: splits hold images of different shapes {shapes}")
@@ -99,10 +114,7 @@ def _split(path: Path, name: str, x: np.ndarray | None, y: np.ndarray | None) ->
             f"{path}: {name}_images must be (N, H, W) or (N, H, W, 3), got {x.shape}"
         )
     if y.ndim == 2 and y.shape[1] > 1:
-        raise DatasetFormatError(
-            f"{path}: {name}_labels has {y.shape[1]} columns: multi-label NPZ not supported by "
-            "this task yet"
-        )
+        return _multilabel_split(path, name, x, y)
     if y.ndim == 2:
         y = y[:, 0]
     if y.ndim != 1 or y.dtype.kind not in "iu":
@@ -117,8 +129,26 @@ def _split(path: Path, name: str, x: np.ndarray | None, y: np.ndarray | None) ->
     return Split(images, torch.from_numpy(y.astype(np.int64)))
 
 
+def _multilabel_split(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> Split:
+    """A split with (N, L) 0/1 labels (ChestMNIST's layout), as float32."""
+    if len(y) != len(x):
+        raise DatasetFormatError(f"{path}: {len(x)} {name}_images but {len(y)} {name}_labels")
+    if y.dtype.kind not in "iub" or not np.isin(y, (0, 1)).all():
+        raise DatasetFormatError(
+            f"{path}: {name}_labels has {y.shape[1]} columns, so it is multi-label and must hold "
+            "only 0 and 1"
+        )
+    images = torch.from_numpy(np.ascontiguousarray(x))  # (N, C, H, W) uint8
+    return Split(images, torch.from_numpy(y.astype(np.float32)))  # (N, L)
+
+
 def _classes(path: Path, names: np.ndarray | None, splits: dict[str, Split]) -> list[str]:
-    k = max((int(s.labels.max()) + 1 for s in splits.values() if len(s)), default=0)
+    if splits["train"].labels.ndim == 2:  # multi-label: one name per column
+        k = splits["train"].labels.shape[1]
+        if names is not None and len(names) != k:
+            raise DatasetFormatError(f"{path}: {len(names)} class names for {k} label columns")
+    else:
+        k = max((int(s.labels.max()) + 1 for s in splits.values() if len(s)), default=0)
     if names is None:
         return [str(i) for i in range(k)]
     if names.ndim != 1 or names.dtype.kind not in "US":

@@ -25,8 +25,13 @@ def evaluate_run(
     dataset: Dataset | None = None,
     write: bool = False,
     device: str = "cpu",
+    target_sensitivity: float | None = None,
 ) -> dict:
-    """Metrics of RUN's best weights on `split` of its data (or of `data`)."""
+    """Metrics of RUN's best weights on `split` of its data (or of `data`).
+
+    Two-class runs add detection metrics at a threshold chosen on the validation split (Youden's
+    J, or `target_sensitivity`, by default the run's own setting).
+    """
     model, meta, weights = load_model(run)
     run_dir = weights.parent.parent if weights.parent.name == "weights" else None
     if dataset is None:
@@ -42,19 +47,35 @@ def evaluate_run(
         )
     part = dataset.split(split)
     check_compatible(meta, dataset, weights)
-    probs = predict_proba(
+    probs = _probs(model, meta, part.images, device)
+    metrics = {"data": dataset.name, "split": split, "weights": str(weights)}
+    metrics.update(classification_metrics(part.labels, probs, meta["classes"]))
+    if len(meta["classes"]) == 2:  # a finding or not: the clinical view, threshold from val
+        from convlens.medical.evaluate import add_detection
+
+        val_probs = _probs(model, meta, dataset.val.images, device)
+        add_detection(metrics, meta, run_dir, dataset.val, val_probs, part, probs,
+                      target_sensitivity, write=write)  # fmt: skip
+    if write and run_dir is not None:
+        _write_outputs(run_dir, metrics, part, probs)
+        if dataset.name.endswith(".npz"):  # MedMNIST: a score file its evaluator reads
+            from convlens.medical.scores import write_scores
+
+            write_scores(run_dir / "medmnist", dataset.name, split, run_dir.name,
+                         part.labels.numpy(), probs.numpy())  # fmt: skip
+    return metrics
+
+
+def _probs(model, meta: dict, images, device: str):
+    """Class probabilities (N, K) of uint8 images (N, C, H, W), preprocessed as in training."""
+    return predict_proba(
         model,
-        part.images,
+        images,
         mean=meta["normalize"]["mean"],
         std=meta["normalize"]["std"],
         tta=meta.get("tta", "none"),
         device=device,
     )
-    metrics = {"data": dataset.name, "split": split, "weights": str(weights)}
-    metrics.update(classification_metrics(part.labels, probs, meta["classes"]))
-    if write and run_dir is not None:
-        _write_outputs(run_dir, metrics, part, probs)
-    return metrics
 
 
 def load_run_data(spec: str | None, run_dir: Path | None) -> Dataset:

@@ -64,3 +64,55 @@ def save_curves(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def save_roc_pr(points: dict, block: dict, path: Path) -> None:
+    """ROC and precision-recall curves of a two-class run, the operating point marked on both."""
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4), dpi=110)
+    sens, spec, ppv = (block[k]["value"] for k in ("sensitivity", "specificity", "ppv"))
+    auc, ap = block["roc_auc"], block["pr_auc"]
+    a.plot(points["fpr"], points["tpr"], color="tab:blue")
+    a.plot([0, 1], [0, 1], ":", color="grey")
+    a.plot([1 - spec], [sens], "o", color="tab:red", label="threshold chosen on val")
+    a.set_xlabel("1 - specificity")
+    a.set_ylabel("sensitivity")
+    a.set_title(f"ROC, AUC {auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}]")
+    a.legend(loc="lower right")
+    b.plot(points["recall"], points["precision"], color="tab:blue")
+    b.axhline(block["positives"] / block["n"], linestyle=":", color="grey")  # chance: prevalence
+    if ppv is not None:
+        b.plot([sens], [ppv], "o", color="tab:red")
+    b.set_xlabel("recall (sensitivity)")
+    b.set_ylabel("precision (PPV)")
+    b.set_title(f"PR, AP {ap['value']:.3f} [{ap['ci'][0]:.3f}, {ap['ci'][1]:.3f}]")
+    for ax in (a, b):
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"positive class: {block['positive_class']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_label_rocs(labels, scores, names: list[str], path: Path) -> None:
+    """One ROC curve per label of a multi-label run (labels, scores: (N, L) arrays)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=110)
+    for j, name in enumerate(names):
+        y = labels[:, j] > 0.5
+        if 0 < y.sum() < len(y):  # a curve needs positives and negatives
+            fpr, tpr, _ = roc_curve(y, scores[:, j])
+            ax.plot(fpr, tpr, label=f"{name} ({roc_auc_score(y, scores[:, j]):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC per label (AUC)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

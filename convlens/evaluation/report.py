@@ -29,6 +29,7 @@ SECTIONS = {  # id -> title, in page order
     "invariance": "Translation invariance",
     "settings": "Settings",
 }
+TITLES = {**SECTIONS, "detection": "Detection (threshold chosen on validation)"}  # + by run
 
 
 def write_report(
@@ -55,6 +56,7 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
     body = {
         "curves": img_file(run_dir / "curves.png", "training curves")
         or note("no results.csv: this run has no per-epoch results"),
+        "detection": _detection(metrics, run_dir),
         "per-class": _per_class(metrics),
         "confusion": img_file(run_dir / "confusion_matrix.png", "confusion matrix"),
         "mistakes": _guard(explain.mistakes, model, metrics, split, probs),
@@ -63,10 +65,10 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
         "invariance": _guard(explain.invariance, explained),
         "settings": _settings(cfg),
     }
-    nav = "".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, t in SECTIONS.items())
+    body = {k: v for k, v in body.items() if v is not None}  # None: not for this run
+    nav = "".join(f'<a href="#{k}">{html.escape(TITLES[k])}</a>' for k in body)
     sections = "".join(
-        f'<section id="{k}"><h2>{html.escape(SECTIONS[k])}</h2>{v}</section>'
-        for k, v in body.items()
+        f'<section id="{k}"><h2>{html.escape(TITLES[k])}</h2>{v}</section>' for k, v in body.items()
     )
     name = html.escape(str(cfg.get("model") or model.meta["model"]["name"]))
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -134,6 +136,35 @@ def _per_class(metrics: dict) -> str:
         )
     head = ["class", "precision", "recall", "F1", "support", "most often taken for"]
     return table(head, rows, left=(3, 5))
+
+
+def _detection(metrics: dict, run_dir: Path) -> str | None:
+    """Two-class runs: each detection metric with its bootstrap CI, and the ROC/PR figure."""
+    block = metrics.get("detection")
+    if block is None:
+        return None
+    if "skipped" in block:
+        return note(block["skipped"])
+    point = block["operating_point"]
+    how = "Youden's J" if point["method"] == "youden" else (
+        f"sensitivity >= {point['target_sensitivity']}")  # fmt: skip
+    text = (
+        f"Positive class {html.escape(block['positive_class'])}: a case is flagged when its "
+        f"probability is at least {point['threshold']:.4f}, chosen on the validation split "
+        f"({point['val_n']} images) by {how}. 95% CIs: {block['bootstrap']['resamples']} "
+        "bootstrap resamples of the evaluated cases."
+    )
+    rows = []
+    names = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV",
+             "npv": "NPV", "f1": "F1", "roc_auc": "ROC AUC", "pr_auc": "PR AUC (AP)"}  # fmt: skip
+    for name, label in names.items():
+        m = block[name]
+        value = "&ndash;" if m["value"] is None else f"{m['value']:.3f}"
+        ci = "&ndash;" if None in m["ci"] else f"{m['ci'][0]:.3f} &ndash; {m['ci'][1]:.3f}"
+        rows.append(f"<tr><td>{label}</td><td>{value}</td><td>{ci}</td></tr>")
+    figure = img_file(run_dir / "roc_pr.png", "ROC and precision-recall curves")
+    head = ["metric", "value", "95% CI"]
+    return f"<p>{text}</p>{table(head, rows, cls='grid narrow')}{figure}"
 
 
 def _bar(value: float) -> str:

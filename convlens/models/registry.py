@@ -82,4 +82,4 @@ def image_size_pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int,
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_model decorators.
-    from convlens.models import fastnet, lenet, mlp, resnet, textbook  # noqa: F401
+    from convlens.models import fastnet, lenet, mlp, resnet, textbook, wrn  # noqa: F401

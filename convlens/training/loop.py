@@ -18,7 +18,7 @@ from torch import nn
 import convlens
 from convlens.config import TrainConfig, make_config, save_config, to_dict
 from convlens.data import Dataset, load_dataset
-from convlens.data.batches import channel_stats, iterate_batches, normalize
+from convlens.data.batches import channel_stats, iterate_batches, normalize, to_device
 from convlens.errors import ConfigError, ConvlensError, TrainingError
 from convlens.models import create_model
 from convlens.models.infer import autocast
@@ -64,6 +64,12 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, ds, log, mean, std, task, meta).to(device)
+    if device.type == "cuda":  # fixed batch shapes: let cuDNN time its kernels once, keep the best
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    if device.type == "cuda" and type(task).batch is Classify.batch:
+        # Images cross to the GPU once; batches are cut, mirrored and shifted there. A task with
+        # its own batch hook keeps CPU batches: its augmentation may mix in CPU tensors.
+        ds.train = to_device(ds.train, device)
     if group.main:
         open_run(cfg, run_dir, ds, log)
     if cfg.channels_last:
@@ -79,6 +85,8 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
         log.note(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.epochs}")
     log.start(cfg, ds, run_dir, model, device, amp)
     trained = distributed.wrap(model, group)  # DDP when torchrun started several processes
+    if cfg.compile:  # `model` itself stays plain: its state_dict names carry no _orig_mod.
+        trained = torch.compile(trained)
 
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(cfg, ds, epoch, hflip, drop_last)
@@ -164,6 +172,7 @@ def load_data(
         val_fraction=cfg.val_fraction,
         strict=cfg.strict,
         image_size=cfg.image_size,
+        workers=cfg.workers,
     )
     ds = (task or Classify(cfg)).prepare(ds)
     for note in ds.notes:

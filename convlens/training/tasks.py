@@ -58,6 +58,8 @@ class Classify:
     # --- set-up ------------------------------------------------------------------------------
     def prepare(self, ds: Dataset) -> Dataset:
         """The dataset to train on (a subclass may select or relabel); before channel stats."""
+        if ds.multilabel:  # cross-entropy would read 0/1 rows as soft labels
+            raise ConfigError(f"{ds.name} is multi-label: train it with --task multilabel")
         if self.cfg.class_weights == "auto":  # inverse class frequency, 1 when balanced
             counts = torch.bincount(ds.train.labels, minlength=ds.num_classes).float()
             self.class_weight = counts.sum() / (ds.num_classes * counts.clamp_min(1))

@@ -1,0 +1,95 @@
+"""Read a multi-label image list: a CSV of `path,labels[,split]`, labels separated by `;`.
+
+```
+path,labels,split
+images/0001.png,effusion;nodule,train
+images/0002.png,,val          <- no finding: an empty label list
+```
+Paths are relative to the CSV's folder. `split` (train, val or valid or validation, test) is
+optional; without it every row is training data and validation is held out (seeded). Labels
+become float32 (N, L) 0/1 columns, one per label name, in sorted order.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from convlens.data.dataset import Dataset, Split, complete_splits
+from convlens.data.folder import SPLIT_DIRS, _decode
+from convlens.errors import DatasetFormatError
+
+
+def load_label_csv(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    strict: bool = False,
+    image_size: int | None = None,
+) -> Dataset:
+    """A multi-label Dataset from a `path,labels[,split]` CSV; unreadable images are skipped."""
+    path = Path(path)
+    rows = read_rows(path)
+    classes = sorted({name for _, names, _ in rows for name in names})
+    if not classes:
+        raise DatasetFormatError(f"{path}: no row names a label")
+    items: dict[str, list[tuple[str, int]]] = {}
+    for i, (file, _, split) in enumerate(rows):  # the row number stands in for the label
+        items.setdefault(split, []).append((str(path.parent / file), i))
+    if "train" not in items:
+        raise DatasetFormatError(f"{path}: no row is in the train split")
+    vectors = torch.zeros(len(rows), len(classes))  # (rows, L) 0/1
+    for i, (_, names, _) in enumerate(rows):
+        vectors[i, [classes.index(n) for n in names]] = 1.0
+    decoded = _decode(path, items, strict=strict, image_size=image_size, workers=0)
+    splits = {k: Split(s.images, vectors[s.labels]) for k, s in decoded.splits.items()}
+    notes = list(decoded.notes)
+    complete_splits(splits, val_fraction, seed, notes, missing_test="no test rows in the CSV")
+    return Dataset(
+        name=str(path),
+        classes=classes,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits.get("test"),
+        source=str(path.resolve()),
+        notes=notes,
+        bad_files=decoded.bad,
+    )
+
+
+def is_label_csv(path: Path) -> bool:
+    """Whether a file starts with the `path,labels` header."""
+    with open(path, "rb") as f:
+        head = f.read(64).decode("utf-8-sig", errors="replace").lower().replace(" ", "")
+    return head.startswith("path,labels")
+
+
+def read_rows(path: Path) -> list[tuple[str, list[str], str]]:
+    """(file, label names, split) per row; errors name the file and the line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            lines = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetFormatError(f"{path}: not a readable CSV file ({e})") from None
+    if not lines or [c.strip().lower() for c in lines[0][:2]] != ["path", "labels"]:
+        raise DatasetFormatError(f"{path}: the first line must be the header path,labels[,split]")
+    has_split = len(lines[0]) > 2 and lines[0][2].strip().lower() == "split"
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not any(cell.strip() for cell in line):
+            continue
+        if len(line) < 2 + has_split:
+            raise DatasetFormatError(f"{path}: line {number} has {len(line)} fields")
+        split = SPLIT_DIRS.get(line[2].strip().lower()) if has_split else "train"
+        if split is None:
+            raise DatasetFormatError(
+                f"{path}: line {number}: split {line[2]!r} is not train, val or test"
+            )
+        names = sorted({n.strip() for n in line[1].split(";") if n.strip()})
+        rows.append((line[0].strip(), names, split))
+    if not rows:
+        raise DatasetFormatError(f"{path}: no rows after the header")
+    return rows

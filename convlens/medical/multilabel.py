@@ -1,0 +1,243 @@
+"""Multi-label disease classification (`--task multilabel`): one sigmoid output per label,
+binary cross-entropy with per-label positive weights, per-label thresholds chosen on validation.
+
+Data: a `path,labels[,split]` CSV (convlens.data.labelcsv) or a multi-label MedMNIST NPZ
+(ChestMNIST's (N, 14) layout). Metrics: per-label ROC AUC and average precision, macro and
+micro AUC, mAP, and each label's sensitivity/specificity at its own validation threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convlens.data import Dataset, Split
+from convlens.data.batches import normalize
+from convlens.errors import ConfigError, ConvlensError
+from convlens.medical.metrics import choose_threshold
+from convlens.models.infer import autocast, tta_views
+from convlens.predict import Recogniser
+from convlens.training.tasks import Classify
+
+THRESHOLDS_FILE = "thresholds.json"  # beside the weights: each label's threshold, for predict
+MAX_POS_WEIGHT = 100.0  # a label seen once in 10,000 images should not dominate the loss
+
+
+class MultilabelTask(Classify):
+    """L independent yes/no findings per image: sigmoid + BCE, scored by macro ROC AUC."""
+
+    name = "multilabel"
+    score = "val_auc"
+
+    def prepare(self, ds: Dataset) -> Dataset:
+        """Check the labels are (N, L) 0/1; weight each label's positives by negatives/positives."""
+        if not ds.multilabel:
+            raise ConfigError(
+                f"task multilabel needs multi-label data (a path,labels CSV or a multi-label NPZ "
+                f"such as ChestMNIST); {ds.name} has one class per image"
+            )
+        y = ds.train.labels  # (N, L)
+        positives = y.sum(0)
+        self.pos_weight = ((len(y) - positives) / positives.clamp_min(1)).clamp(1.0, MAX_POS_WEIGHT)
+        return ds
+
+    def loss(self, model: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of the logits (B, L), positives weighted per label."""
+        return F.binary_cross_entropy_with_logits(
+            out.float(), target.float(), pos_weight=self.pos_weight.to(out.device)
+        )
+
+    def validate(self, model: nn.Module, split: Split, meta: dict, **kw: Any) -> dict:
+        """{"val_loss": unweighted BCE, "val_auc": macro ROC AUC} on the validation split."""
+        scores = sigmoid_scores(model, split.images, meta, **kw)
+        loss = F.binary_cross_entropy(scores.clamp(1e-7, 1 - 1e-7), split.labels.float())
+        aucs = [a for a in label_aucs(split.labels.numpy(), scores.numpy()) if a is not None]
+        return {"val_loss": loss.item(), "val_auc": float(np.mean(aucs)) if aucs else 0.0}
+
+    @classmethod
+    def evaluate(
+        cls,
+        model: nn.Module,
+        meta: dict,
+        weights: Path,
+        run_dir: Path | None,
+        dataset: Dataset,
+        *,
+        split: str,
+        write: bool,
+        device: str,
+    ) -> dict:
+        """Per-label and averaged metrics on `split`, thresholds chosen on the validation split."""
+        if not dataset.multilabel or list(dataset.classes) != list(meta["classes"]):
+            have = ", ".join(dataset.classes) if dataset.multilabel else "one class per image"
+            raise ConvlensError(
+                f"{weights} predicts the labels {', '.join(meta['classes'])}; data "
+                f"{dataset.name} has {have}"
+            )
+        from convlens.medical.evaluate import run_setting
+
+        part = dataset.split(split)
+        val_scores = sigmoid_scores(model, dataset.val.images, meta, device=device)
+        points = label_thresholds(dataset.val.labels.numpy(), val_scores.numpy(),
+                                  run_setting(run_dir, None))  # fmt: skip
+        scores = sigmoid_scores(model, part.images, meta, device=device).numpy()
+        metrics = {"task": "multilabel", "data": dataset.name, "split": split,
+                   "weights": str(weights)}  # fmt: skip
+        metrics.update(multilabel_metrics(part.labels.numpy(), scores, meta["classes"], points))
+        if write and run_dir is not None:
+            _write(run_dir, metrics, meta["classes"], points, part, scores, dataset.name)
+        return metrics
+
+    @classmethod
+    def recogniser(cls, run: str | Path, *, device: str, engine: str) -> Recogniser:
+        """A Recogniser giving each label's sigmoid score and its decision at its threshold."""
+        if engine != "torch":
+            raise ConvlensError("multi-label runs predict with the torch engine only")
+        return MultilabelRecogniser(run, device=device)
+
+    @staticmethod
+    def summary(metrics: dict) -> str:
+        """One line: macro and micro AUC, mAP."""
+        return (
+            f"{metrics['split']}: macro AUC {metrics['macro_auc']:.4f}  micro AUC "
+            f"{metrics['micro_auc']:.4f}  mAP {metrics['map']:.4f}  (n={metrics['n']}, "
+            f"{len(metrics['per_label'])} labels)"
+        )
+
+
+@torch.no_grad()
+def sigmoid_scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    meta: dict,
+    *,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """Per-label probabilities (N, L) float32 for uint8 images (N, C, H, W), TTA as trained."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
+    for i in range(0, images.shape[0], batch_size):
+        x = normalize(images[i : i + batch_size].to(device), mean, std)  # (B, C, H, W)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            views = tta_views(x, meta.get("tta", "none"))
+            out.append(sum(w * model(v).float().sigmoid() for v, w in views).cpu())  # (B, L)
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, meta["outputs"])
+
+
+def label_aucs(labels: np.ndarray, scores: np.ndarray) -> list[float | None]:
+    """ROC AUC per label column (None where the split lacks positives or negatives)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = labels > 0.5
+    return [
+        float(roc_auc_score(y[:, j], scores[:, j])) if 0 < y[:, j].sum() < len(y) else None
+        for j in range(y.shape[1])
+    ]
+
+
+def label_thresholds(
+    labels: np.ndarray, scores: np.ndarray, target_sensitivity: float | None
+) -> list[dict]:
+    """Each label's operating point on validation (0.5 where validation lacks a class)."""
+    points = []
+    for j in range(labels.shape[1]):
+        try:
+            points.append(choose_threshold(labels[:, j] > 0.5, scores[:, j], target_sensitivity))
+        except ConvlensError:  # no positive (or negative) validation case for this label
+            points.append({"threshold": 0.5, "method": "default", "chosen_on": "none"})
+    return points
+
+
+def multilabel_metrics(
+    labels: np.ndarray, scores: np.ndarray, names: list[str], points: list[dict]
+) -> dict:
+    """Per-label AUC, AP, support, sensitivity and specificity at its threshold; macro and
+    micro AUC; mAP; MedMNIST's ACC (per-label accuracy at 0.5, averaged)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = labels > 0.5  # (N, L)
+    aucs = label_aucs(labels, scores)
+    per_label = []
+    for j, name in enumerate(names):
+        pred = scores[:, j] >= points[j]["threshold"]
+        pos, neg = y[:, j], ~y[:, j]
+        per_label.append({
+            "label": name,
+            "auc": aucs[j],
+            "ap": float(average_precision_score(pos, scores[:, j])) if pos.any() else None,
+            "threshold": points[j]["threshold"],
+            "sensitivity": float(pred[pos].mean()) if pos.any() else None,
+            "specificity": float((~pred[neg]).mean()) if neg.any() else None,
+            "support": int(pos.sum()),
+        })  # fmt: skip
+    aps = [p["ap"] for p in per_label if p["ap"] is not None]
+    both = 0 < y.sum() < y.size
+    return {
+        "n": int(len(y)),
+        "macro_auc": float(np.mean([a for a in aucs if a is not None] or [np.nan])),
+        "micro_auc": float(roc_auc_score(y.ravel(), scores.ravel())) if both else float("nan"),
+        "map": float(np.mean(aps)) if aps else float("nan"),
+        "accuracy": float(((scores >= 0.5) == y).mean()),
+        "per_label": per_label,
+        "thresholds_chosen_on": "val",
+    }
+
+
+def _write(run_dir, metrics, names, points, part, scores, data: str) -> None:
+    """metrics.json, weights/thresholds.json, figures, report.html and, for an .npz, a MedMNIST
+    score file."""
+    from convlens.evaluation.plots import save_curves
+    from convlens.medical.report import write_multilabel_report
+    from convlens.training.runs import read_results
+
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if (run_dir / "results.csv").is_file():
+        save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
+    write_multilabel_report(run_dir, metrics, part.labels.numpy(), scores)
+    saved = {"labels": names, "thresholds": [p["threshold"] for p in points],
+             "points": points, "chosen_on": "val"}  # fmt: skip
+    (run_dir / "weights" / THRESHOLDS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+    if data.endswith(".npz"):
+        from convlens.medical.scores import write_scores
+
+        write_scores(run_dir / "medmnist", data, metrics["split"], run_dir.name,
+                     part.labels.numpy(), scores)  # fmt: skip
+
+
+class MultilabelRecogniser(Recogniser):
+    """Sigmoid score per label and the decision at the label's validation threshold."""
+
+    def __init__(self, run: str | Path, device: str = "cpu") -> None:
+        super().__init__(run, device=device)
+        path = self.weights.parent / THRESHOLDS_FILE
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        self.thresholds = saved["thresholds"] if saved else [0.5] * len(self.classes)
+
+    def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-label probabilities (N, L) for preprocessed uint8 images (N, C, H, W)."""
+        return sigmoid_scores(self.model, images, self.meta, device=self.device)
+
+    def _top(self, probs: torch.Tensor, k: int) -> list[dict]:
+        """The k highest-scoring labels plus every other positive one, each with its decision."""
+        order = probs.argsort(descending=True).tolist()
+        rows = [
+            {"label": self.classes[i], "index": i, "score": float(probs[i]),
+             "threshold": self.thresholds[i], "positive": bool(probs[i] >= self.thresholds[i])}
+            for i in order
+        ]  # fmt: skip
+        return [r for n, r in enumerate(rows) if n < k or r["positive"]]

@@ -1,0 +1,57 @@
+"""The GPU path's pieces: batches cut and augmented where the data lives; torch.compile runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import convlens
+from convlens.data import Split, iterate_batches
+from convlens.data.batches import to_device
+from tests.helpers import convlens as cli
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU here"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_are_made_on_the_data_device_with_the_same_draws(device):
+    """Shuffle, flips and shifts drawn from a CPU generator give the same batches anywhere."""
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (50, 3, 9, 7), dtype=torch.uint8, generator=g),
+                  torch.arange(50) % 4)  # fmt: skip
+    flips = torch.rand(50, generator=g) < 0.5
+
+    def batches(s: Split) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(1)
+        return list(iterate_batches(s, 16, shuffle=True, generator=gen, translate=2, hflip=flips))
+
+    here = batches(split)
+    there = batches(to_device(split, device))
+    assert len(here) == len(there) == 4
+    for (x, y), (xd, yd) in zip(here, there, strict=True):
+        assert xd.device.type == yd.device.type == device
+        assert torch.equal(x, xd.cpu()) and torch.equal(y, yd.cpu())
+    assert not torch.equal(here[0][0], split.images[:16])  # shuffled and augmented
+
+
+def test_compile_trains_the_same_model_and_saves_plain_names(tmp_path):
+    """--compile: the same weights as eager (to float tolerance), loadable without _orig_mod."""
+    # About 25 s on this 2-core machine (inductor compiles a C++ kernel per graph).
+    args = ["train", "--data", "digits", "--model", "textbook", "--epochs", "1", "--batch-size",
+            "64", "--amp", "off", "--threads", "1", "--seed", "2"]  # fmt: skip
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = cli(*args, *extra, "--run", tmp_path / name)
+        assert out.returncode == 0, out.stderr
+    eager = load_file(tmp_path / "eager" / "weights" / "last.safetensors")
+    compiled = load_file(tmp_path / "compiled" / "weights" / "last.safetensors")
+    assert compiled.keys() == eager.keys()
+    assert not any("_orig_mod" in k for k in compiled)
+    for k in eager:
+        assert torch.allclose(eager[k], compiled[k], rtol=1e-4, atol=1e-5), k
+    torch.manual_seed(2)  # the run's initial weights
+    start = convlens.create_model("textbook", in_channels=1, num_classes=10, image_size=(8, 8))
+    assert any(not torch.equal(v, compiled[k]) for k, v in start.state_dict().items())  # trained
+    image = torch.zeros(1, 8, 8, dtype=torch.uint8).numpy()
+    assert len(convlens.load(tmp_path / "compiled").predict(image, top_k=3)) == 3
