@@ -286,6 +286,12 @@ def models(channels: int, image_size: int, classes: int) -> None:
     Console().print("and any torchvision classification model as tv-<name>, e.g. tv-resnet18")
 
 
+from convlens.faces.cli import COMMANDS as FACE_COMMANDS  # noqa: E402 (click only; fast)
+
+for _command in FACE_COMMANDS:  # verify, enroll, identify, lfw
+    cli.add_command(_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors are one line on stderr and a non-zero exit (traceback with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -71,3 +71,9 @@ def test_models_other_than_fastnet_start_from_the_classic_recipe(tmp_path):
     assert (cfg.batch_size, cfg.lr) == (32, 0.05)  # the file wins over the recipe
     save_config(cfg, tmp_path / "saved.yaml")
     assert make_config(tmp_path / "saved.yaml") == cfg  # a saved config reloads identically
+
+
+def test_a_task_recipe_sits_between_the_model_recipe_and_the_flags():
+    assert make_config(None, {"task": "embed"}).lr == 0.05  # fastnet's 0.75 is too high here
+    assert make_config(None, {"task": "embed", "lr": 0.1}).lr == 0.1
+    assert make_config(None, {"task": "anomaly"}).lr == TrainConfig().lr

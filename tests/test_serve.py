@@ -4,8 +4,6 @@ import base64
 import json
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import convlens, free_port
+from tests.helpers import convlens, launch_chromium, start_server
 
 pytestmark = pytest.mark.xdist_group("serve")
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
@@ -29,27 +27,9 @@ def run(tmp_path_factory):
     return run
 
 
-def _start(target, *extra):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "convlens", "serve", str(target), "--port", str(port), *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the server did not start")
-
-
 @pytest.fixture(scope="module")
 def server(run):
-    proc, url = _start(run, "--max-in-flight", "2")
+    proc, url = start_server(run, "--max-in-flight", "2")
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -92,6 +72,7 @@ def test_limits_fail_closed_and_the_server_keeps_answering(server, digit_png):
     header = {"Content-Type": "multipart/form-data; boundary=xyz"}
     malformed = httpx.post(f"{server}/predict", content=b"garbage", headers=header)
     assert malformed.status_code == 400
+    assert httpx.post(f"{server}/verify", files={"file1": b"x"}).status_code == 404  # no faces
     missing = httpx.post(f"{server}/predict", data={"top_k": "2"})
     assert missing.status_code == 400 and "'file'" in missing.json()["error"]
     # A decompression bomb: a 1-bit PNG of 10000x10000 pixels, tiny on disk.
@@ -123,7 +104,7 @@ def test_more_requests_in_flight_than_the_cap_get_503(server, digit_png):
 
 def test_serves_an_onnx_export(run, digit_png):
     assert convlens("export", run).returncode == 0
-    proc, url = _start(run / "weights" / "best.onnx")
+    proc, url = start_server(run / "weights" / "best.onnx")
     try:
         r = httpx.post(f"{url}/predict", files={"file": digit_png.read_bytes()})
         assert r.status_code == 200 and r.json()["heatmap_png"] is None
@@ -141,11 +122,7 @@ def test_page_in_a_real_browser(server, run, digit_png):
     cli = json.loads(convlens("predict", run, digit_png, "--json").stdout)[0]
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1000, "height": 700})
         errors = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

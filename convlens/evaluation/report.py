@@ -49,7 +49,7 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
     import convlens
     from convlens.explain import sections as explain
 
-    cfg = _read_yaml(run_dir / "config.yaml")
+    cfg = read_config(run_dir / "config.yaml")
     explained_dir = run_dir / "explain"
     explained = _read_json(explained_dir / "summary.json")
     model = explain.RunModel(run_dir)
@@ -63,7 +63,7 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
         "hierarchy": _guard(explain.hierarchy, model, split, explained and explained_dir),
         "sharing": _guard(explain.sharing, model),
         "invariance": _guard(explain.invariance, explained),
-        "settings": _settings(cfg),
+        "settings": settings_table(cfg),
     }
     body = {k: v for k, v in body.items() if v is not None}  # None: not for this run
     nav = "".join(f'<a href="#{k}">{html.escape(TITLES[k])}</a>' for k in body)
@@ -173,7 +173,8 @@ def _bar(value: float) -> str:
     )
 
 
-def _settings(cfg: dict) -> str:
+def settings_table(cfg: dict) -> str:
+    """The run's resolved settings as a collapsed HTML table (every report shows it)."""
     if not cfg:
         return note("no config.yaml in this run folder")
     rows = [
@@ -192,7 +193,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def _read_yaml(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """A run's config.yaml as a mapping ({} when the folder has none)."""
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 

@@ -66,6 +66,9 @@ def explain_run(
 
     rec = Recogniser(run)
     model, meta = rec.model, rec.meta
+    task = meta.get("task", "classify")
+    if task != "classify":  # every measure here reads the outputs as class scores
+        raise ConvlensError(f"{rec.weights}: explain is for classify runs, not {task} runs")
     home = run_home(rec.weights)
     out = Path(out) if out else home / "explain"
     ds = load_data(rec, data, home)

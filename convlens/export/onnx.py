@@ -30,6 +30,9 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
     import onnx
 
     model, meta, weights = load_model(run)
+    task = meta.get("task", "classify")
+    if task != "classify":  # predict on .onnx files reads the outputs as class logits
+        raise ModelError(f"{weights}: ONNX export is for classify runs; {task} runs score in torch")
     model = model.float().eval()
     c, h, w = (meta["input"][k] for k in ("channels", "height", "width"))
     out = Path(out) if out else weights.with_suffix(".onnx")

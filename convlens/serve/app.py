@@ -1,4 +1,5 @@
-"""The HTTP API: POST /predict (micro-batched), GET /model, GET /health, and the page at GET /.
+"""The HTTP API: POST /predict (micro-batched), POST /verify (face embedding runs), GET /model,
+GET /health, and the page at GET /. Anomaly runs answer /predict with a score and a flag.
 
 Fails closed: bodies over the limit get 413 before they are read whole, undecodable or oversized
 images 422, malformed multipart 400, and more requests in flight than the cap 503 with
@@ -116,19 +117,24 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
     """
     limits = limits or Limits()
     rec = load(run)
-    fast = rec if str(run).endswith(".onnx") or engine == "torch" else _onnx_twin(run, engine)
+    task = rec.meta.get("task", "classify")
+    plain = str(run).endswith(".onnx") or engine == "torch" or task != "classify"
+    fast = rec if plain else _onnx_twin(run, engine)  # other tasks score in torch
     batcher = Batcher(fast or rec, limits)
     app = FastAPI(title="convlens", docs_url=None, redoc_url=None)
     in_flight = 0
     meta = rec.meta
     info = {
         "model": meta["model"]["name"],
-        "task": meta.get("task", "classify"),
+        "task": task,
         "classes": rec.classes,
         "input": meta["input"],
-        "heatmap": not str(run).endswith(".onnx"),
+        "heatmap": task in ("classify", "multilabel") and not str(run).endswith(".onnx"),
         "engine": "onnxruntime" if isinstance(fast or rec, OnnxRecogniser) else "torch",
+        "verify": task == "embed",
     }
+    if task in ("embed", "anomaly"):
+        info["threshold"] = float(getattr(rec, "threshold", 0.5))
 
     @app.get("/health")
     async def health() -> dict:
@@ -144,6 +150,15 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
+        return await _capped(_predict, request)
+
+    @app.post("/verify")
+    async def verify(request: Request) -> JSONResponse:
+        if not info["verify"]:
+            return JSONResponse({"error": f"{info['task']} runs do not verify faces"}, 404)
+        return await _capped(_verify, request)
+
+    async def _capped(handler, request: Request) -> JSONResponse:
         nonlocal in_flight
         if in_flight >= limits.max_in_flight:
             return JSONResponse(
@@ -151,21 +166,30 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
             )
         in_flight += 1
         try:
-            return await _predict(request)
+            return await handler(request)
         finally:
             in_flight -= 1
 
-    async def _predict(request: Request) -> JSONResponse:
-        t0 = time.perf_counter()
+    async def _form(request: Request, fields: tuple[str, ...]):
+        """(form, error response): the multipart form with an image in each of `fields`."""
         try:
             form = await request.form()
         except TooLarge:
-            return JSONResponse({"error": f"body over {limits.max_body} bytes"}, 413)
+            return None, JSONResponse({"error": f"body over {limits.max_body} bytes"}, 413)
         except Exception as e:  # python-multipart's parse errors, a wrong content type
-            return JSONResponse({"error": f"malformed multipart body: {e}"}, 400)
+            return None, JSONResponse({"error": f"malformed multipart body: {e}"}, 400)
+        for field in fields:
+            if form.get(field) is None or isinstance(form.get(field), str):
+                error = f"multipart field {field!r} (an image) is required"
+                return None, JSONResponse({"error": error}, 400)
+        return form, None
+
+    async def _predict(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        form, error = await _form(request, ("file",))
+        if error:
+            return error
         upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            return JSONResponse({"error": "multipart field 'file' (an image) is required"}, 400)
         try:
             top_k = int(form.get("top_k") or request.query_params.get("top_k") or 5)
         except ValueError:
@@ -178,16 +202,46 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
             name = upload.filename or "upload"
             return JSONResponse({"error": f"{name}: {str(e).split(': ', 1)[-1]}"}, 422)
         probs = await batcher.predict(image)
-        preds = rec._top(probs, max(1, top_k))
+        answer = {"model": info["model"], "task": info["task"]}
+        if info["task"] == "anomaly":  # {"score" in [0, 1], "anomaly": flag, "threshold"}
+            answer.update(predictions=[], **rec._top(probs, 1))
+        else:
+            answer["predictions"] = rec._top(probs, max(1, top_k))
+            if rec.operating_point:  # a two-class run: the decision at the val threshold
+                answer.update(rec._flagged([dict(answer)])[0])
         heat = None
         if want_heatmap.lower() in ("1", "true", "yes", "on") and info["heatmap"]:
             heat = await asyncio.to_thread(_heatmap_png, rec, image)
+        answer["heatmap_png"] = heat
+        answer["time_ms"] = round(1000 * (time.perf_counter() - t0), 2)
+        return JSONResponse(answer)
+
+    async def _verify(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        form, error = await _form(request, ("file1", "file2"))
+        if error:
+            return error
+        detect = str(form.get("detect") or "true").lower() not in ("0", "false", "no", "off")
+        faces = {}
+        for field in ("file1", "file2"):
+            upload = form.get(field)
+            name, data = upload.filename or field, await upload.read()
+            try:
+                faces[field] = await asyncio.to_thread(_face, rec, data, name, detect)
+            except ConvlensError as e:  # undecodable, too large, or no face found
+                reason = str(e).split(": ", 1)[-1].replace("--no-detect", "detect=false")
+                return JSONResponse({"error": f"{field} ({name}): {reason}"}, 422)
+        (x1, face1), (x2, face2) = faces["file1"], faces["file2"]
+        emb = await asyncio.to_thread(rec.embed, torch.stack([x1, x2]))  # (2, D) unit vectors
+        similarity = float(emb[0] @ emb[1])
         return JSONResponse(
             {
+                "verified": similarity >= rec.threshold,
+                "similarity": similarity,
+                "threshold": rec.threshold,
                 "model": info["model"],
-                "task": info["task"],
-                "predictions": preds,
-                "heatmap_png": heat,
+                "detection": detect,
+                "faces": {"file1": face1, "file2": face2},
                 "time_ms": round(1000 * (time.perf_counter() - t0), 2),
             }
         )
@@ -208,6 +262,16 @@ def _onnx_twin(run: str | Path, engine: str) -> Recogniser | None:
         if engine == "onnx":
             raise ConvlensError(f"{run}: cannot serve through ONNX ({e})") from None
         return None  # auto: the torch model serves
+
+
+def _face(rec, data: bytes, name: str, detect: bool) -> tuple[torch.Tensor, dict]:
+    """The face crop (C, H, W) uint8 of an uploaded photo and its box (detection as asked)."""
+    from convlens.data.images import decode_image
+
+    image = decode_image(data, name=name)
+    if not detect:
+        return rec.preprocess(image), {"box": None, "faces_found": None}
+    return rec.face(image, name=name)
 
 
 def _heatmap_png(rec: Recogniser, image: torch.Tensor) -> str | None:

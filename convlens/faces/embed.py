@@ -1,0 +1,198 @@
+"""The `embed` task: train a face embedding (ArcFace or plain normalised softmax) on identities.
+
+`convlens train --task embed --data FOLDER` (one subfolder per person). The registry model's
+last layer gives `embedding_size` numbers, normalised to unit length; the loss compares them
+with one learned centre per training identity. Validation draws seeded matched and mismatched
+pairs from the validation images (the same identities, other images), scores them by cosine
+similarity, and records the accuracy-maximising threshold in the weights metadata, so a weights
+file alone can verify. After training: verification metrics on test-split pairs, closed-set
+rank-1/5 against a five-image-per-identity gallery from train, a ROC figure and report.html.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from convlens.data import Dataset, Split
+from convlens.data.batches import normalize
+from convlens.errors import TrainingError
+from convlens.faces.head import EmbeddingNet, embedding_loss
+from convlens.faces.metrics import (
+    accuracy,
+    per_identity,
+    rank_k,
+    sample_pairs,
+    verification_metrics,
+)
+from convlens.models.infer import autocast
+from convlens.training.tasks import Classify
+
+VAL_PAIRS = 6000  # validation and test pairs, half matched (LFW View 2 has 6000)
+GALLERY_PER_IDENTITY = 5  # train images enrolled per identity for the rank-k measure
+PAIR_SEED = 0  # pairs are the same for every run, so runs compare on the same pairs
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: list[float],
+    std: list[float],
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Unit embeddings (N, D) float32 (on the CPU) of uint8 images (N, C, H, W)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = normalize(images[i : i + batch_size].to(device), mean, std)  # (B, C, H, W)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            out.append(model(x).float().cpu())  # (B, D)
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def pair_scores(emb: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine scores, same) of the seeded pairs drawn from these embeddings and labels."""
+    i, j, same = sample_pairs(labels.numpy(), VAL_PAIRS, PAIR_SEED)
+    e = emb.numpy()
+    return (e[i] * e[j]).sum(1), same
+
+
+class EmbedTask(Classify):
+    """Identities in, unit embeddings out; see the module docstring."""
+
+    name = "embed"
+    score = "val_auc"
+
+    @property
+    def margin(self) -> float:
+        """ArcFace's angular margin m; 0 for plain (normalised) softmax."""
+        return self.cfg.margin if self.cfg.embed_loss == "arcface" else 0.0
+
+    def outputs(self, ds: Dataset) -> int:
+        """The backbone's last layer gives the embedding."""
+        return self.cfg.embedding_size
+
+    def meta(self, ds: Dataset) -> dict:
+        """What loading needs (identities, embedding size) and how it was trained."""
+        return {
+            "identities": ds.num_classes,
+            "embedding_size": self.cfg.embedding_size,
+            "embed_loss": self.cfg.embed_loss,
+            "margin": self.margin,
+            "scale": self.cfg.scale,
+            "tta": "none",  # embeddings are compared as they are
+        }
+
+    @classmethod
+    def wrap(cls, model: nn.Module, meta: dict) -> nn.Module:
+        """The backbone inside an EmbeddingNet holding the identity centres."""
+        return EmbeddingNet(model, meta["identities"], meta["embedding_size"])
+
+    def loss(self, model: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """ArcFace (or, with margin 0, normalised softmax) on unit embeddings `out` (B, D).
+
+        No label smoothing: ArcFace's recipe has none, and both losses are kept alike.
+        """
+        return embedding_loss(model, out, target, self.cfg.scale, self.margin)
+
+    def validate(self, model: nn.Module, split: Split, meta: dict, **kw: Any) -> dict:
+        """{"val_loss", "val_auc"} on validation pairs; sets meta["threshold"] from them.
+
+        The training loop saves `meta` with this epoch's weights right after, so each weights
+        file carries the threshold chosen on its own validation pairs.
+        """
+        emb = embed_images(model, split.images, **_norm(meta), **kw)
+        if not torch.isfinite(emb).all():
+            raise TrainingError(
+                "validation embeddings are not finite (the weights diverged); the last good "
+                "epoch is in the run's weights; try a lower --lr"
+            )
+        scores, same = pair_scores(emb, split.labels)
+        found = verification_metrics(scores, same)
+        meta["threshold"] = found["best_threshold"]
+        meta["val_verify_acc"] = found["best_accuracy"]
+        with torch.no_grad():
+            loss = embedding_loss(
+                model, emb.to(model.centres.device), split.labels.to(model.centres.device),
+                meta["scale"], meta["margin"],
+            ).item()  # fmt: skip
+        return {"val_loss": loss, "val_auc": found["auc"]}
+
+    @classmethod
+    def evaluate(
+        cls,
+        model: nn.Module,
+        meta: dict,
+        weights: Path,
+        run_dir: Path | None,
+        dataset: Dataset,
+        *,
+        split: str,
+        write: bool,
+        device: str,
+    ) -> dict:
+        """Verification on `split` pairs at the validation threshold, and closed-set rank-k."""
+        part = dataset.split(split)
+        model = model.to(device)
+        emb = embed_images(model, part.images, **_norm(meta), device=device)
+        scores, same = pair_scores(emb, part.labels)
+        threshold = float(meta["threshold"])
+        metrics = {"task": cls.name, "data": dataset.name, "split": split,
+                   "weights": str(weights), "n": len(part)}  # fmt: skip
+        metrics.update(verification_metrics(scores, same))
+        metrics["threshold"] = threshold  # chosen on validation pairs, applied here unchanged
+        metrics["accuracy"] = accuracy(scores, same, threshold)
+        metrics["embedding_size"] = meta["embedding_size"]
+        metrics.update(_closed_set(model, meta, dataset.train, emb, part.labels, device))
+        if write and run_dir is not None:
+            from convlens.faces.report import write_outputs
+
+            write_outputs(run_dir, metrics, scores, same)
+        return metrics
+
+    @classmethod
+    def recogniser(cls, run: str | Path, *, device: str, engine: str) -> Any:
+        """A FaceRecogniser: embeddings, and `predict` over the training identities."""
+        from convlens.errors import ConvlensError
+        from convlens.faces.recogniser import FaceRecogniser
+
+        if engine != "torch":
+            raise ConvlensError(f"{run}: embedding runs predict with the torch engine only")
+        return FaceRecogniser(run, device=device)
+
+    @staticmethod
+    def summary(metrics: dict) -> str:
+        """One line of the final metrics for the console."""
+        return (
+            f"{metrics['split']} pairs: AUC {metrics['auc']:.4f}  EER {metrics['eer']:.4f}  "
+            f"TAR@FAR=1e-2 {metrics['tar@far=0.01']:.4f}  accuracy {metrics['accuracy']:.4f} at "
+            f"threshold {metrics['threshold']:.3f}  rank-1 {metrics['rank1']:.4f}  "
+            f"(pairs={metrics['pairs']})"
+        )
+
+
+def _norm(meta: dict) -> dict:
+    return {"mean": meta["normalize"]["mean"], "std": meta["normalize"]["std"]}
+
+
+def _closed_set(model, meta, train: Split, emb, labels, device) -> dict:
+    """rank-1/5 of `emb` against GALLERY_PER_IDENTITY train images of each identity."""
+    y = train.labels.numpy()
+    pick = per_identity(y, GALLERY_PER_IDENTITY, PAIR_SEED)
+    gallery = embed_images(model, train.images[pick], **_norm(meta), device=device)
+    sim = emb.numpy() @ gallery.numpy().T  # (P, G) cosines
+    return rank_k(sim, labels.numpy(), y[pick])

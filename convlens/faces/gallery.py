@@ -1,0 +1,97 @@
+"""Enrol a gallery of known people and identify a photo against it (open set: "unknown").
+
+A gallery file is an .npz of plain arrays (never pickled): `embeddings` (N, D) float32 unit
+vectors, `names` (N,) and `files` (N,) strings, and `model`, the embedding run's name and weights
+hash: embeddings from another model live in another space, so such a gallery is refused.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convlens.data.folder import IMAGE_EXTENSIONS
+from convlens.errors import ConvlensError
+from convlens.faces.metrics import identity_scores
+from convlens.faces.recogniser import FaceRecogniser
+from convlens.training.checkpoint import atomic_write_bytes
+
+UNKNOWN = "unknown"
+
+
+def enroll(rec: FaceRecogniser, gallery_dir: str | Path, out: str | Path) -> dict:
+    """Embed every image of `gallery_dir/<person>/`; write the .npz; report skipped images."""
+    gallery_dir = Path(gallery_dir)
+    people = (
+        sorted(p for p in gallery_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if gallery_dir.is_dir()
+        else []
+    )
+    if not people:
+        raise ConvlensError(f"{gallery_dir}: expected one subfolder of images per person")
+    tensors, names, files, skipped = [], [], [], []
+    for person in people:
+        for f in sorted(person.iterdir()):
+            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                x, _ = rec.face(f)
+            except ConvlensError as e:  # unreadable, or no face: reported, not embedded
+                skipped.append({"file": str(f), "error": str(e)})
+                continue
+            tensors.append(x)
+            names.append(person.name)
+            files.append(str(f))
+    if not tensors:
+        raise ConvlensError(f"{gallery_dir}: no usable image in any person's folder")
+    emb = rec.embed(torch.stack(tensors))  # (N, D)
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=emb.astype(np.float32), names=np.array(names),
+             files=np.array(files), model=np.array(rec.model_id))  # fmt: skip
+    atomic_write_bytes(out, buf.getvalue())
+    missing = sorted({p.name for p in people} - set(names))
+    return {"gallery": str(out), "model": rec.model_id, "people": len(set(names)),
+            "images": len(names), "skipped": skipped, "people_without_images": missing}  # fmt: skip
+
+
+def load_gallery(path: str | Path, rec: FaceRecogniser) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, D), names (N,)) of a gallery made with this very model, else an error."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ConvlensError(f"{path}: not a gallery .npz ({e})") from None
+    need = {"embeddings", "names", "model"}
+    if not need <= set(arrays):
+        raise ConvlensError(f"{path}: not a gallery .npz (lacks {', '.join(need - set(arrays))})")
+    made_with = str(arrays["model"])
+    if made_with != rec.model_id:
+        raise ConvlensError(
+            f"{path} was enrolled with model {made_with}, not with {rec.model_id} "
+            f"({rec.weights}): enroll the gallery again with this model"
+        )
+    return arrays["embeddings"], arrays["names"]
+
+
+def identify(rec: FaceRecogniser, gallery: str | Path, image: str, top_k: int = 5) -> dict:
+    """The best-matching person, or "unknown" when even the best is under the threshold."""
+    emb, names = load_gallery(gallery, rec)
+    x, face = rec.face(image)
+    probe = rec.embed(x[None])  # (1, D)
+    scores, people = identity_scores(probe @ emb.T, names)  # (1, I): best image per person
+    order = np.argsort(-scores[0])[:top_k]
+    best = float(scores[0, order[0]])
+    return {
+        "image": image,
+        "identity": str(people[order[0]]) if best >= rec.threshold else UNKNOWN,
+        "similarity": best,
+        "threshold": rec.threshold,
+        "candidates": [
+            {"identity": str(people[i]), "similarity": float(scores[0, i])} for i in order
+        ],
+        "face": face,
+        "model": rec.model_id,
+    }
