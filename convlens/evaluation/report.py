@@ -101,6 +101,8 @@ def _cards(metrics: dict, run_dir: Path, model) -> str:
     if len(metrics["per_class"]) > 5:
         cards.append(("top-5 accuracy", f"{100 * metrics['top5']:.2f}%"))
     cards.append(("macro F1", f"{metrics['macro_f1']:.3f}"))
+    if "ece" in metrics:  # older metrics.json files have none
+        cards.append(("calibration error (ECE)", f"{100 * metrics['ece']:.1f}%"))
     if (run_dir / "results.csv").is_file():
         from convlens.training.progress import score_column
         from convlens.training.runs import read_results
