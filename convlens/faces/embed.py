@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from convlens.data import Dataset, Split
-from convlens.data.batches import normalize
 from convlens.errors import TrainingError
 from convlens.faces.head import EmbeddingNet, embedding_loss
 from convlens.faces.metrics import (
@@ -29,7 +28,7 @@ from convlens.faces.metrics import (
     sample_pairs,
     verification_metrics,
 )
-from convlens.models.infer import autocast
+from convlens.models.infer import map_batches
 from convlens.training.tasks import Classify
 
 VAL_PAIRS = 6000  # validation and test pairs, half matched (LFW View 2 has 6000)
@@ -37,31 +36,10 @@ GALLERY_PER_IDENTITY = 5  # train images enrolled per identity for the rank-k me
 PAIR_SEED = 0  # pairs are the same for every run, so runs compare on the same pairs
 
 
-@torch.no_grad()
-def embed_images(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    mean: list[float],
-    std: list[float],
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    amp: bool = False,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Unit embeddings (N, D) float32 (on the CPU) of uint8 images (N, C, H, W)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = normalize(images[i : i + batch_size].to(device), mean, std)  # (B, C, H, W)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            out.append(model(x).float().cpu())  # (B, D)
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 0)
+def embed_images(model: nn.Module, images: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """Unit embeddings (N, D) float32 (on the CPU) of uint8 images (N, C, H, W); kw: mean, std
+    and the options of convlens.models.infer.map_batches."""
+    return map_batches(model, images, model, **kw)
 
 
 def pair_scores(emb: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.data import Dataset, Split
-from convlens.data.batches import normalize
 from convlens.errors import ConfigError, ConvlensError
 from convlens.medical.metrics import choose_threshold
-from convlens.models.infer import autocast, tta_views
+from convlens.models.infer import map_batches, tta_views
 from convlens.predict import Recogniser
 from convlens.training.tasks import Classify
 
@@ -123,20 +122,15 @@ def sigmoid_scores(
     batch_size: int = 500,
 ) -> torch.Tensor:
     """Per-label probabilities (N, L) float32 for uint8 images (N, C, H, W), TTA as trained."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    out = []
-    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
-    for i in range(0, images.shape[0], batch_size):
-        x = normalize(images[i : i + batch_size].to(device), mean, std)  # (B, C, H, W)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            views = tta_views(x, meta.get("tta", "none"))
-            out.append(sum(w * model(v).float().sigmoid() for v, w in views).cpu())  # (B, L)
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, meta["outputs"])
+
+    def scores(x: torch.Tensor) -> torch.Tensor:  # (B, L), test-time views averaged
+        views = tta_views(x, meta.get("tta", "none"))
+        return sum(w * model(v).float().sigmoid() for v, w in views)
+
+    norm = meta["normalize"]
+    return map_batches(model, images, scores, mean=norm["mean"], std=norm["std"],
+                       device=device, amp=amp, channels_last=channels_last,
+                       batch_size=batch_size)  # fmt: skip
 
 
 def label_aucs(labels: np.ndarray, scores: np.ndarray) -> list[float | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,34 @@ def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
 
 
 @torch.no_grad()
+def map_batches(
+    model: nn.Module,
+    images: torch.Tensor,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    mean: list[float],
+    std: list[float],
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """fn(normalised batch) (B, ...) for uint8 images (N, C, H, W), the model in eval mode;
+    float32 on the CPU, concatenated to (N, ...). Every task's inference runs through here."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = normalize(images[i : i + batch_size].to(device), mean, std)  # (B, C, H, W)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            out.append(fn(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
 def predict_proba(
     model: nn.Module,
     images: torch.Tensor,
@@ -53,18 +82,9 @@ def predict_proba(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Class probabilities (N, K) float32 for uint8 images (N, C, H, W)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = normalize(images[i : i + batch_size].to(device), mean, std)  # (B, C, H, W)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            p = sum(w * model(v).float().softmax(dim=1) for v, w in tta_views(x, tta))  # (B, K)
-        out.append(p.cpu())
-    model.train(was_training)
-    if not out:
-        return torch.zeros(0, 0)
-    return torch.cat(out)
+
+    def probs(x: torch.Tensor) -> torch.Tensor:  # (B, K), test-time views averaged
+        return sum(w * model(v).float().softmax(dim=1) for v, w in tta_views(x, tta))
+
+    return map_batches(model, images, probs, mean=mean, std=std, batch_size=batch_size,
+                       device=device, amp=amp, channels_last=channels_last)  # fmt: skip
