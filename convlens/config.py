@@ -29,7 +29,7 @@ class TrainConfig:
     # task
     task: str = "classify"  # classify | multilabel | anomaly | embed (face identities)
     normal: str | None = None  # anomaly: normal class name(s), comma-separated (default: all)
-    anomaly_method: str = "geom"  # anomaly: geom (72 transformations) | mahalanobis (features)
+    anomaly_method: str = "mahalanobis"  # anomaly: mahalanobis (features of the GEOM net) | geom
     target_sensitivity: float | None = None  # two-class: threshold for this sensitivity on val
     embedding_size: int = 128  # embed: length of the L2-normalised face embedding
     embed_loss: str = "arcface"  # embed: arcface (additive angular margin) | softmax

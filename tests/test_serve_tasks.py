@@ -121,3 +121,56 @@ def test_verify_form_in_a_real_browser(faces):
         browser.close()
     assert said == ("Same person" if api.json()["verified"] else "Different people")
     assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def anomaly(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-anomaly")
+    probes = _digit_folder(root, per_class=0, classes=(0, 5), size=8)  # one image of each
+    run = root / "run"
+    out = convlens("train", "--data", "digits", "--task", "anomaly", "--normal", "0",
+                   "--anomaly-method", "mahalanobis", "--epochs", 30, "--batch-size", 32,
+                   "--lr", 0.3, "--ema", 0, "--threads", 1, "--run", run)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    proc, url = start_server(run)
+    yield {"run": run, "url": url, "probes": probes}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_an_anomaly_run_answers_with_a_score_and_a_flag_like_the_cli(anomaly):
+    url = anomaly["url"]
+    info = httpx.get(f"{url}/model").json()
+    assert info["task"] == "anomaly" and not info["verify"] and not info["heatmap"]
+    for name, path in anomaly["probes"].items():
+        r = httpx.post(f"{url}/predict", files={"file": path.read_bytes()})
+        assert r.status_code == 200, r.text
+        cli = json.loads(convlens("predict", anomaly["run"], path, "--json").stdout)[0]
+        assert 0.0 <= r.json()["score"] <= 1.0, name
+        assert abs(r.json()["score"] - cli["score"]) < 1e-5
+        assert r.json()["anomaly"] == cli["anomaly"] and r.json()["threshold"] == cli["threshold"]
+    junk = httpx.post(f"{url}/predict", files={"file": ("x.png", b"not an image")})
+    assert junk.status_code == 422 and "x.png" in junk.json()["error"]
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_anomaly_page_in_a_real_browser(anomaly):
+    from playwright.sync_api import sync_playwright
+
+    path = anomaly["probes"]["person5"]
+    api = httpx.post(f"{anomaly['url']}/predict", files={"file": path.read_bytes()}).json()
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        page = browser.new_page(viewport={"width": 1000, "height": 600})
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(anomaly["url"] + "/")
+        page.wait_for_function("document.getElementById('about').textContent.includes('anomaly')")
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("#bars .verdict")
+        said = page.locator("#bars .verdict").text_content()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "serve_anomaly.png"), full_page=True)
+        browser.close()
+    assert said == ("Anomalous" if api["anomaly"] else "Normal")
+    assert not errors, errors
