@@ -200,3 +200,18 @@ def test_decode_image_from_bytes_and_path(tmp_path):
     from_path = to_tensor(decode_image(path), channels=1)
     from_bytes = to_tensor(decode_image(path.read_bytes()), channels=1)
     assert torch.equal(from_path, from_bytes) and from_path.unique().tolist() == [9]
+
+
+def test_a_plain_folder_of_images_is_one_class_and_a_classifier_refuses_it(tmp_path):
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((8, 8), i * 10, np.uint8)).save(normal / f"{i}.png")
+    ds = load_dataset(str(normal))
+    assert ds.classes == ["normal"] and len(ds.train) + len(ds.val) == 20
+    assert any("one class" in n for n in ds.notes)
+    from convlens.config import make_config
+    from convlens.training.tasks import Classify
+
+    with pytest.raises(ConvlensError, match="one class"):
+        Classify(make_config(None, {"data": str(normal)})).prepare(ds)

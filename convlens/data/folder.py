@@ -47,11 +47,15 @@ def load_folder(
     notes: list[str] = []
     layout = _layout(root, notes)  # {"train": dir, "val": dir?, "test": dir?}
     classes = _class_dirs(layout["train"])
-    if not classes:
+    if not classes and _images_in(root):  # a plain folder of images (e.g. normal cases only)
+        classes, items, ignored = [root.name], {"train": [(p, 0) for p in _images_in(root)]}, None
+        notes.append(f"no class subfolders: every image is of one class, {root.name!r}")
+    elif not classes:
         raise ConvlensError(
             f"{layout['train']}: no class subfolders (expected <class>/<image> inside)"
         )
-    items, ignored = _list_files(layout, classes)
+    else:
+        items, ignored = _list_files(layout, classes)
     if ignored:
         kinds = ", ".join(f"{ext or 'no extension'}: {n}" for ext, n in ignored.most_common())
         notes.append(f"ignored {sum(ignored.values())} files that are not images ({kinds})")
@@ -176,6 +180,13 @@ def _list_files(
                 f"{folder}: no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
             )
     return items, ignored
+
+
+def _images_in(folder: Path) -> list[str]:
+    """The image files directly inside `folder` (not in subfolders), sorted."""
+    return sorted(
+        str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def _walk(folder: Path) -> list[Path]:

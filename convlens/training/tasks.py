@@ -60,6 +60,8 @@ class Classify:
         """The dataset to train on (a subclass may select or relabel); before channel stats."""
         if ds.multilabel:  # cross-entropy would read 0/1 rows as soft labels
             raise ConfigError(f"{ds.name} is multi-label: train it with --task multilabel")
+        if ds.num_classes < 2:  # e.g. a plain folder of images: normal cases for --task anomaly
+            raise ConfigError(f"{ds.name} has one class ({ds.classes[0]}): a classifier needs two")
         if self.cfg.class_weights == "auto":  # inverse class frequency, 1 when balanced
             counts = torch.bincount(ds.train.labels, minlength=ds.num_classes).float()
             self.class_weight = counts.sum() / (ds.num_classes * counts.clamp_min(1))
