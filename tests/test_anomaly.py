@@ -150,3 +150,21 @@ def test_threshold_is_a_normal_quantile_without_anomalies_else_youden():
     assert "Youden" in mixed["rule"] and 149 < mixed["threshold"] <= 200
     unit = to_unit(torch.tensor([-1e6, mixed["threshold"], 1e6]), mixed)
     assert unit.tolist() == [0.0, 0.5, 1.0]
+
+
+def test_a_plain_folder_of_normal_images_trains_and_scores(tmp_path):
+    ds = load_dataset("digits")
+    normal = tmp_path / "zeros"  # no class subfolders: every image is a normal case
+    normal.mkdir()
+    for i, x in enumerate(ds.train.images[ds.train.labels == 0]):
+        Image.fromarray(x[0].numpy()).save(normal / f"{i}.png")
+    r = convlens("train", "--data", normal, "--task", "anomaly", *FAST, "--run", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    probes = []
+    for digit in (0, 5):
+        probes.append(tmp_path / f"digit{digit}.png")
+        Image.fromarray(ds.test.images[ds.test.labels == digit][0][0].numpy()).save(probes[-1])
+    out = convlens("predict", tmp_path / "run", *probes, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert all(0.0 <= row["score"] <= 1.0 and isinstance(row["anomaly"], bool) for row in rows)
