@@ -163,7 +163,9 @@ def load(run: str | Path, device: str = "cpu", engine: str = "torch") -> Recogni
     if task != "classify":  # multilabel, anomaly, embed: the task's own Recogniser subclass
         from convlens.training.tasks import task_class
 
-        return task_class(task).recogniser(run, device=device, engine=engine)
+        if engine != "torch":
+            raise ConvlensError(f"{run}: {task} runs predict with the torch engine, not {engine}")
+        return task_class(task).recogniser(run, device=device)
     return (NumpyRecogniser if engine == "numpy" else Recogniser)(run, device=device)
 
 

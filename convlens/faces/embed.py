@@ -143,13 +143,10 @@ class EmbedTask(Classify):
         return metrics
 
     @classmethod
-    def recogniser(cls, run: str | Path, *, device: str, engine: str) -> Any:
+    def recogniser(cls, run: str | Path, *, device: str) -> Any:
         """A FaceRecogniser: embeddings, and `predict` over the training identities."""
-        from convlens.errors import ConvlensError
         from convlens.faces.recogniser import FaceRecogniser
 
-        if engine != "torch":
-            raise ConvlensError(f"{run}: embedding runs predict with the torch engine only")
         return FaceRecogniser(run, device=device)
 
     @staticmethod

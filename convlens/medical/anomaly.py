@@ -181,10 +181,8 @@ class AnomalyTask(Classify):
         return metrics
 
     @classmethod
-    def recogniser(cls, run: str | Path, *, device: str, engine: str) -> Recogniser:
-        """An AnomalyRecogniser (torch engine only)."""
-        if engine != "torch":
-            raise ConvlensError(f"anomaly runs predict with the torch engine, not {engine!r}")
+    def recogniser(cls, run: str | Path, *, device: str) -> Recogniser:
+        """An AnomalyRecogniser: a score in [0, 1] and the flag at the val threshold."""
         return AnomalyRecogniser(run, device=device)
 
     @staticmethod

@@ -94,10 +94,8 @@ class MultilabelTask(Classify):
         return metrics
 
     @classmethod
-    def recogniser(cls, run: str | Path, *, device: str, engine: str) -> Recogniser:
+    def recogniser(cls, run: str | Path, *, device: str) -> Recogniser:
         """A Recogniser giving each label's sigmoid score and its decision at its threshold."""
-        if engine != "torch":
-            raise ConvlensError("multi-label runs predict with the torch engine only")
         return MultilabelRecogniser(run, device=device)
 
     @staticmethod

@@ -130,8 +130,8 @@ class Classify:
         raise NotImplementedError  # classify is evaluated by convlens.evaluation itself
 
     @classmethod
-    def recogniser(cls, run: str | Path, *, device: str, engine: str) -> Any:
-        """The convlens.predict.Recogniser subclass instance that predicts for this task."""
+    def recogniser(cls, run: str | Path, *, device: str) -> Any:
+        """The convlens.predict.Recogniser subclass instance that predicts for this task (torch)."""
         raise NotImplementedError  # classify uses convlens.predict.Recogniser itself
 
     @staticmethod
