@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 
-def convlens(*args: object, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """Run `python -m convlens ARGS` and capture its output."""
-    env = {**os.environ, "COLUMNS": "200"}
+def convlens(
+    *args: object, timeout: float = 300, env: dict | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run `python -m convlens ARGS` and capture its output; `env` adds variables."""
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "convlens", *map(str, args)],
         capture_output=True,

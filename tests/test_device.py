@@ -55,3 +55,15 @@ def test_compile_trains_the_same_model_and_saves_plain_names(tmp_path):
     assert any(not torch.equal(v, compiled[k]) for k, v in start.state_dict().items())  # trained
     image = torch.zeros(1, 8, 8, dtype=torch.uint8).numpy()
     assert len(convlens.load(tmp_path / "compiled").predict(image, top_k=3)) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_cuda_training_steps_never_wait_for_the_gpu(tmp_path):
+    """Inside the training steps nothing reads a GPU value back (CONVLENS_SYNC_DEBUG=error makes
+    torch raise at any such wait), so the CPU queues work ahead of the GPU."""
+    (tmp_path / "weighted.yaml").write_text("class_weights: auto\n")  # the loss's own tensor
+    out = cli("train", "--config", tmp_path / "weighted.yaml", "--data", "digits", "--device",
+              "cuda", "--epochs", "2", "--run", tmp_path / "run",
+              env={"CONVLENS_SYNC_DEBUG": "error"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -43,6 +43,8 @@ def iterate_batches(
         flips = hflip[order]  # (N,) bool, in batch order
     else:
         flips = torch.rand(n, generator=generator) < 0.5 if hflip else None  # (N,) bool
+    device = split.images.device  # draws cross to a GPU once an epoch, not once a batch
+    order, shifts, flips = (t if t is None else t.to(device) for t in (order, shifts, flips))
     return _batches(split, batch_size, drop_last, order, shifts, flips, translate)
 
 
@@ -82,12 +84,16 @@ def to_device(split: Split, device: torch.device | str) -> Split:
     return Split(split.images.to(device), split.labels.to(device))
 
 
-def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """float32 (x / 255 - mean) / std per channel, for uint8 (..., C, H, W)."""
+def normalize(
+    x: torch.Tensor, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor
+) -> torch.Tensor:
+    """float32 (x / 255 - mean) / std per channel, for uint8 (..., C, H, W).
+
+    `mean` and `std` already on x's device (float32 tensors) spare a copy to it per call."""
     if len(mean) != x.shape[-3] or len(std) != x.shape[-3]:
         raise ValueError(f"{len(mean)} means and {len(std)} stds for {x.shape[-3]} channels")
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)  # (C, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)  # (C, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     return (x.float() / 255 - m) / s
 
 

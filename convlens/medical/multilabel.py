@@ -48,8 +48,9 @@ class MultilabelTask(Classify):
 
     def loss(self, model: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy of the logits (B, L), positives weighted per label."""
+        self.pos_weight = self.pos_weight.to(out.device)  # once: a copy per step would sync
         return F.binary_cross_entropy_with_logits(
-            out.float(), target.float(), pos_weight=self.pos_weight.to(out.device)
+            out.float(), target.float(), pos_weight=self.pos_weight
         )
 
     def validate(self, model: nn.Module, split: Split, meta: dict, **kw: Any) -> dict:

@@ -7,8 +7,10 @@ with the same weights, bit for bit on the CPU, as a run that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 
@@ -88,36 +90,44 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
     if cfg.compile:  # `model` itself stays plain: its state_dict names carry no _orig_mod.
         trained = torch.compile(trained)
 
+    # Reading the loss back each step would make the CPU wait for the GPU at every step; on a
+    # GPU it is summed there and read (and checked) once an epoch.
+    per_step = device.type == "cpu"
+    norm = [torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std)]
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(cfg, ds, epoch, hflip, drop_last)
         model.train()
         t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
         aug = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # the task's own draws
-        for i, (xb, yb) in enumerate(batches):
-            xb, yb = task.batch(xb, yb, aug)
-            step = epoch * steps_per_epoch + i
-            lr = get_lr(step, total_steps, steps_per_epoch, cfg)
-            set_lr(opt, lr, step / total_steps)
-            xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
-            x = normalize(xb.to(device, non_blocking=True), mean, std)  # (B, C, H, W) float32
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = yb.to(device, non_blocking=True)  # (B,)
-            with autocast(device, amp):
-                logits = trained(x)  # (B, K)
-            loss = task.loss(model, logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ema:
-                ema.step(model, step + 1, total_steps)
-            value = loss.item()
-            check_loss(value, epoch, i, state, run_dir)
-            loss_sum += value * len(y)
-            seen += len(y)
-            log.step(value)
+        with sync_debug(device):
+            for i, (xb, yb) in enumerate(batches):
+                xb, yb = task.batch(xb, yb, aug)
+                step = epoch * steps_per_epoch + i
+                lr = get_lr(step, total_steps, steps_per_epoch, cfg)
+                set_lr(opt, lr, step / total_steps)
+                xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
+                x = normalize(xb.to(device, non_blocking=True), *norm)  # (B, C, H, W) float32
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = yb.to(device, non_blocking=True)  # (B,)
+                with autocast(device, amp):
+                    logits = trained(x)  # (B, K)
+                loss = task.loss(model, logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if ema:
+                    ema.step(model, step + 1, total_steps)
+                loss_sum += loss.detach() * len(y)
+                seen += len(y)
+                value = loss.item() if per_step else None
+                if value is not None:
+                    check_loss(value, epoch, i, state, run_dir)
+                log.step(value)
+        train_loss = loss_sum.item() / max(1, seen)
+        check_loss(train_loss, epoch, None, state, run_dir)
         seconds = time.perf_counter() - t0
 
         if ema:
@@ -133,7 +143,7 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
             scores,
             task.score,
             epoch=epoch + 1,
-            train_loss=loss_sum / max(1, seen),
+            train_loss=train_loss,
             lr=lr,
             seconds=seconds,
             write=group.main,
@@ -219,11 +229,13 @@ def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: str, drop_la
     )
 
 
-def check_loss(value: float, epoch: int, step: int, state: dict, run_dir: Path) -> None:
-    """Stop on a non-finite loss, saying where the last good weights are."""
+def check_loss(value: float, epoch: int, step: int | None, state: dict, run_dir: Path) -> None:
+    """Stop on a non-finite loss (of a step, or the epoch's mean), saying where the last good
+    weights are."""
     if not math.isfinite(value):
+        where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
         raise TrainingError(
-            f"epoch {epoch + 1}, step {step + 1}: loss is {value}; training stopped, the last "
+            f"{where}: loss is {value}; training stopped, the last "
             f"good checkpoint (epoch {state['epoch']}) is intact in {run_dir}/weights; "
             "try a lower --lr"
         )
@@ -280,6 +292,21 @@ def finish(run_dir: Path, ds: Dataset, log: Progress, task: Classify) -> None:
     log.close()
     metrics = task.finish(run_dir, ds)
     log.final(task.summary(metrics), run_dir)
+
+
+@contextlib.contextmanager
+def sync_debug(device: torch.device):
+    """With CONVLENS_SYNC_DEBUG=warn (or error) on a GPU, torch warns about (or refuses) every
+    wait of the CPU for the GPU inside the training steps: a check that none is left there."""
+    mode = os.environ.get("CONVLENS_SYNC_DEBUG", "")
+    if device.type != "cuda" or not mode:
+        yield
+        return
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
 
 
 def resolve_device(name: str) -> torch.device:

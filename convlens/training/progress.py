@@ -50,9 +50,11 @@ class Progress:
         self.bar.start()
         self.task = self.bar.add_task("train", total=steps, loss=float("nan"))
 
-    def step(self, loss: float) -> None:
+    def step(self, loss: float | None) -> None:
+        """One step done; `loss` is None where reading it back would stall the GPU."""
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, loss=loss)
+            fields = {} if loss is None else {"loss": loss}
+            self.bar.update(self.task, advance=1, **fields)
 
     def epoch_end(self, row: dict, best: bool) -> None:
         self.close()

@@ -89,9 +89,10 @@ class Classify:
 
     def loss(self, model: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The scalar loss of the model's outputs `out` (B, K) on `target`."""
-        weight = None if self.class_weight is None else self.class_weight.to(out.device)
+        if self.class_weight is not None:  # moved once: a copy per step would wait for a GPU
+            self.class_weight = self.class_weight.to(out.device)
         return F.cross_entropy(
-            out.float(), target, weight=weight, label_smoothing=self.cfg.label_smoothing
+            out.float(), target, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing
         )
 
     def validate(self, model: nn.Module, split: Split, meta: dict, **kw: Any) -> dict:
