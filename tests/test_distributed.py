@@ -73,3 +73,32 @@ def test_killed_distributed_run_resumes_to_the_same_weights(tmp_path):
     rows = [(r / "results.csv").read_text().splitlines() for r in (whole, broken)]
     cols = [[(f[0], f[3]) for f in (line.split(",") for line in r)] for r in rows]
     assert cols[0] == cols[1]  # epoch and val_acc (train_loss is rank 0's share of each batch)
+
+
+FIRST = """
+import sys, time
+from pathlib import Path
+import torch
+from convlens.training import distributed
+marker = Path(sys.argv[1])
+group, _ = distributed.setup(torch.device("cpu"), 2)
+with distributed.local_main_first(group):
+    if group.local_rank == 0:
+        time.sleep(1.0)  # a slow first decode
+        marker.write_text("built")
+    else:
+        Path(f"{marker}.{group.rank}").write_text(marker.read_text() if marker.exists() else "")
+distributed.teardown(group)
+"""
+
+
+def test_one_process_per_machine_loads_data_before_the_others(tmp_path):
+    """A folder cache is built by local rank 0 alone; the others start once it is there."""
+    script = tmp_path / "first.py"
+    script.write_text(FIRST)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(script),
+           str(tmp_path / "cache")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "cache.1").read_text() == "built"  # rank 1 found rank 0's work done

@@ -7,7 +7,10 @@ averages the gradients, and rank 0 alone writes the run folder. gloo on CPUs, NC
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +26,7 @@ class Group:
 
     rank: int = 0
     world: int = 1
+    local_rank: int = 0  # the rank on this machine
 
     @property
     def main(self) -> bool:
@@ -36,16 +40,34 @@ def setup(device: torch.device, batch_size: int) -> tuple[Group, torch.device]:
         return Group(), device
     if batch_size % world:
         raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Group(dist.get_rank(), dist.get_world_size()), device
+    return Group(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
 def teardown(group: Group) -> None:
     if group.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def local_main_first(group: Group, hours: float = 12.0) -> Iterator[None]:
+    """Run the block on each machine's first process, then on the others: one process decodes a
+    folder into its cache while the others wait, then read the cache. The wait is a gloo barrier
+    with its own long timeout (a first decode can take hours); torchrun stops every process when
+    one fails, so none waits for a failed one."""
+    if group.world == 1:
+        yield
+        return
+    waiting = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=hours))
+    if group.local_rank != 0:
+        dist.barrier(group=waiting)
+    yield
+    if group.local_rank == 0:
+        dist.barrier(group=waiting)
 
 
 def wrap(model: nn.Module, group: Group) -> nn.Module:

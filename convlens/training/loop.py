@@ -61,7 +61,8 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
     amp = resolve_amp(cfg.amp, device)
     log = Progress(enabled=group.main)
     task = make_task(cfg)
-    ds, mean, std, hflip = load_data(cfg, log, task)
+    with distributed.local_main_first(group):  # one process per machine builds a folder cache
+        ds, mean, std, hflip = load_data(cfg, log, task)
     meta = weights_meta(cfg, ds, mean, std, hflip, task)
 
     torch.manual_seed(cfg.seed)
