@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 
 import numpy as np
@@ -107,6 +109,37 @@ def test_predict_scores_anomalies_higher_than_normal_digits(run, digits):
     assert "anomaly score" in text.stdout and ("normal" in text.stdout or "ANOMAL" in text.stdout)
 
 
+def test_report_shows_the_metrics_the_threshold_the_figures_and_the_worst_cases(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    page = (run / "report.html").read_text()
+    assert "normal: 0" in page and "method: Mahalanobis" in page
+    assert f"AUROC (Mahalanobis)</td><td>{metrics['auroc']:.3f}</td>" in page
+    assert f"AUROC (GEOM)</td><td>{metrics['auroc_geom']:.3f}</td>" in page  # both scores
+    low, high = metrics["detection"]["roc_auc"]["ci"]
+    assert f"{low:.3f} &ndash; {high:.3f}" in page  # the bootstrap CI of metrics.json
+    assert f"at least {metrics['calibration']['threshold']:.4g}." in page
+    at_test = f"<td>test</td><td>{metrics['sensitivity']:.3f}</td><td>{metrics['specificity']:.3f}"
+    assert at_test in page
+    for name in ("roc_pr.png", "anomaly_scores.png", "curves.png"):
+        data = (run / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, name
+        Image.open(run / name).verify()
+        assert base64.b64encode(data).decode() in page, name  # the page shows this very file
+    # gallery: the 8 normal digits scored highest (descending), the 8 anomalies scored lowest
+    normal, anomalies = page.split("<h3>Normal images scored highest</h3>")[1].split(
+        "<h3>Anomalies scored lowest</h3>"
+    )
+    tiles = [re.findall(r"score <b>([\d.]+)</b> \(([a-z ]+)\).*?class (\w+)</span>", part)
+             for part in (normal, anomalies)]  # fmt: skip
+    assert [len(t) for t in tiles] == [8, 8]
+    assert all(cls == "0" for *_, cls in tiles[0]) and all(cls != "0" for *_, cls in tiles[1])
+    scores = [[float(s) for s, *_ in t] for t in tiles]
+    assert scores[0] == sorted(scores[0], reverse=True) and scores[1] == sorted(scores[1])
+    confusion = metrics["detection"]["confusion"]  # flagged: score >= 0.5, as in the metrics
+    assert sum(said == "false alarm" for _, said, _ in tiles[0]) == min(8, confusion["fp"])
+    assert sum(said == "missed" for _, said, _ in tiles[1]) == min(8, confusion["fn"])
+
+
 def test_threshold_and_weights_never_depend_on_the_test_split(run, digits, tmp_path):
     other = tmp_path / "digits"
     shutil.copytree(digits / "train", other / "train")
@@ -168,3 +201,7 @@ def test_a_plain_folder_of_normal_images_trains_and_scores(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert all(0.0 <= row["score"] <= 1.0 and isinstance(row["anomaly"], bool) for row in rows)
+    page = (tmp_path / "run" / "report.html").read_text()  # no anomalies to measure: said so
+    assert "AUROC, sensitivity and specificity need both" in page
+    assert not (tmp_path / "run" / "roc_pr.png").exists()
+    assert "<h3>Normal images scored highest</h3>" in page and "Anomalies scored" not in page

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def _pyplot():
     import matplotlib
@@ -113,6 +115,34 @@ def save_label_rocs(labels, scores, names: list[str], path: Path) -> None:
     ax.set_title("ROC per label (AUC)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_score_histogram(
+    raw: np.ndarray, anomalous: np.ndarray, threshold: float, xlabel: str, path: Path
+) -> None:
+    """Histograms of the scores (N,) of normal and `anomalous` (N,) bool cases, each group's bars
+    summing to 1 (the groups differ in size), with the threshold line; log x for wide ranges."""
+    plt = _pyplot()
+    lo, hi = float(raw.min()), float(raw.max())
+    log = lo > 0 and threshold > 0 and hi / lo > 100  # Mahalanobis scores can span decades
+    bins = np.geomspace(lo, hi, 41) if log else np.linspace(lo, hi if hi > lo else lo + 1, 41)
+    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
+    for label, mask, colour in (("normal", ~anomalous, "tab:blue"),
+                                ("anomalous", anomalous, "tab:orange")):  # fmt: skip
+        n = int(mask.sum())
+        if n:
+            ax.hist(raw[mask], bins, weights=np.full(n, 1 / n), alpha=0.6, color=colour,
+                    label=f"{label} ({n:,})")  # fmt: skip
+    ax.axvline(threshold, color="tab:red", linestyle="--", label="threshold (val)")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share of the group")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -86,3 +86,31 @@ def table(head: list[str], rows: list[str], cls: str = "grid", left: tuple[int, 
     )
     body = "".join(rows)
     return f'<table class="{cls}"><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def cards(items: list[tuple[str, str]]) -> str:
+    """The header's summary cards from (label, value) pairs; the values are HTML."""
+    cells = "".join(
+        f'<div class="card"><span>{html.escape(k)}</span><b>{v}</b></div>' for k, v in items
+    )
+    return f'<div class="cards">{cells}</div>'
+
+
+def page(title: str, kicker: str, sub: str, top: str, sections: dict[str, tuple[str, str]]) -> str:
+    """A whole report.html: a header (kicker, title, `sub` and `top`: HTML), a bar of links and
+    one <section> per {id: (title, HTML)}."""
+    nav = "".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, (t, _) in sections.items())
+    body = "".join(
+        f'<section id="{k}"><h2>{html.escape(t)}</h2>{v}</section>'
+        for k, (t, v) in sections.items()
+    )
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>convlens report: {html.escape(title)}</title><style>{STYLE}</style></head><body>
+<header><div class="wrap"><div class="kicker">{html.escape(kicker)}</div>
+<h1>{html.escape(title)}</h1>
+<p class="sub">{sub}</p>{top}</div></header>
+<nav><div class="wrap">{nav}</div></nav>
+<main class="wrap">{body}</main>
+</body></html>
+"""

@@ -177,7 +177,12 @@ class AnomalyTask(Classify):
             metrics["specificity"] = block["specificity"]["value"]
             metrics["detection"] = block  # with bootstrap 95% CIs; thresholds on the raw score
         if write and run_dir is not None:
+            from convlens.medical.report import write_anomaly_report
+
             (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            names = [dataset.classes[i] for i in part.labels.tolist()]  # (N,)
+            scores = {k: v.numpy() for k, v in raws.items()}
+            write_anomaly_report(run_dir, metrics, scores, names, part.images)
         return metrics
 
     @classmethod
