@@ -61,6 +61,13 @@ def test_backward_gives_finite_gradients(name: str, config: tuple[int, int, int,
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
 
 
+@pytest.mark.parametrize(("side", "out"), [(28, 4), (32, 4), (18, 3), (12, 3), (8, 4), (5, 4)])
+def test_fastnet_pools_only_while_maps_stay_3x3(side: int, out: int) -> None:
+    # 28x28 keeps Fashion-MNIST's three pools (27 -> 14 -> 7 -> 4); 8x8 stops at 4x4, not 1x1
+    model = create_model("fastnet", image_size=side)
+    assert model.forward_features(torch.zeros(2, 1, side, side)).shape == (2, 128, out, out)
+
+
 def test_duplicate_registration_is_an_error() -> None:
     list_models()  # the built-in models are registered
     with pytest.raises(ModelError, match="'textbook' is already registered"):

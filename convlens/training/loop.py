@@ -78,9 +78,8 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
-    ema = Lookahead(cfg.ema, cfg.ema_start, cfg.ema_every) if cfg.ema else None
-
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    ema = lookahead(cfg, steps_per_epoch)
     state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
     state_path = run_dir / "state" / "last.safetensors"
     if cfg.resume:
@@ -210,6 +209,14 @@ def epoch_steps(cfg: TrainConfig, n_train: int) -> tuple[bool, int, int]:
     drop_last = n_train > cfg.batch_size  # keep BatchNorm away from a tiny last batch
     steps_per_epoch = n_train // cfg.batch_size if drop_last else 1
     return drop_last, steps_per_epoch, steps_per_epoch * cfg.epochs
+
+
+def lookahead(cfg: TrainConfig, steps_per_epoch: int) -> Lookahead | None:
+    """The weight average (or None), updated at least once an epoch: each epoch ends on the
+    average, so one not updated in a short epoch (8x8 digits: 2 steps) would undo its training."""
+    if not cfg.ema:
+        return None
+    return Lookahead(cfg.ema, cfg.ema_start, min(cfg.ema_every, steps_per_epoch))
 
 
 def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: str, drop_last: bool):

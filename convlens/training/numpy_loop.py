@@ -21,7 +21,6 @@ from convlens import reference
 from convlens.config import TrainConfig
 from convlens.data.batches import normalize
 from convlens.errors import ConfigError
-from convlens.training.ema import Lookahead
 from convlens.training.loop import (
     build_model,
     check_loss,
@@ -31,6 +30,7 @@ from convlens.training.loop import (
     epoch_steps,
     finish,
     load_data,
+    lookahead,
     open_run,
     resolve_run,
     weights_meta,
@@ -66,12 +66,12 @@ def fit(cfg: TrainConfig) -> Path:
     model.load_state_dict({k: v.numpy() for k, v in init.state_dict().items()})
     open_run(cfg, run_dir, ds, log)
     opt = build_sgd(model, cfg)
-    ema = Lookahead(cfg.ema, cfg.ema_start, cfg.ema_every) if cfg.ema else None
     shared = TorchView(model)
     weight = None if task.class_weight is None else task.class_weight.numpy()
     loss_fn = reference.CrossEntropyLoss(cfg.label_smoothing, weight=weight)
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    ema = lookahead(cfg, steps_per_epoch)
     state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
     log.start(cfg, ds, run_dir, init, DEVICE, False)
     with threadpool_limits(cfg.threads or None):  # BLAS threads, as torch's for its engine
