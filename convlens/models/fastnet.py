@@ -91,7 +91,9 @@ class FastNet(nn.Module):
         return self.layer3(x)  # (B, 128, H/8, W/8)
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.amax(feats, dim=(2, 3))  # (B, num_features): global max-pool
+        # global max-pool in float32: fused by torch.compile with the bf16 layer before it, the
+        # pool found no maximum to send its gradient to (NaN at step 2); eager is unchanged
+        x = torch.amax(feats.float(), dim=(2, 3))  # (B, num_features)
         if pre_logits:
             return x
         return self.fc(x) * self.logit_scale  # (B, num_classes)
