@@ -56,7 +56,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="*", choices=sorted(RECIPES), default=["fast", "wrn"])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--fast-epochs", type=int, default=RECIPES["fast"][2]["epochs"])
     ap.add_argument("--wrn-epochs", type=int, default=RECIPES["wrn"][2]["epochs"])
+    ap.add_argument(
+        "--wrn-seconds",
+        type=float,
+        default=0.0,
+        help="fewer WRN epochs if the warm-up epoch says they take longer than this",
+    )
+    ap.add_argument("--wrn-depth", type=int, default=40, help="smaller for a dry run on a CPU")
+    ap.add_argument("--wrn-width", type=int, default=4)
     ap.add_argument("--compile", action="store_true", help="torch.compile the models")
     ap.add_argument("--device", default="cuda", help="cpu: the same flow, slowly, to check it")
     ap.add_argument("--out", default="benchmarks/results/fashion_mnist_gpu.json")
@@ -75,11 +84,16 @@ def main() -> None:
         for name in args.recipes:
             target, budget, settings = RECIPES[name]
             settings = {**settings, "device": args.device, "compile": args.compile}
+            settings["epochs"] = args.fast_epochs
             if name == "wrn":
                 settings["epochs"] = args.wrn_epochs
+                settings["model_args"] = {"depth": args.wrn_depth, "width": args.wrn_width}
             workdir = Path(tmp) / name
             workdir.mkdir()
-            convlens_run(0, workdir, "warm-up", **{**settings, "epochs": 1})
+            warm = convlens_run(0, workdir, "warm-up", **{**settings, "epochs": 1})
+            if name == "wrn" and args.wrn_seconds:  # the schedule shortened to fit the budget
+                fits = int(args.wrn_seconds / warm["seconds"])
+                settings["epochs"] = max(1, min(settings["epochs"], fits))
             runs = [convlens_run(s, workdir, name, **settings) for s in args.seeds]
             acc = statistics.mean(r["test_acc"] for r in runs)
             seconds = statistics.mean(r["seconds"] for r in runs)

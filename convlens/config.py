@@ -61,6 +61,7 @@ class TrainConfig:
     ema_every: int = 5  # steps between updates of the average
     patience: int = 0  # stop after this many epochs without val improvement (0 = never)
     tta: str = "auto"  # test-time views: auto (flip-shift if mirrored) | none | flip | flip-shift
+    calibrate: str = "temperature"  # classify: temperature (scale fitted on val) | none
     # machine
     engine: str = "torch"  # torch | numpy (the NumPy reference engine: textbook, lenet5, mlp)
     device: str = "auto"  # auto | cpu | cuda
@@ -176,6 +177,7 @@ _CHOICES = {
     "schedule": ("onecycle", "cosine", "step", "constant"),
     "hflip": ("auto", "random", "alternate", "off"),
     "tta": ("auto", "none", "flip", "flip-shift"),
+    "calibrate": ("temperature", "none"),
     "class_weights": ("none", "auto"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "bf16", "off"),

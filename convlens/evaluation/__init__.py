@@ -33,6 +33,7 @@ def evaluate_run(
     J, or `target_sensitivity`, by default the run's own setting).
     """
     model, meta, weights = load_model(run)
+    model = model.to(device)
     run_dir = weights.parent.parent if weights.parent.name == "weights" else None
     if dataset is None:
         dataset = load_run_data(data or meta.get("data"), run_dir)
@@ -50,6 +51,8 @@ def evaluate_run(
     probs = _probs(model, meta, part.images, device)
     metrics = {"data": dataset.name, "split": split, "weights": str(weights)}
     metrics.update(classification_metrics(part.labels, probs, meta["classes"]))
+    if "calibration" in meta:  # the temperature folded into the weights, fitted on val
+        metrics["calibration"] = meta["calibration"]
     if len(meta["classes"]) == 2:  # a finding or not: the clinical view, threshold from val
         from convlens.medical.evaluate import add_detection
 

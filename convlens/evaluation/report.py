@@ -103,6 +103,10 @@ def _cards(metrics: dict, run_dir: Path, model) -> str:
     cards.append(("macro F1", f"{metrics['macro_f1']:.3f}"))
     if "ece" in metrics:  # older metrics.json files have none
         cards.append(("calibration error (ECE)", f"{100 * metrics['ece']:.1f}%"))
+    if "calibration" in metrics:  # val ECE without and with the fitted temperature
+        cal = metrics["calibration"]
+        ece = " &rarr; ".join(f"{100 * e:.1f}%" for e in cal["val_ece"])
+        cards.append(("temperature (val ECE)", f"{cal['temperature']:.3f} ({ece})"))
     if (run_dir / "results.csv").is_file():
         from convlens.training.progress import score_column
         from convlens.training.runs import read_results

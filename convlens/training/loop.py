@@ -298,6 +298,9 @@ def early_stop(cfg: TrainConfig, state: dict, log: Progress) -> bool:
 def finish(run_dir: Path, ds: Dataset, log: Progress, task: Classify) -> None:
     """Evaluate the best weights on the test split; write metrics.json and the figures."""
     log.close()
+    note = task.calibrate(run_dir, ds)
+    if note:
+        log.note(note)
     metrics = task.finish(run_dir, ds)
     log.final(task.summary(metrics), run_dir)
 

@@ -107,11 +107,26 @@ class Classify:
         )
         return classify_scores(probs, split.labels)
 
+    def calibrate(self, run_dir: Path, ds: Dataset) -> str | None:
+        """Before `finish`: fit the softmax temperature of a classifier's best weights on val
+        (convlens.evaluation.calibration); a note for the console, or None."""
+        if self.name != "classify" or self.cfg.calibrate == "none":  # others' outputs differ
+            return None
+        from convlens.evaluation.calibration import calibrate_run
+
+        return calibrate_run(run_dir, ds, device=self.device())
+
     def finish(self, run_dir: Path, ds: Dataset) -> dict:
         """Evaluate the best weights on the test split; write metrics.json and figures."""
         from convlens.evaluation import evaluate_run
 
-        return evaluate_run(run_dir, dataset=ds, write=True)
+        return evaluate_run(run_dir, dataset=ds, write=True, device=self.device())
+
+    def device(self) -> str:
+        """Where the run's own evaluation runs: where it trained (a GPU, if it did)."""
+        from convlens.training.loop import resolve_device
+
+        return str(resolve_device(self.cfg.device))
 
     # --- after training (subclasses other than classify implement these two) ----------------
     @classmethod
