@@ -241,3 +241,25 @@ def test_rgb_filters_adapt_to_other_channel_counts() -> None:
     assert adapt_conv_weight(weight, 4).shape == (8, 4, 3, 3)
     six = adapt_conv_weight(weight, 6)  # RGBRGB at half strength
     torch.testing.assert_close(six.sum((1, 2, 3)), weight.sum((1, 2, 3)))  # flat image: same
+
+
+@pytest.mark.parametrize(("saved_by", "pools"), [("0.1.0", [True] * 3), ("0.2.0", None)])
+def test_fastnet_weights_load_with_the_pooling_they_were_trained_with(tmp_path, saved_by, pools):
+    """Before 0.2 fastnet pooled three times at any size: 8x8 weights from then keep that."""
+    from convlens.models.fastnet import pool_plan
+    from convlens.models.loading import load_model
+    from convlens.training.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    plan = pools or list(pool_plan((8, 8)))
+    model = create_model("fastnet", image_size=8, pools=plan).eval()
+    meta = {"task": "classify", "classes": [str(i) for i in range(10)],
+            "input": {"channels": 1, "height": 8, "width": 8},
+            "normalize": {"mean": [0.5], "std": [0.5]}, "tta": "none",
+            "model": {"name": "fastnet", "args": {}},
+            "versions": {"convlens": saved_by}}  # fmt: skip
+    save_weights(tmp_path / "w.safetensors", model.state_dict(), meta)
+    loaded, _, _ = load_model(tmp_path / "w.safetensors")
+    x = torch.randn(3, 1, 8, 8)
+    assert loaded.forward_features(x).shape == model.forward_features(x).shape
+    assert torch.allclose(loaded(x), model(x))

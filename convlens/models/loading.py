@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from torch import nn
@@ -18,6 +19,8 @@ def load_model(run: str | Path) -> tuple[nn.Module, dict, Path]:
     tensors, meta = load_weights(path)
     spec, size = meta["model"], meta["input"]
     args = {k: v for k, v in spec.get("args", {}).items() if k != "pretrained"}
+    if spec["name"] == "fastnet" and "pools" not in args and _made_before(meta, (0, 2)):
+        args["pools"] = [True, True, True]  # fastnet pooled three times at any size until 0.2
     model = create_model(
         spec["name"],
         in_channels=size["channels"],
@@ -32,3 +35,9 @@ def load_model(run: str | Path) -> tuple[nn.Module, dict, Path]:
         first = str(e).strip().splitlines()[-1].strip()
         raise ModelError(f"{path}: weights do not fit model {spec['name']!r} ({first})") from None
     return model.eval(), meta, path
+
+
+def _made_before(meta: dict, version: tuple[int, int]) -> bool:
+    """Whether the weights were saved by a convlens older than (major, minor); unknown: yes."""
+    found = re.match(r"(\d+)\.(\d+)", meta.get("versions", {}).get("convlens", ""))
+    return found is None or (int(found[1]), int(found[2])) < version
