@@ -78,7 +78,8 @@ def test_report_is_self_contained_with_every_section(report_run):
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
             assert im.format == "PNG" and im.width > 10, section
     with_images = {s for s, _ in page.images}
-    assert {"curves", "confusion", "mistakes", "hierarchy", "invariance"} <= with_images
+    drawn = {"curves", "confusion", "calibration", "mistakes", "hierarchy", "invariance"}
+    assert drawn <= with_images
     for section, text in page.sections.items():
         assert "could not be drawn" not in text and "not measured yet" not in text, section
 
@@ -97,6 +98,25 @@ def test_report_is_self_contained_with_every_section(report_run):
     assert page.rows["invariance"] == 1 + MAX_SHIFT + 1  # header, shifts 0..3
     assert "Training patches that excite" in page.sections["hierarchy"]
     assert "epochs" in page.sections["settings"]
+
+
+def test_report_shows_the_reliability_diagram_of_the_test_split(report_run):
+    page = Page((report_run / "report.html").read_text())
+    metrics = json.loads((report_run / "metrics.json").read_text())
+    rel = metrics["reliability"]
+    assert sum(rel["count"]) == metrics["n"] and len(rel["bins"]) == len(rel["count"]) + 1
+    [src] = [src for s, src in page.images if s == "calibration"]
+    png = (report_run / "reliability.png").read_bytes()
+    assert base64.b64decode(src.split(",", 1)[1]) == png
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG" and im.width > 300
+        assert len(im.convert("RGB").getcolors(im.width * im.height)) > 20  # drawn, not blank
+    text = page.sections["calibration"]
+    assert "dashed diagonal" in text and "over-confident" in text
+    cal = metrics["calibration"]  # digits has enough validation images to fit a temperature
+    before, after = (f"{100 * e:.1f}%" for e in cal["val_ece"])
+    assert f"T = {cal['temperature']:.3f}" in text
+    assert f"validation ECE from {before} to {after}" in text
 
 
 def _chromium(*args: str, tmp_path) -> subprocess.CompletedProcess:

@@ -113,7 +113,7 @@ def check_compatible(meta: dict, ds: Dataset, weights: Path) -> None:
 
 
 def _write_outputs(run_dir: Path, metrics: dict, part=None, probs=None) -> None:
-    from convlens.evaluation.plots import save_confusion_matrix, save_curves
+    from convlens.evaluation.plots import save_confusion_matrix, save_curves, save_reliability
     from convlens.evaluation.report import write_report
     from convlens.training.runs import read_results
 
@@ -128,4 +128,6 @@ def _write_outputs(run_dir: Path, metrics: dict, part=None, probs=None) -> None:
     save_confusion_matrix(cm, classes, run_dir / "confusion_matrix.png")
     if (run_dir / "results.csv").is_file():
         save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
+    if probs is not None:  # the evaluated split's predictions: the same bins as metrics' ECE
+        save_reliability(part.labels, probs, run_dir / "reliability.png")
     write_report(run_dir, metrics, part, probs)

@@ -1,4 +1,5 @@
-"""Figures of a run: confusion matrix and training curves (matplotlib, imported when used)."""
+"""Figures of a run: confusion matrix, training curves, reliability diagram and more (matplotlib,
+imported when used)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,42 @@ def save_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -
                 colour = "white" if share[i, j] > 0.5 else "black"
                 ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color=colour)
     ax.set_title("Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_reliability(labels, probs, path: Path, bins: int = 15) -> None:
+    """Reliability diagram (Guo et al. 2017) of labels (N,) and probabilities (N, K): per
+    confidence bin the accuracy as a bar, the gap to the bin's mean confidence shaded, the image
+    count above; a calibrated model's bars reach the diagonal. ECE in the title."""
+    from convlens.evaluation.metrics import ece_of_bins, reliability_bins
+
+    plt = _pyplot()
+    rel = reliability_bins(labels, probs, bins)
+    width = 1 / bins
+    fig, ax = plt.subplots(figsize=(5.2, 4.8), dpi=110)
+    ax.plot([0, 1], [0, 1], "--", color="black", lw=1, label="calibrated", zorder=3)  # over bars
+    filled = [i for i, n in enumerate(rel["count"]) if n]
+    left = [rel["bins"][i] for i in filled]
+    acc = [rel["accuracy"][i] for i in filled]
+    conf = [rel["confidence"][i] for i in filled]
+    ax.bar(left, acc, width, align="edge", color="tab:blue", edgecolor="white",
+           label="accuracy")  # fmt: skip
+    gap = [c - a for c, a in zip(conf, acc, strict=True)]  # > 0: over-confident
+    ax.bar(left, gap, width, bottom=acc, align="edge", color="tab:red", alpha=0.3,
+           edgecolor="tab:red", hatch="//", label="gap to mean confidence")  # fmt: skip
+    for x, a, c, i in zip(left, acc, conf, filled, strict=True):
+        ax.text(x + width / 2, max(a, c) + 0.01, rel["count"][i], ha="center", va="bottom",
+                fontsize=6.5)  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability, ECE {100 * ece_of_bins(rel):.1f}% ({sum(rel['count']):,} images)")
+    ax.grid(alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

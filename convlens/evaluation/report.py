@@ -1,10 +1,11 @@
 """A self-contained report.html for a run: images inline (base64), no script, no outside asset.
 
-Sections: summary cards, training curves, per-class table, confusion matrix, the most confident
-mistakes with their Grad-CAM, filters and feature maps, parameter sharing, translation
-invariance and settings. The explanation sections come from convlens.explain.sections; the
-costly ones (top-activating patches, invariance) only when `convlens explain` has written them
-into RUN/explain/, so the report takes seconds at the end of training.
+Sections: summary cards, training curves, per-class table, confusion matrix, reliability diagram,
+the most confident mistakes with their Grad-CAM, filters and feature maps, parameter sharing,
+translation invariance and settings. The explanation sections come from
+convlens.explain.sections; the costly ones (top-activating patches, invariance) only when
+`convlens explain` has written them into RUN/explain/, so the report takes seconds at the end
+of training.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ SECTIONS = {  # id -> title, in page order
     "curves": "Training curves",
     "per-class": "Per class",
     "confusion": "Confusion matrix",
+    "calibration": "Calibration",
     "mistakes": "Most confident mistakes",
     "hierarchy": "Filters and feature maps",
     "sharing": "Parameter sharing",
@@ -59,6 +61,7 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
         "detection": _detection(metrics, run_dir),
         "per-class": _per_class(metrics),
         "confusion": img_file(run_dir / "confusion_matrix.png", "confusion matrix"),
+        "calibration": _calibration(metrics, run_dir),
         "mistakes": _guard(explain.mistakes, model, metrics, split, probs),
         "hierarchy": _guard(explain.hierarchy, model, split, explained and explained_dir),
         "sharing": _guard(explain.sharing, model),
@@ -142,6 +145,33 @@ def _per_class(metrics: dict) -> str:
         )
     head = ["class", "precision", "recall", "F1", "support", "most often taken for"]
     return table(head, rows, left=(3, 5))
+
+
+def _calibration(metrics: dict, run_dir: Path) -> str:
+    """The reliability diagram, what it shows, and the temperature fitted on validation."""
+    figure = img_file(run_dir / "reliability.png", "reliability diagram")
+    if not figure:
+        return note("no reliability.png: evaluate the run again (convlens report RUN) to draw it")
+    text = (
+        f"The {html.escape(metrics['split'])} images grouped by confidence (the probability of "
+        "the predicted class): each bar is how often the model was right in that group, the "
+        "number above it how many images fell there. A calibrated model's bars reach the "
+        "dashed diagonal. The shading is the gap to the group's mean confidence: above a bar "
+        "the model was more confident than right (over-confident), inside it less "
+        "(under-confident). The ECE in the title is that gap averaged over all the images."
+    )
+    cal = metrics.get("calibration")
+    if cal:
+        before, after = (f"{100 * e:.1f}%" for e in cal["val_ece"])
+        text += (
+            f" These probabilities are temperature-scaled: the logits are divided by "
+            f"T = {cal['temperature']:.3f}, fitted on the validation split "
+            f"({'softer' if cal['temperature'] > 1 else 'sharper'} than the raw softmax), "
+            f"which took the validation ECE from {before} to {after}."
+        )
+    else:
+        text += " These are the raw softmax probabilities: no temperature was fitted for this run."
+    return f"<p>{text}</p>{figure}"
 
 
 def _detection(metrics: dict, run_dir: Path) -> str | None:
