@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from convlens.evaluation.report_html import STYLE, img_file, note, table
+from convlens.evaluation.report_html import STYLE, cards, img_file, note, table
 
 SECTIONS = {  # id -> title, in page order
     "curves": "Training curves",
@@ -100,32 +100,29 @@ def _guard(section, *args) -> str:
 
 
 def _cards(metrics: dict, run_dir: Path, model) -> str:
-    cards = [("accuracy", f"{100 * metrics['accuracy']:.2f}%")]
+    items = [("accuracy", f"{100 * metrics['accuracy']:.2f}%")]
     if len(metrics["per_class"]) > 5:
-        cards.append(("top-5 accuracy", f"{100 * metrics['top5']:.2f}%"))
-    cards.append(("macro F1", f"{metrics['macro_f1']:.3f}"))
+        items.append(("top-5 accuracy", f"{100 * metrics['top5']:.2f}%"))
+    items.append(("macro F1", f"{metrics['macro_f1']:.3f}"))
     if "ece" in metrics:  # older metrics.json files have none
-        cards.append(("calibration error (ECE)", f"{100 * metrics['ece']:.1f}%"))
+        items.append(("calibration error (ECE)", f"{100 * metrics['ece']:.1f}%"))
     if "calibration" in metrics:  # val ECE without and with the fitted temperature
         cal = metrics["calibration"]
         ece = " &rarr; ".join(f"{100 * e:.1f}%" for e in cal["val_ece"])
-        cards.append(("temperature (val ECE)", f"{cal['temperature']:.3f} ({ece})"))
+        items.append(("temperature (val ECE)", f"{cal['temperature']:.3f} ({ece})"))
     if (run_dir / "results.csv").is_file():
         from convlens.training.progress import score_column
         from convlens.training.runs import read_results
 
         rows = read_results(run_dir / "results.csv")
         if rows:
-            cards += [
+            items += [
                 ("best val accuracy", f"{100 * max(r[score_column(r)] for r in rows):.2f}%"),
                 ("epochs", f"{int(rows[-1]['epoch'])}"),
                 ("training time", _duration(rows[-1]["seconds"])),
             ]
-    cards.append(("parameters", f"{sum(p.numel() for p in model.net.parameters()):,}"))
-    items = "".join(
-        f'<div class="card"><span>{html.escape(k)}</span><b>{v}</b></div>' for k, v in cards
-    )
-    return f'<div class="cards">{items}</div>'
+    items.append(("parameters", f"{sum(p.numel() for p in model.net.parameters()):,}"))
+    return cards(items)
 
 
 def _per_class(metrics: dict) -> str:
