@@ -217,9 +217,10 @@ def export(run: str, fmt: str, out: str | None) -> None:
     from convlens.export import export_onnx
 
     result = export_onnx(run, out)
+    what = "embedding" if result["task"] == "embed" else "score"
     click.echo(
         f"wrote {result['onnx']}; on {result['images']} {result['source']} images the largest "
-        f"probability difference from torch is {result['max_abs_diff']:.2e}"
+        f"{what} difference from torch is {result['max_abs_diff']:.2e}"
     )
 
 

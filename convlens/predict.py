@@ -146,11 +146,24 @@ class OnnxRecogniser(Recogniser):
         if not Path(run).is_file():
             raise ConvlensError(f"{run}: no such ONNX file")
         model = OnnxModel(run)
+        if model.task == "embed":  # no identity centres in the graph, no face detection
+            raise ConvlensError(f"{run}: an embed export gives embeddings "
+                                f"(convlens.export.OnnxModel.embed); predict, verify and serve "
+                                f"take the run's weights")  # fmt: skip
+        self.thresholds = model.thresholds  # a multilabel export's per-label thresholds
         return model, model.meta, Path(run)
 
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, K) for preprocessed uint8 images (N, C, H, W)."""
+        """Probabilities or label scores (N, K) for preprocessed uint8 images (N, C, H, W)."""
         return torch.from_numpy(self.model.predict_proba(images.numpy()))
+
+    def _top(self, probs: torch.Tensor, k: int) -> list[dict]:
+        """As the torch recogniser of the run's task: a multilabel export decides per label."""
+        if self.thresholds is None:
+            return super()._top(probs, k)
+        from convlens.medical.multilabel import MultilabelRecogniser
+
+        return MultilabelRecogniser._top(self, probs, k)  # reads self.classes, self.thresholds
 
 
 def load(run: str | Path, device: str = "cpu", engine: str = "torch") -> Recogniser:

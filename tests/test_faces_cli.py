@@ -179,8 +179,9 @@ def test_only_a_face_nonface_classifier_can_confirm_faces(world):
         FaceConfirmer(world["run"])
 
 
-def test_export_and_explain_refuse_an_embedding_run_by_name(world):
-    exported = convlens("export", world["run"])
-    assert exported.returncode != 0 and "ONNX export is for classify runs" in exported.stderr
+def test_an_embedding_run_exports_but_explain_refuses_it_by_name(world, tmp_path):
+    exported = convlens("export", world["run"], "--out", tmp_path / "faces.onnx")
+    assert exported.returncode == 0, exported.stderr
+    assert "embedding difference" in exported.stdout and (tmp_path / "faces.onnx").is_file()
     explained = convlens("explain", world["run"])
     assert explained.returncode != 0 and "explain is for classify runs" in explained.stderr

@@ -1,6 +1,8 @@
 """ONNX export (dynamic batch, convlens metadata) and an onnxruntime model with convlens's TTA.
 
-onnx and onnxruntime are imported here only, so `import convlens` stays light.
+classify, multilabel and embed runs export; each is checked against the torch recogniser that
+`convlens predict` uses, on validation images. onnx and onnxruntime are imported here only, so
+`import convlens` stays light.
 """
 
 from __future__ import annotations
@@ -15,25 +17,43 @@ import numpy as np
 import torch
 
 from convlens.errors import ConvlensError, ModelError
-from convlens.models.infer import predict_proba
-from convlens.models.loading import load_model
 from convlens.reference.losses import softmax
 from convlens.reference.model import normalize, tta_views
-from convlens.training.checkpoint import META_KEY, atomic_write_bytes
+from convlens.training.checkpoint import META_KEY, atomic_write_bytes, resolve_weights
 
-TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| over the check images
+TOLERANCE = 1e-4  # largest allowed |onnx - torch| over the check images: probability, score or
+# embedding entry (unit embeddings: 1 - cosine <= TOLERANCE**2 / 2 * D)
 CHECK_IMAGES = 100  # validation images run through both
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-z) without overflow for large |z|."""
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+# The graph's output per exportable task, and how one view's output becomes a score (embed: none,
+# the graph ends in the unit embedding).
+OUTPUTS = {"classify": "logits", "multilabel": "logits", "embed": "embedding"}
+ACTIVATIONS = {"classify": softmax, "multilabel": sigmoid}
+REFUSED = {  # tasks whose answer is not one graph's output
+    "anomaly": "a score runs the network over 72 transformed views of each image and compares "
+    "their features with Mahalanobis statistics of normal images, outside one graph",
+}
 
 
 def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
     """Write RUN's model as ONNX, check it, and compare onnxruntime with torch on val images."""
     import onnx
 
-    model, meta, weights = load_model(run)
-    task = meta.get("task", "classify")
-    if task != "classify":  # predict on .onnx files reads the outputs as class logits
-        raise ModelError(f"{weights}: ONNX export is for classify runs; {task} runs score in torch")
-    model = model.float().eval()
+    from convlens.predict import load, run_task
+
+    task = run_task(run)
+    if task not in OUTPUTS:
+        why = REFUSED.get(task, "no ONNX graph gives its answers")
+        raise ModelError(f"{resolve_weights(run)}: {task} runs do not export to ONNX ({why}); "
+                         f"they predict in torch")  # fmt: skip
+    rec = load(run)  # the torch recogniser `convlens predict` uses: the parity oracle
+    model, meta, weights = rec.model.float().eval(), rec.meta, rec.weights
     c, h, w = (meta["input"][k] for k in ("channels", "height", "width"))
     out = Path(out) if out else weights.with_suffix(".onnx")
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -44,23 +64,42 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
             (torch.zeros(2, c, h, w),),
             dynamo=True,
             input_names=["images"],
-            output_names=["logits"],
+            output_names=[OUTPUTS[task]],
             dynamic_shapes=({0: batch},),
         )
     proto = program.model_proto
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps({**meta, "exported_from": str(weights)})
+    entry.key, entry.value = META_KEY, json.dumps({**meta, **_decisions(rec, task),
+                                                   "exported_from": str(weights)})  # fmt: skip
     onnx.checker.check_model(proto)
     atomic_write_bytes(out, proto.SerializeToString())
 
     images, source = _check_images(meta, weights)
-    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
-    ours = predict_proba(model, images, mean=mean, std=std, tta=meta.get("tta", "none"))
-    theirs = torch.from_numpy(OnnxModel(out).predict_proba(images.numpy()))
-    diff = float((ours - theirs).abs().max())
+    onnx_model = OnnxModel(out)
+    ours, theirs = _answers(rec, task, images), _answers(onnx_model, task, images)
+    diff = float(np.abs(ours - theirs).max()) if ours.size else 0.0
     if diff > TOLERANCE:
         raise ConvlensError(f"{out}: onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE})")
-    return {"onnx": str(out), "images": len(images), "source": source, "max_abs_diff": diff}
+    result = {"onnx": str(out), "task": task, "images": len(images), "source": source,
+              "max_abs_diff": diff}  # fmt: skip
+    if task == "embed":
+        result["min_cosine"] = float((ours * theirs).sum(1).min()) if ours.size else 1.0
+    return result
+
+
+def _decisions(rec, task: str) -> dict:
+    """What the run decides with beyond its weights metadata: a multilabel run's per-label
+    thresholds (weights/thresholds.json; an embed run's verification threshold is in its meta)."""
+    return {"thresholds": [float(t) for t in rec.thresholds]} if task == "multilabel" else {}
+
+
+def _answers(model, task: str, images: torch.Tensor) -> np.ndarray:
+    """A torch recogniser's or OnnxModel's answer for uint8 images: unit embeddings (N, D) for
+    embed runs, else class probabilities or label scores (N, K)."""
+    if task == "embed":
+        return np.asarray(model.embed(images))
+    scores = model.predict_proba if isinstance(model, OnnxModel) else model.predict_tensor
+    return np.asarray(scores(images))
 
 
 def _check_images(meta: dict, weights: Path) -> tuple[torch.Tensor, str]:
@@ -79,7 +118,8 @@ def _check_images(meta: dict, weights: Path) -> tuple[torch.Tensor, str]:
 
 
 class OnnxModel:
-    """An exported convlens model on onnxruntime: uint8 images in, probabilities out."""
+    """An exported convlens model on onnxruntime: uint8 images in; class probabilities, label
+    scores (and decisions) or unit embeddings out, as the run's task gives."""
 
     def __init__(self, path: str | Path) -> None:
         import onnxruntime as ort
@@ -94,16 +134,44 @@ class OnnxModel:
         if META_KEY not in props:
             raise ModelError(f"{path}: not a convlens model (no convlens metadata)")
         self.meta = json.loads(props[META_KEY])
+        self.task: str = self.meta.get("task", "classify")
+        self.thresholds: list[float] | None = self.meta.get("thresholds")  # multilabel, per label
+        self.threshold: float | None = self.meta.get("threshold")  # embed: same at cosine >= this
         self.input = self.session.get_inputs()[0].name
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """Class probabilities (N, K) for uint8 images (N, C, H, W), with the run's TTA."""
+        """Class probabilities (classify) or per-label sigmoid scores (multilabel), (N, K), for
+        uint8 images (N, C, H, W), with the run's TTA."""
+        if self.task not in ACTIVATIONS:
+            raise ModelError(f"{self.path}: an {self.task} model gives embeddings (embed), "
+                             f"not scores")  # fmt: skip
+        act, tta = ACTIVATIONS[self.task], self.meta.get("tta", "none")
+
+        def scores(x: np.ndarray) -> np.ndarray:  # (B, K), test-time views averaged
+            return sum(w * act(self._run(v)) for v, w in tta_views(x, tta))
+
+        return self._map(images, batch_size, scores)
+
+    def positives(self, images: np.ndarray) -> np.ndarray:
+        """(N, L) bool: each label positive at its validation threshold, as `convlens predict`."""
+        if self.thresholds is None:
+            raise ModelError(f"{self.path}: not a multilabel model (no per-label thresholds)")
+        return self.predict_proba(images) >= np.asarray(self.thresholds, np.float32)
+
+    def embed(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """Unit embeddings (N, D) float32 of uint8 images (N, C, H, W); an embed run's two
+        images show the same person when their dot product is >= `threshold`."""
+        if self.task != "embed":
+            raise ModelError(f"{self.path}: a {self.task} model gives scores, not embeddings")
+        return self._map(images, batch_size, self._run)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+    def _map(self, images: np.ndarray, batch_size: int, fn) -> np.ndarray:
+        """fn(normalised batch) (B, ...) over uint8 images (N, C, H, W), concatenated, float32."""
+        images = np.asarray(images)
         mean, std = self.meta["normalize"]["mean"], self.meta["normalize"]["std"]
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = normalize(images[i : i + batch_size], mean, std)  # (B, C, H, W) float32
-            views = tta_views(x, self.meta.get("tta", "none"))
-            out.append(
-                sum(w * softmax(self.session.run(None, {self.input: v})[0]) for v, w in views)
-            )
+        out = [fn(normalize(images[i : i + batch_size], mean, std))  # (B, C, H, W) float32
+               for i in range(0, len(images), batch_size)]  # fmt: skip
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
