@@ -161,9 +161,9 @@ class OnnxRecogniser(Recogniser):
         """As the torch recogniser of the run's task: a multilabel export decides per label."""
         if self.thresholds is None:
             return super()._top(probs, k)
-        from convlens.medical.multilabel import MultilabelRecogniser
+        from convlens.medical.multilabel import label_decisions
 
-        return MultilabelRecogniser._top(self, probs, k)  # reads self.classes, self.thresholds
+        return label_decisions(probs, self.classes, self.thresholds, k)
 
 
 def load(run: str | Path, device: str = "cpu", engine: str = "torch") -> Recogniser:

@@ -226,11 +226,18 @@ class MultilabelRecogniser(Recogniser):
         return sigmoid_scores(self.model, images, self.meta, device=self.device)
 
     def _top(self, probs: torch.Tensor, k: int) -> list[dict]:
-        """The k highest-scoring labels plus every other positive one, each with its decision."""
-        order = probs.argsort(descending=True).tolist()
-        rows = [
-            {"label": self.classes[i], "index": i, "score": float(probs[i]),
-             "threshold": self.thresholds[i], "positive": bool(probs[i] >= self.thresholds[i])}
-            for i in order
-        ]  # fmt: skip
-        return [r for n, r in enumerate(rows) if n < k or r["positive"]]
+        return label_decisions(probs, self.classes, self.thresholds, k)
+
+
+def label_decisions(
+    probs: torch.Tensor, classes: list[str], thresholds: list[float], k: int
+) -> list[dict]:
+    """The k highest-scoring labels of one image's scores (L,) plus every other positive one,
+    each with its threshold and decision (the torch and ONNX recognisers answer alike)."""
+    order = probs.argsort(descending=True).tolist()
+    rows = [
+        {"label": classes[i], "index": i, "score": float(probs[i]),
+         "threshold": thresholds[i], "positive": bool(probs[i] >= thresholds[i])}
+        for i in order
+    ]  # fmt: skip
+    return [r for n, r in enumerate(rows) if n < k or r["positive"]]
