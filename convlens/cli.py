@@ -80,13 +80,22 @@ def train(config_file: str | None, model_args: tuple[str, ...], **settings: obje
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True),
               help="two classes: threshold reaching this sensitivity on val [default: the run's "
               "setting, else Youden's J]")  # fmt: skip
+@click.option("--device", default="cpu", show_default=True,
+              help="where the model runs: cpu, cuda or auto (cuda if there is a GPU)")  # fmt: skip
 def evaluate(
-    run: str, data: str | None, split: str, as_json: bool, target_sensitivity: float | None
+    run: str,
+    data: str | None,
+    split: str,
+    as_json: bool,
+    target_sensitivity: float | None,
+    device: str,
 ) -> None:
     """Accuracy, top-5, per-class precision/recall/F1 and confusion matrix of RUN."""
     from convlens.evaluation import evaluate_run
+    from convlens.training.loop import resolve_device
 
-    metrics = evaluate_run(run, data=data, split=split, target_sensitivity=target_sensitivity)
+    metrics = evaluate_run(run, data=data, split=split, target_sensitivity=target_sensitivity,
+                           device=str(resolve_device(device)))  # fmt: skip
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return

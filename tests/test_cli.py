@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -39,6 +40,15 @@ def test_evaluate_json_reaches_95_percent(digits_run):
     assert {"accuracy", "top5", "macro_f1", "per_class", "n"} <= set(metrics)
     assert metrics["n"] == sum(c["support"] for c in metrics["per_class"])
     assert metrics["top5"] >= metrics["accuracy"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
+def test_evaluate_device_auto_is_the_cpu_here_and_cuda_is_refused(digits_run):
+    auto = convlens("evaluate", str(digits_run), "--json", "--device", "auto")
+    cpu = convlens("evaluate", str(digits_run), "--json")
+    assert json.loads(auto.stdout)["confusion_matrix"] == json.loads(cpu.stdout)["confusion_matrix"]
+    out = convlens("evaluate", str(digits_run), "--device", "cuda")
+    assert out.returncode != 0 and "--device cuda: no CUDA GPU is available here" in out.stderr
 
 
 def test_predict_on_png_files(digits_run, tmp_path):
