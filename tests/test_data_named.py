@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from convlens.data import list_datasets, load_dataset, named
 from convlens.errors import ConvlensError
@@ -71,9 +73,27 @@ def test_digits():
 def test_lfw_faces():
     ds = load_dataset("lfw-faces")
     assert ds.classes == ["non-face", "face"] and ds.hflip
-    assert (len(ds.train), len(ds.val), len(ds.test)) == (140, 30, 30)
-    assert torch.bincount(ds.test.labels).tolist() == [15, 15]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (450, 30, 30)
+    assert torch.bincount(ds.test.labels).tolist() == [15, 15]  # LFW's own patches only
+    assert torch.bincount(ds.val.labels).tolist() == [15, 15]
+    assert torch.bincount(ds.train.labels).tolist() == [70 + 170, 70 + 140]  # + negatives, re-lit
     assert ds.image_size == (25, 25)
+    assert torch.equal(load_dataset("lfw-faces").train.images, ds.train.images)  # seeded
+    assert "170 seeded non-face crops" in ds.notes[-1]
+
+
+def test_hard_negatives_never_come_from_the_held_out_photos_or_the_astronauts_face():
+    from convlens.data import negatives
+
+    assert not set(negatives.HELD_OUT_PHOTOS) & set(negatives.TRAIN_PHOTOS)
+    assert "camera" not in negatives.TRAIN_PHOTOS  # the cameraman has a face
+    rng = np.random.default_rng(0)
+    marked = Image.new("L", (512, 512), 0)  # white where a training crop must not reach
+    marked.paste(255, negatives._face_zone())
+    marked.paste(255, negatives.ASTRONAUT_HELD_OUT)
+    avoid = (negatives._face_zone(), negatives.ASTRONAUT_HELD_OUT)
+    crops = negatives.random_crops(marked, 200, rng, avoid=avoid)
+    assert crops.shape == (200, 1, 25, 25) and crops.max() == 0
 
 
 def test_image_size_resizes_any_source():

@@ -24,6 +24,8 @@ IDX_FILES = (
 )
 SYSTEM_DIR = Path("/usr/share/datasets")  # Debian's dataset-* packages install here
 FIXED_SPLIT = ([0.15, 0.15], 0)  # (val, test) fractions and seed for small built-in sets
+LFW_NEGATIVES_PER_PHOTO = 10  # hard negatives per face-free photo added to lfw-faces' train
+LFW_RELIT_COPIES = 2  # re-lit copies of each lfw-faces train face, to balance the negatives
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ DATASETS: dict[str, Named] = {
         bundled=("sklearn", "datasets/data/digits.csv.gz"),
     ),
     "lfw-faces": Named(
-        "scikit-image's LFW subset, 25x25 grey, face vs non-face, 200 images",
+        "scikit-image's LFW subset, 25x25 grey, face vs non-face, 200 images "
+        "(+ 310 extra in train: hard non-faces, re-lit faces)",
         ["non-face", "face"],
         hflip=True,
         bundled=("skimage", "data/lfw_subset.npy"),
@@ -206,10 +209,27 @@ def _digits(name: str, d: Named) -> Dataset:
 def _lfw_faces(name: str, d: Named) -> Dataset:
     from skimage.data import lfw_subset
 
+    from convlens.data.negatives import TRAIN_PHOTOS, hard_negatives, lighting_jitter
+
     faces = lfw_subset()  # (200, 25, 25) float in [0, 1]: 100 faces, then 100 non-faces
     images = np.round(faces.clip(0, 1) * 255).astype(np.uint8)[:, None]  # (200, 1, 25, 25)
     labels = np.r_[np.ones(100), np.zeros(100)]  # face = 1, non-face = 0
-    return _fixed_split(name, d, images, labels)
+    ds = _fixed_split(name, d, images, labels)
+    # hard negatives, and faces re-lit so a bright, low-contrast face is still a face
+    negatives = hard_negatives(LFW_NEGATIVES_PER_PHOTO, seed=0)  # (N, 1, 25, 25)
+    train_faces = ds.train.images[ds.train.labels == 1].numpy()
+    relit = lighting_jitter(train_faces, LFW_RELIT_COPIES, seed=0)
+    ds.train = Split(
+        torch.cat([ds.train.images, torch.from_numpy(negatives), torch.from_numpy(relit)]),
+        torch.cat([ds.train.labels, torch.zeros(len(negatives), dtype=torch.int64),
+                   torch.ones(len(relit), dtype=torch.int64)]),
+    )  # fmt: skip
+    ds.notes.append(
+        f"train adds {len(negatives)} seeded non-face crops of {len(TRAIN_PHOTOS) + 1} face-free "
+        f"scikit-image photos and {len(relit)} re-lit copies of its faces "
+        "(convlens/data/negatives.py); val and test are LFW's 30 alone"
+    )
+    return ds
 
 
 _LOADERS: dict[str, Callable[[str, Named], Dataset]] = {"digits": _digits, "lfw-faces": _lfw_faces}
