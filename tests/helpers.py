@@ -41,6 +41,15 @@ def launch_chromium(playwright):
     )  # fmt: skip
 
 
+def open_page(browser, url: str, height: int = 700) -> tuple[object, list[str]]:
+    """A 1000-pixel-wide page of `browser` at `url`, and the list its console errors land in."""
+    page = browser.new_page(viewport={"width": 1000, "height": height})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url)
+    return page, errors
+
+
 def start_server(target, *extra) -> tuple[subprocess.Popen, str]:
     """`convlens serve TARGET` on a free port of 127.0.0.1: (process, base URL) once healthy."""
     import time

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import convlens, launch_chromium, start_server
+from tests.helpers import convlens, launch_chromium, open_page, start_server
 
 pytestmark = pytest.mark.xdist_group("serve")
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
@@ -123,10 +123,7 @@ def test_page_in_a_real_browser(server, run, digit_png):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1000, "height": 700})
-        errors = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(server + "/")
+        page, errors = open_page(browser, server + "/", height=700)
         page.wait_for_function("document.getElementById('about').textContent.includes('textbook')")
         page.set_input_files("#file", str(digit_png))
         page.wait_for_selector(".bar")

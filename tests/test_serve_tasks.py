@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tests.helpers import convlens, launch_chromium, start_server
+from tests.helpers import convlens, launch_chromium, open_page, start_server
 from tests.test_faces_detect import astronaut
 
 pytestmark = pytest.mark.xdist_group("serve-tasks")
@@ -106,10 +106,7 @@ def test_verify_form_in_a_real_browser(faces):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
-        page = browser.new_page(viewport={"width": 1000, "height": 800})
-        errors = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(faces["url"] + "/")
+        page, errors = open_page(browser, faces["url"] + "/", height=800)
         page.wait_for_selector("#verify-card:not([hidden])")
         page.set_input_files("#file1", str(p["person0"]))
         page.set_input_files("#file2", str(p["person0"]))
@@ -161,10 +158,7 @@ def test_anomaly_page_in_a_real_browser(anomaly):
     api = httpx.post(f"{anomaly['url']}/predict", files={"file": path.read_bytes()}).json()
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
-        page = browser.new_page(viewport={"width": 1000, "height": 600})
-        errors = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(anomaly["url"] + "/")
+        page, errors = open_page(browser, anomaly["url"] + "/", height=600)
         page.wait_for_function("document.getElementById('about').textContent.includes('anomaly')")
         page.set_input_files("#file", str(path))
         page.wait_for_selector("#bars .verdict")
