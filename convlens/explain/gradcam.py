@@ -8,6 +8,9 @@ last convolutional stage of every convlens model; any named module can be asked 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,58 +26,60 @@ def grad_cam(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(heatmaps (B, H, W) in [0, 1], class probabilities (B, K)) for normalised images x.
 
-    `target` (B,) is the class explained for each image (default: the predicted one).
+    `target` (B,) is the class explained for each image (default: the predicted one). Threads may
+    share one eval-mode model (the server does): the gradient is taken with respect to the map
+    alone, so no parameter's `.grad` is read or written and the model is left untouched.
     """
-    was_training = model.training
-    model.eval()
-    x = x.detach().requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            if layer is None:
+    with _eval_mode(model):
+        if layer is None:
+            with torch.no_grad():  # the backbone needs no graph: only d score / d map is used
                 fmap = model.forward_features(x)  # (B, K, h, w)
-                _need_map(fmap, "forward_features")
-                fmap.retain_grad()
+            _need_map(fmap, "forward_features")
+            fmap = fmap.detach().requires_grad_(True)  # a leaf of its own, never x itself
+            with torch.enable_grad():
                 logits = model.forward_head(fmap)
-            else:
-                fmap, logits = _forward_with_map(model, x, layer)
-            target = _target(logits, target)
-            model.zero_grad(set_to_none=True)
-            logits.gather(1, target[:, None]).sum().backward()
-        grads = fmap.grad  # (B, K, h, w)
-        alpha = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
-        cam = F.relu((alpha * fmap.detach()).sum(1, keepdim=True))  # (B, 1, h, w)
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        model.zero_grad(set_to_none=True)
-        return _unit_range(cam[:, 0]), logits.detach().softmax(1)
-    finally:
-        model.train(was_training)
+        else:
+            with torch.enable_grad():
+                fmap, logits = _forward_with_map(model, x.detach(), layer)
+        target = _target(logits, target)
+        score = logits.gather(1, target[:, None]).sum()
+        (grads,) = torch.autograd.grad(score, fmap)  # (B, K, h, w)
+    alpha = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
+    cam = F.relu((alpha * fmap.detach()).sum(1, keepdim=True))  # (B, 1, h, w)
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return _unit_range(cam[:, 0]), logits.detach().softmax(1)
 
 
 def saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """|d score / d pixel|, the largest over colour channels, in [0, 1]: (B, H, W)."""
-    was_training = model.training
-    model.eval()
     x = x.detach().clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            logits = model(x)
-            target = _target(logits, target)
-            logits.gather(1, target[:, None]).sum().backward()
-        model.zero_grad(set_to_none=True)
-        return _unit_range(x.grad.abs().amax(1))  # (B, H, W)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.enable_grad():
+        logits = model(x)
+        target = _target(logits, target)
+        (grads,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
+    return _unit_range(grads.abs().amax(1))  # (B, H, W)
 
 
 def has_feature_map(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether forward_features gives a map (B, C, H, W), as every CNN does, not a vector (MLP)."""
-    was_training = model.training
+    with _eval_mode(model), torch.no_grad():
+        return model.forward_features(x[:1]).ndim == 4
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """The model in eval mode for the block. A model wholly in eval mode is not written to, so
+    threads sharing it never race on its mode; one with a module training is put back as it was."""
+    modes = {m: m.training for m in model.modules()}
+    if not any(modes.values()):
+        yield
+        return
     model.eval()
     try:
-        with torch.no_grad():
-            return model.forward_features(x[:1]).ndim == 4
+        yield
     finally:
-        model.train(was_training)
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def peak(heatmaps: torch.Tensor) -> torch.Tensor:
@@ -94,13 +99,19 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def _forward_with_map(model: nn.Module, x: torch.Tensor, layer: str):
+    """(the layer's output, as a leaf the gradient is taken for; logits) of one forward pass."""
     module = find_layer(model, layer)
     seen: list[torch.Tensor] = []
+    caller = threading.get_ident()
 
     def keep(mod, inputs, output):
-        if not seen:  # a module used twice: explain its first use
-            output.retain_grad()
-            seen.append(output)
+        # Another thread's forward pass through the shared module runs this hook too: skip it.
+        # A module used twice: explain its first use.
+        if seen or threading.get_ident() != caller:
+            return None
+        _need_map(output, layer)
+        seen.append(output.detach().requires_grad_(True))
+        return seen[0]  # the rest of the pass runs on the leaf
 
     handle = module.register_forward_hook(keep)
     try:
@@ -109,7 +120,6 @@ def _forward_with_map(model: nn.Module, x: torch.Tensor, layer: str):
         handle.remove()
     if not seen:
         raise ConvlensError(f"layer {layer!r} is not used by the forward pass")
-    _need_map(seen[0], layer)
     return seen[0], logits
 
 
