@@ -238,19 +238,43 @@ def export(run: str, fmt: str, out: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-in-flight", default=64, show_default=True, type=click.IntRange(min=1),
-              help="requests handled at once; more get 503")  # fmt: skip
+              help="requests handled at once (once their body is in); more get 503")  # fmt: skip
+@click.option("--max-connections", default=256, show_default=True, type=click.IntRange(min=1),
+              help="open connections; past it requests get 503")  # fmt: skip
+@click.option("--header-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="seconds a client may take to send a request head, then closed")  # fmt: skip
+@click.option("--body-timeout", default=60.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="seconds a client may take to send a body, then 408")  # fmt: skip
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="a Host name to answer besides localhost, 127.0.0.1 and [::1] (repeatable, "
+              "e.g. the server's DNS name); other names get 400 on a loopback address, and "
+              "anywhere once one is given")  # fmt: skip
 @click.option("--engine", default="auto", show_default=True,
               type=click.Choice(["auto", "onnx", "torch"]),
               help="predict via an ONNX export (auto: where it exports) or torch")  # fmt: skip
-def serve(run: str, host: str, port: int, max_in_flight: int, engine: str) -> None:
+def serve(
+    run: str,
+    host: str,
+    port: int,
+    max_in_flight: int,
+    max_connections: int,
+    header_timeout: float,
+    body_timeout: float,
+    allowed_hosts: tuple[str, ...],
+    engine: str,
+) -> None:
     """Serve RUN (run folder, weights or .onnx) over HTTP: /predict, /model, /health, page at /."""
-    import uvicorn
-
     from convlens.serve import Limits, create_app
+    from convlens.serve.server import allowed_hosts as host_names
+    from convlens.serve.server import run_server
 
-    app = create_app(run, Limits(max_in_flight=max_in_flight), engine=engine)
+    limits = Limits(max_in_flight=max_in_flight, max_connections=max_connections,
+                    header_timeout=header_timeout, body_timeout=body_timeout)  # fmt: skip
+    app = create_app(run, limits, engine=engine, hosts=host_names(host, allowed_hosts))
     click.echo(f"serving {run} on http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_server(app, host, port, limits)
 
 
 @cli.command()

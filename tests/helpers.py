@@ -50,8 +50,11 @@ def open_page(browser, url: str, height: int = 700) -> tuple[object, list[str]]:
     return page, errors
 
 
-def start_server(target, *extra) -> tuple[subprocess.Popen, str]:
-    """`convlens serve TARGET` on a free port of 127.0.0.1: (process, base URL) once healthy."""
+def start_server(
+    target, *extra, env: dict | None = None, stderr=subprocess.DEVNULL
+) -> tuple[subprocess.Popen, str]:
+    """`convlens serve TARGET` on a free port of 127.0.0.1: (process, base URL) once healthy;
+    `env` adds variables, `stderr` takes the server's log (a file, say)."""
     import time
 
     import httpx
@@ -60,7 +63,8 @@ def start_server(target, *extra) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "convlens", "serve", str(target), "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):

@@ -1,9 +1,12 @@
 """The HTTP API: POST /predict (micro-batched), POST /verify (face embedding runs), GET /model,
 GET /health, and the page at GET /. Anomaly runs answer /predict with a score and a flag.
 
-Fails closed: bodies over the limit get 413 before they are read whole, undecodable or oversized
-images 422, malformed multipart 400, and more requests in flight than the cap 503 with
-Retry-After. No endpoint takes a path or URL; nothing is unpickled.
+Fails closed: bodies over the limit get 413 before they are read whole, bodies slower than the
+body timeout 408, undecodable or oversized images 422, malformed multipart 400, and more requests
+in flight than the cap 503 with Retry-After. A request is in flight once its body is in: slow
+uploads hold no slot (the connection cap and timeouts of convlens.serve.server bound them).
+Images decode on worker threads, never on the event loop. No endpoint takes a path or URL;
+nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -11,64 +14,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from convlens.errors import ConvlensError
 from convlens.predict import OnnxRecogniser, Recogniser, load
-
-
-@dataclass
-class Limits:
-    """What the server accepts; see the module docstring for what happens past each."""
-
-    max_body: int = 10 * 1024 * 1024  # bytes per request
-    max_in_flight: int = 64  # requests being handled at once
-    max_batch: int = 64  # images per model call
-    batch_wait_ms: float = 2.0  # how long the first request of a batch waits for others
-
-
-class TooLarge(Exception):
-    """The body went past Limits.max_body."""
-
-
-class BodyLimit:
-    """ASGI middleware: 413 as soon as a body (declared or streamed) passes `max_body`."""
-
-    def __init__(self, app, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body:
-            return await _send_json(send, 413, {"error": f"body over {self.max_body} bytes"})
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body:
-                raise TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except TooLarge:
-            await _send_json(send, 413, {"error": f"body over {self.max_body} bytes"})
-
-
-async def _send_json(send, status: int, body: dict) -> None:
-    response = JSONResponse(body, status_code=status)
-    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
+from convlens.serve.limits import BodyLimit, BodyRefused, Limits
 
 
 class Batcher:
@@ -108,12 +65,18 @@ class Batcher:
                 done.set_result(p)
 
 
-def create_app(run: str | Path, limits: Limits | None = None, engine: str = "auto") -> FastAPI:
-    """The FastAPI app serving RUN (a run folder, weights file or .onnx file).
+def create_app(
+    run: str | Path,
+    limits: Limits | None = None,
+    engine: str = "auto",
+    hosts: list[str] | None = None,
+):
+    """The ASGI app serving RUN (a run folder, weights file or .onnx file).
 
     engine: `onnx` predicts through an ONNX export of RUN made at start-up (2.7-6.9x faster
     here, BENCHMARKS.md), `torch` through the weights; `auto` is onnx where the model exports.
-    Grad-CAM heatmaps always come from the torch model.
+    Grad-CAM heatmaps always come from the torch model. hosts: the Host names answered (others
+    get 400; None: any), see convlens.serve.server.allowed_hosts.
     """
     limits = limits or Limits()
     rec = load(run)
@@ -121,7 +84,8 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
     plain = str(run).endswith(".onnx") or engine == "torch" or task != "classify"
     fast = rec if plain else _onnx_twin(run, engine)  # other tasks score in torch
     batcher = Batcher(fast or rec, limits)
-    app = FastAPI(title="convlens", docs_url=None, redoc_url=None)
+    decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="convlens-decode")
+    app = FastAPI(title="convlens", docs_url=None, redoc_url=None, openapi_url=None)
     in_flight = 0
     meta = rec.meta
     info = {
@@ -150,15 +114,21 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
-        return await _capped(_predict, request)
+        form, error = await _form(request, ("file",))  # the body is in before a slot is taken
+        return error or await _capped(_predict, request, form)
 
     @app.post("/verify")
     async def verify(request: Request) -> JSONResponse:
         if not info["verify"]:
             return JSONResponse({"error": f"{info['task']} runs do not verify faces"}, 404)
-        return await _capped(_verify, request)
+        form, error = await _form(request, ("file1", "file2"))
+        return error or await _capped(_verify, form)
 
-    async def _capped(handler, request: Request) -> JSONResponse:
+    async def _decode(fn, *args):
+        """fn(*args) on a decoding thread: the event loop keeps answering meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(decoder, fn, *args)
+
+    async def _capped(handler, *args) -> JSONResponse:
         nonlocal in_flight
         if in_flight >= limits.max_in_flight:
             return JSONResponse(
@@ -166,7 +136,7 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
             )
         in_flight += 1
         try:
-            return await handler(request)
+            return await handler(*args)
         finally:
             in_flight -= 1
 
@@ -174,8 +144,8 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
         """(form, error response): the multipart form with an image in each of `fields`."""
         try:
             form = await request.form()
-        except TooLarge:
-            return None, JSONResponse({"error": f"body over {limits.max_body} bytes"}, 413)
+        except BodyRefused as e:
+            return None, e.response()
         except Exception as e:  # python-multipart's parse errors, a wrong content type
             return None, JSONResponse({"error": f"malformed multipart body: {e}"}, 400)
         for field in fields:
@@ -184,20 +154,19 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
                 return None, JSONResponse({"error": error}, 400)
         return form, None
 
-    async def _predict(request: Request) -> JSONResponse:
+    async def _predict(request: Request, form) -> JSONResponse:
         t0 = time.perf_counter()
-        form, error = await _form(request, ("file",))
-        if error:
-            return error
         upload = form.get("file")
         try:
             top_k = int(form.get("top_k") or request.query_params.get("top_k") or 5)
         except ValueError:
             return JSONResponse({"error": "top_k must be an integer"}, 400)
+        if top_k < 1:
+            return JSONResponse({"error": f"top_k must be 1 or more, not {top_k}"}, 422)
         want_heatmap = str(form.get("heatmap") or request.query_params.get("heatmap") or "")
         data = await upload.read()
         try:
-            image = rec.preprocess(data)  # (C, H, W) uint8, the training path
+            image = await _decode(rec.preprocess, data)  # (C, H, W) uint8, the training path
         except ConvlensError as e:
             name = upload.filename or "upload"
             return JSONResponse({"error": f"{name}: {str(e).split(': ', 1)[-1]}"}, 422)
@@ -206,7 +175,7 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
         if info["task"] == "anomaly":  # {"score" in [0, 1], "anomaly": flag, "threshold"}
             answer.update(predictions=[], **rec._top(probs, 1))
         else:
-            answer["predictions"] = rec._top(probs, max(1, top_k))
+            answer["predictions"] = rec._top(probs, top_k)
             if rec.operating_point:  # a two-class run: the decision at the val threshold
                 answer.update(rec._flagged([dict(answer)])[0])
         heat = None
@@ -216,18 +185,15 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
         answer["time_ms"] = round(1000 * (time.perf_counter() - t0), 2)
         return JSONResponse(answer)
 
-    async def _verify(request: Request) -> JSONResponse:
+    async def _verify(form) -> JSONResponse:
         t0 = time.perf_counter()
-        form, error = await _form(request, ("file1", "file2"))
-        if error:
-            return error
         detect = str(form.get("detect") or "true").lower() not in ("0", "false", "no", "off")
         faces = {}
         for field in ("file1", "file2"):
             upload = form.get(field)
             name, data = upload.filename or field, await upload.read()
             try:
-                faces[field] = await asyncio.to_thread(_face, rec, data, name, detect)
+                faces[field] = await _decode(_face, rec, data, name, detect)
             except ConvlensError as e:  # undecodable, too large, or no face found
                 reason = str(e).split(": ", 1)[-1].replace("--no-detect", "detect=false")
                 return JSONResponse({"error": f"{field} ({name}): {reason}"}, 422)
@@ -246,18 +212,20 @@ def create_app(run: str | Path, limits: Limits | None = None, engine: str = "aut
             }
         )
 
-    return BodyLimit(app, limits.max_body)
+    guarded = BodyLimit(app, limits)
+    return guarded if hosts is None else TrustedHostMiddleware(guarded, allowed_hosts=hosts)
 
 
 def _onnx_twin(run: str | Path, engine: str) -> Recogniser | None:
-    """RUN exported to a temporary ONNX file and loaded on onnxruntime (None if it fails)."""
+    """RUN exported to ONNX and loaded on onnxruntime (None if it fails). The export's folder is
+    removed once the session holds the graph, so no file outlives start-up, failed or not."""
     import tempfile
 
     from convlens.export import export_onnx
 
     try:
-        path = Path(tempfile.mkdtemp(prefix="convlens-serve-")) / "model.onnx"
-        return load(export_onnx(run, path)["onnx"])
+        with tempfile.TemporaryDirectory(prefix="convlens-serve-") as folder:
+            return load(export_onnx(run, Path(folder) / "model.onnx")["onnx"])
     except Exception as e:
         if engine == "onnx":
             raise ConvlensError(f"{run}: cannot serve through ONNX ({e})") from None
