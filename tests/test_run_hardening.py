@@ -1,0 +1,108 @@
+"""Issue 13, the run folder and training: locked run folders, setting ranges, non-finite
+validation, drawable class names, file modes. Each test failed on the code before its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import convlens
+
+pytestmark = pytest.mark.xdist_group("run-hardening")
+QUICK = ["--data", "digits", "--model", "mlp", "--batch-size", "64", "--lr", "0.05"]
+API = {"data": "digits", "model": "mlp", "batch_size": 64}
+
+
+def _train(*args: object, cwd: Path | None = None) -> subprocess.Popen:
+    """A real `convlens train ARGS` process (this tree's convlens), its output captured."""
+    cmd = [sys.executable, "-m", "convlens", "train", *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _folder(root: Path, classes: list[str], n: int = 12, size: int = 8) -> None:
+    """Grey images whose brightness tells the class, one folder per class, an hour old."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 40, (size, size), dtype=np.uint8) + 200 * k
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    hour_ago = time.time() - 3600  # older than the cache's racy window: the cache is written
+    for path in root.rglob("*.png"):
+        os.utime(path, (hour_ago, hour_ago))
+
+
+# --- Low 7: files honour the umask ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_run_folder_and_cache_files_honour_the_umask(tmp_path, umask):
+    data, run = tmp_path / "shapes", tmp_path / "run"
+    _folder(data, ["dark", "light"])
+    with _umask(umask):
+        convlens.train(data=str(data), model="mlp", epochs=1, batch_size=8, lr=0.05, run=str(run))
+    files = [p for p in (*run.rglob("*"), *(data / ".convlens-cache").rglob("*")) if p.is_file()]
+    assert {"config.yaml", "results.csv", "best.safetensors", "last.safetensors",
+            "report.html", "manifest.json"} <= {p.name for p in files}  # fmt: skip
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_downloads_honour_the_umask(tmp_path):
+    from convlens.data.download import download
+
+    (tmp_path / "site").mkdir()
+    payload = os.urandom(5000)
+    (tmp_path / "site" / "blob.bin").write_bytes(payload)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep the test's output clean
+            pass
+
+    site = functools.partial(Handler, directory=str(tmp_path / "site"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/blob.bin"
+        digest = hashlib.sha256(payload).hexdigest()
+        for mask in (0o022, 0o077):
+            with _umask(mask):
+                got = download(url, tmp_path / f"blob-{mask:o}.bin", digest, progress=False)
+            assert stat.S_IMODE(got.stat().st_mode) == 0o666 & ~mask
+    finally:
+        server.shutdown()
