@@ -8,6 +8,7 @@ import functools
 import hashlib
 import http.server
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import convlens
@@ -56,6 +58,62 @@ def _folder(root: Path, classes: list[str], n: int = 12, size: int = 8) -> None:
     hour_ago = time.time() - 3600  # older than the cache's racy window: the cache is written
     for path in root.rglob("*.png"):
         os.utime(path, (hour_ago, hour_ago))
+
+
+# --- Medium 7: one training per run folder -----------------------------------------------------
+
+
+def test_two_trainings_into_one_run_folder_the_second_is_refused(tmp_path):
+    race = tmp_path / "race"
+    # Both choose the folder at start-up; the one that holds it trains for seconds more.
+    done = _finish([_train(*QUICK, "--epochs", "4", "--seed", s, "--run", race) for s in (1, 2)])
+    codes = [code for code, _, _ in done]
+    assert sorted(codes) == [0, 1], done
+    winner, loser = codes.index(0), codes.index(1)
+    line = _one_line(done[loser][2])
+    assert str(race) in line and "another training" in line, line
+    assert f"results in {race}" in done[winner][1]
+    assert yaml.safe_load((race / "config.yaml").read_text())["seed"] == (1, 2)[winner]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["race"]  # no race2, nothing half-made
+
+
+def test_auto_named_run_folders_never_collide_and_failures_leave_none(tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    procs = [_train(*QUICK, "--epochs", "1", "--seed", s, cwd=here) for s in (1, 2)]
+    procs.append(_train("--data", tmp_path / "missing", cwd=elsewhere))
+    done = _finish(procs)
+    assert [code for code, _, _ in done] == [0, 0, 1], done
+    runs = here / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["train", "train2"]
+    seeds = {
+        yaml.safe_load((runs / n / "config.yaml").read_text())["seed"] for n in ("train", "train2")
+    }
+    assert seeds == {1, 2}  # each run's outputs in its own folder
+    assert "missing" in _one_line(done[2][2])
+    assert not any(elsewhere.iterdir())  # the folder it chose (runs/train) went when it failed
+
+
+def test_resume_takes_the_same_lock_which_dies_with_the_process(tmp_path):
+    run = tmp_path / "r"
+    proc = _train(*QUICK, "--epochs", "2", "--run", run)
+    state = run / "state" / "last.safetensors"
+    deadline = time.monotonic() + 200
+    while proc.poll() is None and not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGSTOP)  # still alive, still holding the folder
+    try:
+        refused = _finish([_train("--resume", "--run", run), _train(*QUICK, "--run", run)])
+        for code, _, err in refused:
+            line = _one_line(err)
+            assert code == 1 and str(run) in line and "another training" in line, line
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    ((code, out, err),) = _finish([_train("--resume", "--run", run)])  # the lock went with it
+    assert code == 0, err
+    assert f"results in {run}" in out
+    assert not (tmp_path / "r2").exists()
 
 
 # --- Low 7: files honour the umask ------------------------------------------------------------

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from convlens.training import distributed
 from convlens.training.ema import Lookahead
 from convlens.training.optim import build_optimizer, get_lr, set_lr
 from convlens.training.progress import Progress
-from convlens.training.runs import existing_run_dir, new_run_dir, write_results
+from convlens.training.runs import claim_new_run_dir, claim_run_dir_to_resume, write_results
 from convlens.training.tasks import Classify, make_task
 
 RESUMABLE_CHANGES = {"device", "threads", "run", "resume"}  # settings a resume may change
@@ -45,16 +46,17 @@ def fit(cfg: TrainConfig) -> Path:
 
 
 def _fit(cfg: TrainConfig) -> Path:
-    cfg, run_dir = resolve_run(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
-    try:
-        return _train(cfg, run_dir, group, device)
-    finally:
-        distributed.teardown(group)
+    with resolve_run(cfg) as (cfg, run_dir):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
+        try:
+            run_dir = distributed.from_main(run_dir, group)  # the folder rank 0 holds
+            return _train(cfg, run_dir, group, device)
+        finally:
+            distributed.teardown(group)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) -> Path:
@@ -162,13 +164,24 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
 # --- the pieces both engines share (convlens.training.numpy_loop runs the NumPy engine) -----
 
 
-def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
-    """The config to train with and its run folder: a fresh one, or the one to resume."""
-    if cfg.resume:
-        run_dir = existing_run_dir(cfg.run)
-        return _resumed_config(run_dir, cfg), run_dir
-    run_dir = new_run_dir(cfg.run, create=False)  # made once the model is built
-    return dataclasses.replace(cfg, run=str(run_dir)), run_dir
+@contextlib.contextmanager
+def resolve_run(cfg: TrainConfig) -> Iterator[tuple[TrainConfig, Path]]:
+    """The config to train with and its run folder (a fresh one, or the one to resume), which
+    this training holds until the block ends. torchrun's other ranks hold nothing and make
+    nothing: rank 0 holds the folder for them all."""
+    claim = claim_run_dir_to_resume if cfg.resume else claim_new_run_dir
+    if distributed.launched_rank() != 0:
+        claim = _unclaimed
+    with claim(cfg.run) as run_dir:
+        if cfg.resume:
+            yield _resumed_config(run_dir, cfg), run_dir
+        else:
+            yield dataclasses.replace(cfg, run=str(run_dir)), run_dir
+
+
+@contextlib.contextmanager
+def _unclaimed(requested: str | None) -> Iterator[Path]:
+    yield Path(requested) if requested else Path("runs") / "train"
 
 
 def load_data(
@@ -195,8 +208,8 @@ def load_data(
 
 
 def open_run(cfg: TrainConfig, run_dir: Path, ds: Dataset, log: Progress) -> None:
-    """Create the run folder with config.yaml (and bad_files.csv), once the model is built."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Write config.yaml (of a fresh run) and bad_files.csv into the held run folder, once the
+    model is built."""
     if not cfg.resume:
         save_config(cfg, run_dir / "config.yaml")
     if ds.bad_files:

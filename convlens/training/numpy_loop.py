@@ -45,7 +45,11 @@ DEVICE = SimpleNamespace(type="cpu (numpy engine)")  # what the start line names
 def fit(cfg: TrainConfig) -> Path:
     """Train as `cfg` says with the NumPy engine; return the run folder."""
     check_supported(cfg)
-    cfg, run_dir = resolve_run(cfg)
+    with resolve_run(cfg) as (cfg, run_dir):
+        return _fit(cfg, run_dir)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # the data pipeline's threads
     log = Progress()
