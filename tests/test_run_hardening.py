@@ -22,6 +22,8 @@ import yaml
 from PIL import Image
 
 import convlens
+from convlens.config import TrainConfig, config_types, make_config
+from convlens.errors import ConfigError
 
 pytestmark = pytest.mark.xdist_group("run-hardening")
 QUICK = ["--data", "digits", "--model", "mlp", "--batch-size", "64", "--lr", "0.05"]
@@ -114,6 +116,69 @@ def test_resume_takes_the_same_lock_which_dies_with_the_process(tmp_path):
     assert code == 0, err
     assert f"results in {run}" in out
     assert not (tmp_path / "r2").exists()
+
+
+# --- Low 2: every numeric setting has a range, checked when the config is resolved -------------
+
+
+@pytest.mark.parametrize(
+    "key,value,rule",
+    [
+        ("step_size", 0, "at least 1"),
+        ("threads", -1, "between 0 and"),
+        ("image_size", 0, "between 1 and"),
+        ("momentum", -1, "at least 0 and below 1"),
+        ("lr", float("nan"), "finite and positive"),
+        ("lr", "inf", "finite and positive"),
+        ("gamma", 0, "positive"),
+        ("seed", 2**64, "between 0 and"),
+        ("epochs", 10**12, "between 1 and"),
+        ("warmup", 1.5, "between 0 and 1"),
+        ("val_fraction", 1.0, "between 0 and 1, exclusive"),
+        ("target_sensitivity", 0, "above 0 and at most 1"),
+    ],
+)
+def test_out_of_range_settings_name_the_setting_and_its_range(key, value, rule):
+    with pytest.raises(ConfigError) as e:
+        make_config(None, {key: value})
+    assert f"setting {key!r} must be {rule}" in str(e.value), str(e.value)
+
+
+def test_every_numeric_setting_has_a_range_that_holds_its_default():
+    from convlens.config import setting_ranges
+
+    ranges = setting_ranges()
+    numeric = {n for n, tp in config_types().items() if {int, float} & set(_types(tp))}
+    assert numeric == set(ranges)
+    for name, allowed in ranges.items():
+        default = getattr(TrainConfig(), name)
+        assert default is None or default in allowed, (name, default)
+
+
+def _types(tp) -> tuple:
+    return getattr(tp, "__args__", (tp,))
+
+
+def test_an_unknown_model_argument_names_the_accepted_ones():
+    with pytest.raises(ConfigError, match=r"model_args.*'foo'.*widths, whiten_kernel"):
+        make_config(None, {"model": "fastnet", "model_args": {"foo": 1}})
+    with pytest.raises(ConfigError, match=r"'mlp'.*'width'.*hidden"):
+        make_config(None, {"model": "mlp", "model_args": {"width": 8}})
+    assert make_config(None, {"model": "fastnet", "model_args": {"widths": [8, 8, 8]}})
+
+
+def test_bad_settings_are_one_line_errors_on_the_command_line(tmp_path):
+    cases = [
+        (["--step-size", "0", "--schedule", "step"], "setting 'step_size' must be at least 1"),
+        (["--lr", "nan"], "setting 'lr' must be finite and positive, got nan"),
+        (["--model", "fastnet", "--model-arg", "foo=1"], "it accepts widths"),
+        (["--translate", "1000"], "setting 'translate' must be below the image side"),
+    ]
+    procs = [_train(*QUICK, "--epochs", "1", *args, "--run", tmp_path / str(i))
+             for i, (args, _) in enumerate(cases)]  # fmt: skip
+    for (code, _, err), (_, needle) in zip(_finish(procs), cases, strict=True):
+        assert code == 1 and needle in _one_line(err), err
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made
 
 
 # --- Low 7: files honour the umask ------------------------------------------------------------

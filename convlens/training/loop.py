@@ -198,6 +198,10 @@ def load_data(
         workers=cfg.workers,
     )
     ds = (task or Classify(cfg)).prepare(ds)
+    side = min(ds.image_size)
+    if cfg.translate >= side:  # every shifted image would be blank, or nearly
+        raise ConfigError(f"setting 'translate' must be below the image side ({side} pixels "
+                          f"here), got {cfg.translate}")  # fmt: skip
     for note in ds.notes:
         log.note(note)
     mean, std = channel_stats(ds.train)
