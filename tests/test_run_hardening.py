@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 import convlens
 from convlens.config import TrainConfig, config_types, make_config
-from convlens.errors import ConfigError
+from convlens.errors import ConfigError, TrainingError
 
 pytestmark = pytest.mark.xdist_group("run-hardening")
 QUICK = ["--data", "digits", "--model", "mlp", "--batch-size", "64", "--lr", "0.05"]
@@ -179,6 +180,40 @@ def test_bad_settings_are_one_line_errors_on_the_command_line(tmp_path):
     for (code, _, err), (_, needle) in zip(_finish(procs), cases, strict=True):
         assert code == 1 and needle in _one_line(err), err
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
+
+
+# --- Low 3: non-finite validation never becomes best; the stop message says what exists -------
+
+
+def test_overflow_in_a_one_step_epoch_stops_and_saves_nothing_as_best(tmp_path):
+    run = tmp_path / "r"  # 1257 training images in one batch: one step, finite loss, inf weights
+    with pytest.raises(TrainingError) as e:
+        settings = {**API, "batch_size": 2048, "lr": 1e30, "schedule": "constant"}
+        convlens.train(**settings, epochs=1, run=str(run))
+    assert str(e.value).startswith("epoch 1: validation loss is nan"), e.value
+    assert "no epoch ended with finite scores, so no weights were saved" in str(e.value)
+    assert not (run / "weights").exists()
+
+
+def test_a_nan_loss_before_any_checkpoint_claims_none(tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(TrainingError, match="loss is nan") as e:
+        convlens.train(**API, epochs=2, lr=1e30, run=str(run))
+    assert "epoch 0" not in str(e.value) and "no weights were saved" in str(e.value)
+    assert not (run / "weights").exists()
+
+
+def test_calibration_with_non_finite_logits_is_skipped_with_a_note():
+    from convlens.evaluation.calibration import calibrate
+
+    ds = convlens.load_dataset("digits")
+    model = convlens.create_model("mlp", in_channels=1, num_classes=10, image_size=(8, 8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("inf"))
+    meta = {"normalize": {"mean": [0.3], "std": [0.3]}, "tta": "none"}
+    entry, note = calibrate(model, meta, ds)
+    assert entry == {} and "not finite" in note, note
 
 
 # --- Low 7: files honour the umask ------------------------------------------------------------

@@ -82,7 +82,7 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
     opt = build_optimizer(model, cfg)
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
-    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
+    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "best_epoch": None, "stale": 0}
     state_path = run_dir / "state" / "last.safetensors"
     if cfg.resume:
         state = _load_state(state_path, model, opt, ema)
@@ -255,15 +255,27 @@ def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: str, drop_la
 
 
 def check_loss(value: float, epoch: int, step: int | None, state: dict, run_dir: Path) -> None:
-    """Stop on a non-finite loss (of a step, or the epoch's mean), saying where the last good
-    weights are."""
+    """Stop on a non-finite loss (of a step, or the epoch's mean), saying what weights exist."""
     if not math.isfinite(value):
         where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
         raise TrainingError(
-            f"{where}: loss is {value}; training stopped, the last "
-            f"good checkpoint (epoch {state['epoch']}) is intact in {run_dir}/weights; "
+            f"{where}: loss is {value}; training stopped; {saved_weights(state, run_dir)}; "
             "try a lower --lr"
         )
+
+
+def saved_weights(state: dict, run_dir: Path) -> str:
+    """What the run folder holds after the epochs in `state`, for a stopped run's message."""
+    last = state["epoch"]
+    if not last:
+        return "no epoch ended with finite scores, so no weights were saved"
+    kept = f"the weights of epoch {last} (last.safetensors"
+    best = state.get("best_epoch", last)  # a state saved before best_epoch was: not said
+    if best is None:
+        kept += "; no epoch had a finite score, so no best.safetensors"
+    elif best != last:
+        kept += f") and of epoch {best}, the best (best.safetensors"
+    return f"{kept}) are intact in {run_dir / 'weights'}"
 
 
 def end_epoch(
@@ -280,7 +292,13 @@ def end_epoch(
     seconds: float,
     write: bool = True,
 ) -> dict:
-    """Record the epoch's validation `scores`; save last (and best by `score`) weights."""
+    """Record the epoch's validation `scores`; save last (and best by `score`) weights. Weights
+    whose validation loss is not finite have overflowed: training stops, saving nothing."""
+    if not math.isfinite(scores["val_loss"]):
+        raise TrainingError(
+            f"epoch {epoch}: validation loss is {scores['val_loss']} (the weights overflowed); "
+            f"training stopped; {saved_weights(state, run_dir)}; try a lower --lr"
+        )
     prev = state["rows"][-1]["seconds"] if state["rows"] else 0.0
     row = {
         "epoch": epoch,
@@ -291,9 +309,10 @@ def end_epoch(
         "seconds": prev + seconds,  # cumulative training time, evaluation excluded
     }
     state["rows"].append(row)
-    improved = row[score] > state["best_acc"]  # "best_acc": the best score, whatever it is
+    # "best_acc": the best score, whatever it is; a non-finite one is never best
+    improved = math.isfinite(row[score]) and row[score] > state["best_acc"]
     if improved:
-        state["best_acc"], state["stale"] = row[score], 0
+        state["best_acc"], state["best_epoch"], state["stale"] = row[score], epoch, 0
     else:
         state["stale"] += 1
     if write:  # with torchrun, rank 0 alone writes

@@ -76,7 +76,7 @@ def _fit(cfg: TrainConfig, run_dir: Path) -> Path:
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
-    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
+    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "best_epoch": None, "stale": 0}
     log.start(cfg, ds, run_dir, init, DEVICE, False)
     with threadpool_limits(cfg.threads or None):  # BLAS threads, as torch's for its engine
         for epoch in range(cfg.epochs):
