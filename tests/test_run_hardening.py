@@ -216,6 +216,34 @@ def test_calibration_with_non_finite_logits_is_skipped_with_a_note():
     assert entry == {} and "not finite" in note, note
 
 
+# --- Low 4: class names drawn as plain text ---------------------------------------------------
+
+HOSTILE = ["$\\frac{$", "a$b$c\\", "bell\x07tab\t", "surrogate\udcff"]
+
+
+def test_figures_draw_any_class_name_as_plain_text(tmp_path):
+    from convlens.evaluation import plots
+    from convlens.explain import figures
+
+    plots.save_confusion_matrix([[3, 1, 0, 0], [0, 2, 0, 1], [0, 0, 4, 0], [1, 0, 0, 2]],
+                                HOSTILE, tmp_path / "cm.png")  # fmt: skip
+    labels = np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3]]
+    plots.save_label_rocs(labels, labels * 0.8 + 0.1, HOSTILE, tmp_path / "rocs.png")
+    image, heat = torch.zeros(1, 8, 8, dtype=torch.uint8), torch.rand(8, 8)
+    figures.save(figures.gradcam_figure(image, heat, heat, f"{HOSTILE[0]} (0.9)", HOSTILE[1]),
+                 tmp_path / "cam.png")  # fmt: skip
+    for name in ("cm.png", "rocs.png", "cam.png"):
+        assert Image.open(tmp_path / name).size[0] > 100
+
+
+def test_a_run_with_a_math_syntax_class_name_writes_its_report(tmp_path):
+    data = tmp_path / "shapes"
+    _folder(data, ["$\\frac{$", "plain"])
+    run = convlens.train(data=str(data), model="mlp", epochs=1, batch_size=16, lr=0.05,
+                         run=str(tmp_path / "run"))  # fmt: skip
+    assert (run / "confusion_matrix.png").is_file() and (run / "report.html").is_file()
+
+
 # --- Low 7: files honour the umask ------------------------------------------------------------
 
 
