@@ -27,9 +27,9 @@ def cli() -> None:
 
 def _train_options(fn):
     """One --option per TrainConfig setting, typed and documented from the dataclass."""
-    from convlens.config import TrainConfig, config_types, setting_help
+    from convlens.config import TrainConfig, config_types, setting_help, setting_ranges
 
-    helps, defaults = setting_help(), TrainConfig()
+    helps, defaults, ranges = setting_help(), TrainConfig(), setting_ranges()
     for name, tp in reversed(list(config_types().items())):
         flag = "--" + name.replace("_", "-")
         text = helps.get(name, "")
@@ -44,7 +44,9 @@ def _train_options(fn):
             if typing.get_origin(tp) is types.UnionType:
                 tp = next(a for a in typing.get_args(tp) if a is not type(None))
             default = getattr(defaults, name)
-            shown = f" [default: {default}]" if default is not None else ""
+            notes = [f"default: {default}"] if default is not None else []
+            notes += [str(ranges[name])] if name in ranges else []  # e.g. "at least 1"
+            shown = f" [{'; '.join(notes)}]" if notes else ""
             # --run-dir too: under torchrun, `--run` is taken for an abbreviation of --run-path
             flags = (flag, "--run-dir") if name == "run" else (flag,)
             opt = click.option(*flags, name, type=_CLICK_TYPES[tp], default=None, help=text + shown)

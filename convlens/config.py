@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -11,7 +13,51 @@ from typing import Any
 
 import yaml
 
-from convlens.errors import ConfigError
+from convlens.errors import ConfigError, ModelError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: lo to hi, each end open or closed, never nan/inf."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        """An interval as mathematicians write it: "[1, inf)", "(0, 1]"."""
+        m = re.fullmatch(r"([\[(])([^,]+),([^\])]+)([\])])", text.replace(" ", ""))
+        if m is None:
+            raise ValueError(f"not an interval: {text!r}")
+        return cls(float(m[2]), float(m[3]), m[1] == "(", m[4] == ")")
+
+    def __contains__(self, x: float) -> bool:
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        above = x > self.lo if self.lo_open else x >= self.lo  # exact for ints of any size
+        below = x < self.hi if self.hi_open else x <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        lo, hi = _number(self.lo), _number(self.hi)
+        if self.hi == math.inf:
+            if self.lo_open:
+                return "positive" if self.lo == 0 else f"greater than {lo}"
+            return f"at least {lo}"
+        if self.lo_open == self.hi_open:
+            return f"between {lo} and {hi}" + (", exclusive" if self.lo_open else "")
+        return f"at least {lo} and below {hi}" if self.hi_open else f"above {lo} and at most {hi}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if x.is_integer() else str(x)
+
+
+def within(default: Any, interval: str) -> Any:
+    """A dataclass field with its allowed values, e.g. `within(0.1, "(0, 1)")`."""
+    return field(default=default, metadata={"range": Range.parse(interval)})
 
 
 @dataclass
@@ -21,45 +67,45 @@ class TrainConfig:
     # data
     data: str = "fashion-mnist"  # dataset name, class folder, .npz file or IDX prefix
     data_dir: str | None = None  # where named datasets are looked up first
-    val_fraction: float = 0.1  # share of train held out when the source has no validation split
-    image_size: int | None = None  # resize folder images to this (default: their common size)
+    val_fraction: float = within(0.1, "(0, 1)")  # share of train held out if there is no val split
+    image_size: int | None = within(None, "[1, 8192]")  # resize folder images to this (default: no)
     strict: bool = False  # stop at the first unreadable image instead of skipping it
-    translate: int = 2  # random translation in pixels, each axis (0 = off)
+    translate: int = within(2, "[0, 8192)")  # random translation in pixels, each axis (0 = off)
     hflip: str = "auto"  # mirroring: auto (alternate if the data allows) | random | alternate | off
     # task
     task: str = "classify"  # classify | multilabel | anomaly | embed (face identities)
     normal: str | None = None  # anomaly: normal class name(s), comma-separated (default: all)
     anomaly_method: str = "mahalanobis"  # anomaly: mahalanobis (features of the GEOM net) | geom
-    target_sensitivity: float | None = None  # two-class: threshold for this sensitivity on val
-    embedding_size: int = 128  # embed: length of the L2-normalised face embedding
+    target_sensitivity: float | None = within(None, "(0, 1]")  # two-class: threshold for it on val
+    embedding_size: int = within(128, "[2, 8192]")  # embed: length of the unit-norm face embedding
     embed_loss: str = "arcface"  # embed: arcface (additive angular margin) | softmax
-    margin: float = 0.5  # embed: ArcFace angular margin m (radians)
-    scale: float = 30.0  # embed: ArcFace logit scale s
+    margin: float = within(0.5, "[0, 1.5]")  # embed: ArcFace angular margin m (radians)
+    scale: float = within(30.0, "(0, 1000]")  # embed: ArcFace logit scale s
     # model
     model: str = "fastnet"  # a name from `convlens models`
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
     init: str | None = None  # start from the weights in this .safetensors file or run
     pretrained: bool = False  # torchvision's published weights (tv-* models, needs internet)
     # optimisation
-    epochs: int = 8  # passes over the training split
-    batch_size: int = 512  # images per optimisation step (512 is fastest per image here)
+    epochs: int = within(8, "[1, 100000]")  # passes over the training split
+    batch_size: int = within(512, "[1, 1048576]")  # images per step (512 is fastest per image here)
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.75  # peak learning rate (per batch of batch_size)
-    momentum: float = 0.85  # SGD momentum
+    lr: float = within(0.75, "(0, inf)")  # peak learning rate (per batch of batch_size)
+    momentum: float = within(0.85, "[0, 1)")  # SGD momentum
     nesterov: bool = True  # Nesterov momentum for SGD
-    weight_decay: float = 1.3e-3  # coupled (torch SGD); not on biases and norm layers by default
+    weight_decay: float = within(1.3e-3, "[0, 1)")  # coupled (torch SGD); not on biases, norms
     schedule: str = "onecycle"  # onecycle | cosine | step | constant
-    warmup: float = 0.23  # onecycle: share of steps spent rising to the peak
-    lr_start: float = 0.2  # onecycle: lr at the first step, as a share of the peak
-    lr_end: float = 0.07  # onecycle: lr at the last step, as a share of the peak
-    step_size: int = 3  # step: epochs between lr drops
-    gamma: float = 0.1  # step: lr factor at each drop
-    label_smoothing: float = 0.2  # share of the target spread over all classes
+    warmup: float = within(0.23, "[0, 1]")  # onecycle: share of steps spent rising to the peak
+    lr_start: float = within(0.2, "[0, 1]")  # onecycle: first lr, as a share of the peak
+    lr_end: float = within(0.07, "[0, 1]")  # onecycle: last lr, as a share of the peak
+    step_size: int = within(3, "[1, inf)")  # step: epochs between lr drops
+    gamma: float = within(0.1, "(0, inf)")  # step: lr factor at each drop
+    label_smoothing: float = within(0.2, "[0, 1)")  # share of the target spread over all classes
     class_weights: str = "none"  # none | auto (inverse class frequency)
-    ema: float = 0.95  # lookahead: weights averaged with this decay per step, copied back; 0 = off
-    ema_start: float = 0.3  # share of training steps before the average starts
-    ema_every: int = 5  # steps between updates of the average
-    patience: int = 0  # stop after this many epochs without val improvement (0 = never)
+    ema: float = within(0.95, "[0, 1)")  # lookahead decay per step (average copied back); 0 = off
+    ema_start: float = within(0.3, "[0, 1]")  # share of training steps before the average starts
+    ema_every: int = within(5, "[1, inf)")  # steps between updates of the average
+    patience: int = within(0, "[0, inf)")  # stop after this many epochs without val gain (0: never)
     tta: str = "auto"  # test-time views: auto (flip-shift if mirrored) | none | flip | flip-shift
     calibrate: str = "temperature"  # classify: temperature (scale fitted on val) | none
     # machine
@@ -67,10 +113,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # bf16 autocast: auto (where it helps) | bf16 | off
     channels_last: bool = True  # NHWC memory layout (1.2-1.75x faster with bf16 on this CPU)
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = within(0, "[0, 1024]")  # torch CPU threads (0 = torch's default)
     compile: bool = False  # torch.compile the model (pays a start-up cost; helps on GPUs)
-    workers: int = 0  # data-loader processes decoding folder images (0 = in the main process)
-    seed: int = 0  # seeds weights, data order, augmentation and the validation split
+    workers: int = within(0, "[0, 256]")  # processes decoding folder images (0: in this process)
+    seed: int = within(0, "[0, 4294967295]")  # seeds weights, data order, augmentation, val split
     deterministic: bool = False  # use only deterministic kernels
     # output
     run: str | None = None  # run folder (default runs/train, runs/train2, ...)
@@ -80,6 +126,11 @@ class TrainConfig:
 def config_types() -> dict[str, Any]:
     """Each setting's type, from the dataclass annotations."""
     return typing.get_type_hints(TrainConfig)
+
+
+def setting_ranges() -> dict[str, Range]:
+    """Each numeric setting's allowed values."""
+    return {f.name: f.metadata["range"] for f in dataclasses.fields(TrainConfig) if f.metadata}
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
@@ -189,30 +240,24 @@ _CHOICES = {
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Check ranges and choices, naming the setting at fault."""
+    """Check choices, ranges and model arguments, naming the setting at fault."""
     for name, choices in _CHOICES.items():
         value = getattr(cfg, name)
         if value not in choices and not (name == "device" and value.startswith("cuda:")):
             options = ", ".join(choices)
             raise ConfigError(f"setting {name!r} must be one of {options}, not {value!r}")
-    positive = ("epochs", "batch_size", "lr")
-    for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"setting {name!r} must be positive, got {getattr(cfg, name)}")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise ConfigError(f"setting 'val_fraction' must be between 0 and 1, got {cfg.val_fraction}")
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-        raise ConfigError("setting 'label_smoothing' must be in [0, 1)")
-    if not 0.0 <= cfg.ema < 1.0:
-        raise ConfigError("setting 'ema' must be in [0, 1)")
-    if cfg.ema_every < 1:
-        raise ConfigError("setting 'ema_every' must be at least 1")
-    if cfg.target_sensitivity is not None and not 0.0 < cfg.target_sensitivity <= 1.0:
-        raise ConfigError("setting 'target_sensitivity' must be in (0, 1]")
-    if cfg.translate < 0 or cfg.patience < 0:
-        raise ConfigError("settings 'translate' and 'patience' must not be negative")
-    if cfg.workers < 0:
-        raise ConfigError("setting 'workers' must not be negative (0: decode in this process)")
+    for name, allowed in setting_ranges().items():
+        value = getattr(cfg, name)
+        if value is not None and value not in allowed:
+            finite = "finite and " if isinstance(value, float) and not math.isfinite(value) else ""
+            raise ConfigError(f"setting {name!r} must be {finite}{allowed}, got {value!r}")
+    if cfg.model_args:  # imports torch: only when there is something to check
+        from convlens.models.registry import check_model_args
+
+        try:
+            check_model_args(cfg.model, cfg.model_args)
+        except ModelError as e:
+            raise ConfigError(f"setting 'model_args': {e}") from None
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -42,9 +42,10 @@ def test_bad_values_name_the_setting(key, value, message):
 
 
 def test_saved_config_reloads_identically(tmp_path):
-    cfg = make_config(None, {"model_args": {"width": 8}, "epochs": 2, "init": None})
+    cfg = make_config(None, {"model_args": {"widths": [8, 8, 8]}, "epochs": 2, "init": None})
     save_config(cfg, tmp_path / "config.yaml")
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model_args"] == {"width": 8}
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["model_args"] == {"widths": [8, 8, 8]}
     assert make_config(tmp_path / "config.yaml") == cfg
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from convlens.data.dataset import Split
+from convlens.tempfiles import temp_beside
 
 FORMAT = 1
 DIR_NAME = ".convlens-cache"
@@ -150,7 +150,7 @@ def _atomic(path: Path, data: np.ndarray | bytes) -> None:
     (checkpoint.atomic_write_bytes wants the whole file as bytes in memory; a dataset-sized
     array should not be copied for that.)
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(data, bytes):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from convlens.errors import ConvlensError
+from convlens.tempfiles import temp_beside
 
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60  # seconds without data before giving up
@@ -22,8 +22,7 @@ def download(url: str, dest: str | Path, sha256: str, *, progress: bool = True) 
     """Fetch `url` to `dest` if its SHA-256 matches; otherwise raise and leave nothing behind."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(name)
+    fd, tmp = temp_beside(dest, ".part")
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:

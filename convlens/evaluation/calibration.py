@@ -96,6 +96,8 @@ def calibrate(model: nn.Module, meta: dict, ds: Dataset, device: str = "cpu") ->
     if len(ds.val) < MIN_VAL:
         return {}, f"calibration: {len(ds.val)} validation images are too few (< {MIN_VAL})"
     logits, weights = view_logits(model, ds.val.images, meta, device)
+    if not torch.isfinite(logits).all():  # overflowed weights: no temperature fits them
+        return {}, "calibration: skipped, the validation logits are not finite"
     labels = ds.val.labels
     t = fit_temperature(logits, weights, labels)
     if not LOG_T_RANGE[0] + 0.01 < math.log(t) < LOG_T_RANGE[1] - 0.01:

@@ -17,6 +17,14 @@ def _pyplot():
     return plt
 
 
+def plain(text: object) -> str:
+    """`text` drawn as it is: its $ signs escaped (matplotlib reads $...$ as math and refuses
+    what does not parse); characters it cannot draw (controls but newline, lone surrogates) as
+    U+FFFD."""
+    shown = "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in str(text))
+    return shown.replace("$", r"\$")
+
+
 def save_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -> None:
     """Rows are true classes, columns predictions; colour is the row share, text the count."""
     import numpy as np
@@ -28,8 +36,9 @@ def save_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -
     size = max(4.0, 0.55 * k + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=110)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), classes, fontsize=8)
+    names = [plain(c) for c in classes]
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 30:
@@ -129,7 +138,7 @@ def save_roc_pr(points: dict, block: dict, path: Path) -> None:
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"positive class: {block['positive_class']}", fontsize=10)
+    fig.suptitle(f"positive class: {plain(block['positive_class'])}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -145,7 +154,7 @@ def save_label_rocs(labels, scores, names: list[str], path: Path) -> None:
         y = labels[:, j] > 0.5
         if 0 < y.sum() < len(y):  # a curve needs positives and negatives
             fpr, tpr, _ = roc_curve(y, scores[:, j])
-            ax.plot(fpr, tpr, label=f"{name} ({roc_auc_score(y, scores[:, j]):.3f})")
+            ax.plot(fpr, tpr, label=f"{plain(name)} ({roc_auc_score(y, scores[:, j]):.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")

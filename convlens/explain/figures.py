@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convlens.evaluation.plots import plain
+
 CNN_COLOUR, BASE_COLOUR = "#2563eb", "#ea580c"  # blue for the run, orange for its baseline
 HEAT = "turbo"  # Grad-CAM and saliency colour map
 RC = {
@@ -94,7 +96,7 @@ def _show(ax, pixels, title: str = "") -> None:
     for side in ax.spines.values():
         side.set_visible(False)
     if title:
-        ax.set_title(title)
+        ax.set_title(plain(title))  # class and layer names, drawn as they are
 
 
 def gradcam_figure(image, cam, sal, caption: str, layer: str):
@@ -148,7 +150,7 @@ def _bare(ax, pixels: np.ndarray, title: str = "") -> None:
     ax.imshow(pixels, interpolation="nearest")
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(plain(title), fontsize=8)
 
 
 def filters_figure(weight: torch.Tensor, name: str, limit: int = 64):
@@ -185,7 +187,7 @@ def feature_maps_figure(image, stages, outputs, per_stage: int = 8):
         for i, label in enumerate(["input"] + [f"ch {k}" for k in order]):
             ax.text(i * step + size[1] / 2, -2, label, ha="center", va="bottom", fontsize=7)
         c, h, w = out.shape
-        ax.text(-6, size[0] / 2, f"{stage.name}\n{c}x{h}x{w}", ha="right", va="center",
+        ax.text(-6, size[0] / 2, f"{plain(stage.name)}\n{c}x{h}x{w}", ha="right", va="center",
                 fontsize=7)  # fmt: skip
     fig.tight_layout(h_pad=1.2)
     return fig
@@ -229,7 +231,7 @@ def invariance_figure(results: dict):
         entry = results.get(key)
         if not entry:
             continue
-        label = entry["name"]
+        label = plain(entry["name"])
         for ax, part, xkey in ((a, "shift", "pixels"), (b, "rotation", "degrees")):
             curve = entry["curves"][part]
             x = curve[xkey]
@@ -259,7 +261,7 @@ def sharing_figure(sharing: dict):
     for k, (label, key, colour) in enumerate(bars):
         ax.bar(x + (k - 1) * 0.27, [r[key] for r in layers], 0.27, label=label, color=colour)
     ax.set_yscale("log")
-    ax.set_xticks(x, [r["layer"] for r in layers], rotation=30 if len(layers) > 4 else 0,
+    ax.set_xticks(x, [plain(r["layer"]) for r in layers], rotation=30 if len(layers) > 4 else 0,
                   ha="right" if len(layers) > 4 else "center", fontsize=7)  # fmt: skip
     ax.set_ylabel("parameters")
     ax.legend(fontsize=7, frameon=False)

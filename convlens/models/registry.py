@@ -10,6 +10,7 @@ from torch import nn
 from convlens.errors import ModelError
 
 ModelFn = Callable[..., nn.Module]
+BUILD_ARGS = ("in_channels", "num_classes", "image_size")  # every factory's; the data sets them
 _MODELS: dict[str, ModelFn] = {}
 
 
@@ -60,12 +61,28 @@ def create_model(
             name[3:], in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs
         )
     fn = model_entrypoint(name)
+    check_model_args(name, kwargs)
     args = dict(in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs)
     try:
         inspect.signature(fn).bind(**args)  # a wrong keyword is the user's error, not a bug
     except TypeError as e:
         raise ModelError(f"model {name!r}: {e}") from e
     return fn(**args)
+
+
+def check_model_args(name: str, kwargs: dict) -> None:
+    """Refuse keyword arguments that model `name` does not take, naming those it does."""
+    if name.startswith("tv-"):
+        return  # torchvision's builders take **kwargs; create_torchvision_model names a bad one
+    params = inspect.signature(model_entrypoint(name)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    own = [p for p in params if p not in BUILD_ARGS]  # the data gives the build arguments
+    unknown = sorted(set(kwargs) - set(own))
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise ModelError(f"model {name!r} takes no argument {names}; it accepts "
+                         f"{', '.join(own) or 'none'}")  # fmt: skip
 
 
 def image_size_pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:

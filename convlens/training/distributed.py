@@ -48,6 +48,20 @@ def setup(device: torch.device, batch_size: int) -> tuple[Group, torch.device]:
     return Group(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun's environment gives it (0 alone), before `setup`."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def from_main(value: object, group: Group) -> object:
+    """Rank 0's `value` (any picklable object) on every rank."""
+    if group.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def teardown(group: Group) -> None:
     if group.world > 1 and dist.is_initialized():
         dist.destroy_process_group()

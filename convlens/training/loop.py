@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from convlens.training import distributed
 from convlens.training.ema import Lookahead
 from convlens.training.optim import build_optimizer, get_lr, set_lr
 from convlens.training.progress import Progress
-from convlens.training.runs import existing_run_dir, new_run_dir, write_results
+from convlens.training.runs import claim_new_run_dir, claim_run_dir_to_resume, write_results
 from convlens.training.tasks import Classify, make_task
 
 RESUMABLE_CHANGES = {"device", "threads", "run", "resume"}  # settings a resume may change
@@ -45,16 +46,17 @@ def fit(cfg: TrainConfig) -> Path:
 
 
 def _fit(cfg: TrainConfig) -> Path:
-    cfg, run_dir = resolve_run(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
-    try:
-        return _train(cfg, run_dir, group, device)
-    finally:
-        distributed.teardown(group)
+    with resolve_run(cfg) as (cfg, run_dir):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
+        try:
+            run_dir = distributed.from_main(run_dir, group)  # the folder rank 0 holds
+            return _train(cfg, run_dir, group, device)
+        finally:
+            distributed.teardown(group)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) -> Path:
@@ -80,7 +82,7 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
     opt = build_optimizer(model, cfg)
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
-    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
+    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "best_epoch": None, "stale": 0}
     state_path = run_dir / "state" / "last.safetensors"
     if cfg.resume:
         state = _load_state(state_path, model, opt, ema)
@@ -162,13 +164,24 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
 # --- the pieces both engines share (convlens.training.numpy_loop runs the NumPy engine) -----
 
 
-def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
-    """The config to train with and its run folder: a fresh one, or the one to resume."""
-    if cfg.resume:
-        run_dir = existing_run_dir(cfg.run)
-        return _resumed_config(run_dir, cfg), run_dir
-    run_dir = new_run_dir(cfg.run, create=False)  # made once the model is built
-    return dataclasses.replace(cfg, run=str(run_dir)), run_dir
+@contextlib.contextmanager
+def resolve_run(cfg: TrainConfig) -> Iterator[tuple[TrainConfig, Path]]:
+    """The config to train with and its run folder (a fresh one, or the one to resume), which
+    this training holds until the block ends. torchrun's other ranks hold nothing and make
+    nothing: rank 0 holds the folder for them all."""
+    claim = claim_run_dir_to_resume if cfg.resume else claim_new_run_dir
+    if distributed.launched_rank() != 0:
+        claim = _unclaimed
+    with claim(cfg.run) as run_dir:
+        if cfg.resume:
+            yield _resumed_config(run_dir, cfg), run_dir
+        else:
+            yield dataclasses.replace(cfg, run=str(run_dir)), run_dir
+
+
+@contextlib.contextmanager
+def _unclaimed(requested: str | None) -> Iterator[Path]:
+    yield Path(requested) if requested else Path("runs") / "train"
 
 
 def load_data(
@@ -185,6 +198,10 @@ def load_data(
         workers=cfg.workers,
     )
     ds = (task or Classify(cfg)).prepare(ds)
+    side = min(ds.image_size)
+    if cfg.translate >= side:  # every shifted image would be blank, or nearly
+        raise ConfigError(f"setting 'translate' must be below the image side ({side} pixels "
+                          f"here), got {cfg.translate}")  # fmt: skip
     for note in ds.notes:
         log.note(note)
     mean, std = channel_stats(ds.train)
@@ -195,8 +212,8 @@ def load_data(
 
 
 def open_run(cfg: TrainConfig, run_dir: Path, ds: Dataset, log: Progress) -> None:
-    """Create the run folder with config.yaml (and bad_files.csv), once the model is built."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Write config.yaml (of a fresh run) and bad_files.csv into the held run folder, once the
+    model is built."""
     if not cfg.resume:
         save_config(cfg, run_dir / "config.yaml")
     if ds.bad_files:
@@ -238,15 +255,27 @@ def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: str, drop_la
 
 
 def check_loss(value: float, epoch: int, step: int | None, state: dict, run_dir: Path) -> None:
-    """Stop on a non-finite loss (of a step, or the epoch's mean), saying where the last good
-    weights are."""
+    """Stop on a non-finite loss (of a step, or the epoch's mean), saying what weights exist."""
     if not math.isfinite(value):
         where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
         raise TrainingError(
-            f"{where}: loss is {value}; training stopped, the last "
-            f"good checkpoint (epoch {state['epoch']}) is intact in {run_dir}/weights; "
+            f"{where}: loss is {value}; training stopped; {saved_weights(state, run_dir)}; "
             "try a lower --lr"
         )
+
+
+def saved_weights(state: dict, run_dir: Path) -> str:
+    """What the run folder holds after the epochs in `state`, for a stopped run's message."""
+    last = state["epoch"]
+    if not last:
+        return "no epoch ended with finite scores, so no weights were saved"
+    kept = f"the weights of epoch {last} (last.safetensors"
+    best = state.get("best_epoch", last)  # a state saved before best_epoch was: not said
+    if best is None:
+        kept += "; no epoch had a finite score, so no best.safetensors"
+    elif best != last:
+        kept += f") and of epoch {best}, the best (best.safetensors"
+    return f"{kept}) are intact in {run_dir / 'weights'}"
 
 
 def end_epoch(
@@ -263,7 +292,13 @@ def end_epoch(
     seconds: float,
     write: bool = True,
 ) -> dict:
-    """Record the epoch's validation `scores`; save last (and best by `score`) weights."""
+    """Record the epoch's validation `scores`; save last (and best by `score`) weights. Weights
+    whose validation loss is not finite have overflowed: training stops, saving nothing."""
+    if not math.isfinite(scores["val_loss"]):
+        raise TrainingError(
+            f"epoch {epoch}: validation loss is {scores['val_loss']} (the weights overflowed); "
+            f"training stopped; {saved_weights(state, run_dir)}; try a lower --lr"
+        )
     prev = state["rows"][-1]["seconds"] if state["rows"] else 0.0
     row = {
         "epoch": epoch,
@@ -274,9 +309,10 @@ def end_epoch(
         "seconds": prev + seconds,  # cumulative training time, evaluation excluded
     }
     state["rows"].append(row)
-    improved = row[score] > state["best_acc"]  # "best_acc": the best score, whatever it is
+    # "best_acc": the best score, whatever it is; a non-finite one is never best
+    improved = math.isfinite(row[score]) and row[score] > state["best_acc"]
     if improved:
-        state["best_acc"], state["stale"] = row[score], 0
+        state["best_acc"], state["best_epoch"], state["stale"] = row[score], epoch, 0
     else:
         state["stale"] += 1
     if write:  # with torchrun, rank 0 alone writes

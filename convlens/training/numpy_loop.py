@@ -45,7 +45,11 @@ DEVICE = SimpleNamespace(type="cpu (numpy engine)")  # what the start line names
 def fit(cfg: TrainConfig) -> Path:
     """Train as `cfg` says with the NumPy engine; return the run folder."""
     check_supported(cfg)
-    cfg, run_dir = resolve_run(cfg)
+    with resolve_run(cfg) as (cfg, run_dir):
+        return _fit(cfg, run_dir)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # the data pipeline's threads
     log = Progress()
@@ -72,7 +76,7 @@ def fit(cfg: TrainConfig) -> Path:
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
-    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "stale": 0}
+    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "best_epoch": None, "stale": 0}
     log.start(cfg, ds, run_dir, init, DEVICE, False)
     with threadpool_limits(cfg.threads or None):  # BLAS threads, as torch's for its engine
         for epoch in range(cfg.epochs):
