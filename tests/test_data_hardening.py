@@ -126,6 +126,15 @@ def rle_dicom(rows: int, cols: int, value: int = 7) -> bytes:
     return _save(ds)
 
 
+def short_rle_dicom(rows: int, cols: int) -> bytes:
+    """An RLE file whose header declares rows x cols of 64-bit samples but holds 32 bytes."""
+    ds = _dicom(rows, cols, RLELossless, BitsAllocated=64, BitsStored=64, HighBit=63)
+    frame = struct.pack("<16I", 8, *range(64, 96, 4), *[0] * 7) + b"\x81\x00" * 16
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    return _save(ds)
+
+
 def deflated_dicom(rows: int, cols: int, pixels: bytes | None = None, bomb: int = 0) -> bytes:
     """A Deflated Explicit VR file; `bomb` bytes of zeros in pixel data instead of `pixels`."""
     ds = _dicom(rows, cols, DeflatedExplicitVRLittleEndian)
@@ -170,6 +179,8 @@ def test_dicom_bombs_are_refused_before_memory_grows(tmp_path):
     bombs = {  # 1.3 MB that decodes to 81 MB (and 648 MB as float64)
         "rle.dcm": (rle_dicom(9000, 9000), "header says 9000x9000 pixels (1 frame, 1 sample), "
                     "over the 64-megapixel limit"),
+        "rle-short.dcm": (short_rle_dicom(8000, 8000),  # 64 MP (at the limit) of 8 bytes each
+                          "cannot expand to the 512000000 bytes of pixels its header declares"),
         "deflated-header.dcm": (deflated_dicom(9000, 9000, pixels=bytes(64)),
                                 "header says 9000x9000 pixels"),
         "deflated-bomb.dcm": (deflated_dicom(64, 64, bomb=300 << 20),  # 300 MiB in ~300 kB
@@ -183,7 +194,7 @@ def test_dicom_bombs_are_refused_before_memory_grows(tmp_path):
     for (name, (_, message)), result in zip(bombs.items(), results, strict=True):
         assert result["error"] is not None and message in result["error"], (name, result)
         assert result["error"].startswith(f"{tmp_path / name}: ")
-        assert result["grew_mb"] < 32, (name, result)  # was 0.7 GB (RLE) and 1 GB (deflated)
+        assert result["grew_mb"] < 32, (name, result)  # was 0.7, 0.5 (RLE) and 1 GB (deflated)
 
 
 def test_deflated_and_rle_dicom_files_still_decode(tmp_path):

@@ -27,6 +27,7 @@ PIXEL_TAGS = (0x7FE00010, 0x7FE00009, 0x7FE00008)  # (7FE0,0010) Pixel Data, its
 PIXEL_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x09\x00", b"\xe0\x7f\x08\x00")  # LE
 HEADER_BYTES = 8 << 20  # a deflated file's elements before its pixels, inflated: at most 8 MiB
 SLACK_BYTES = 1 << 20  # room for elements after the pixel data (padding, signatures)
+RLE_MAX_RATIO = 64  # PackBits at best: 2 bytes -> 128 (PS3.5 G.3.1)
 
 
 def is_dicom(data: bytes) -> bool:
@@ -85,15 +86,21 @@ def read_dicom(data: bytes, name: str, max_pixels: int):
     import pydicom
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _read_file_meta_info, read_preamble  # what dcmread uses
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
     fp = DicomBytesIO(data)
     read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
-    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax == DeflatedExplicitVRLittleEndian:
         return _inflated(data[fp.tell() :], meta, name, max_pixels)
     header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    check_pixel_count(header, name, max_pixels)
+    need = check_pixel_count(header, name, max_pixels)
+    if syntax == RLELossless and need > RLE_MAX_RATIO * len(data):
+        raise DatasetFormatError(
+            f"{name}: {len(data)} bytes of RLE cannot expand to the {need} bytes of pixels "
+            f"its header declares"
+        )
     return pydicom.dcmread(io.BytesIO(data))
 
 
