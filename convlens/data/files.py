@@ -30,8 +30,10 @@ def open_regular(path: str | Path, *, name: str | None = None) -> BinaryIO:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO opens at once, not on a writer
     try:
         fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise DatasetFormatError(f"{name}: cannot read ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name (from a CSV, say)
+        raise DatasetFormatError(
+            f"{name}: cannot read ({getattr(e, 'strerror', None) or e})"
+        ) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)

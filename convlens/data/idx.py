@@ -77,7 +77,7 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
 def read_idx_split(images_path: str | Path, labels_path: str | Path) -> Split:
     """A Split from an images file (N, H, W) and a labels file (N,) of non-negative integers."""
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
+    if images.ndim != 3 or images.dtype != np.uint8 or 0 in images.shape[1:]:
         raise DatasetFormatError(
             f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
         )

@@ -106,6 +106,8 @@ def _check_member(path: Path, archive: zipfile.ZipFile, member: str) -> None:
         have = info.file_size - f.tell()
     if dtype.hasobject:
         raise DatasetFormatError(f"{path}: key {key!r} holds pickled objects, which are refused")
+    if dtype.itemsize == 0 or any(d < 0 for d in shape):  # prod() of these says nothing
+        raise DatasetFormatError(f"{path}: key {key!r} says shape {shape} of {dtype}, not an array")
     need = math.prod(shape) * dtype.itemsize
     if need != have:
         raise DatasetFormatError(
@@ -127,9 +129,11 @@ def _split(path: Path, name: str, x: np.ndarray | None, y: np.ndarray | None) ->
         raise DatasetFormatError(
             f"{path}: {name}_images must be (N, H, W) or (N, H, W, 3), got {x.shape}"
         )
+    if 0 in x.shape[2:]:
+        raise DatasetFormatError(f"{path}: {name}_images are {x.shape[2]}x{x.shape[3]} pixels")
     if y.ndim == 2 and y.shape[1] > 1:
         return _multilabel_split(path, name, x, y)
-    if y.ndim == 2:
+    if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DatasetFormatError(
