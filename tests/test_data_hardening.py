@@ -78,11 +78,15 @@ def _png(path: Path, value: int = 0) -> None:
     Image.new("L", (4, 4), value).save(path)
 
 
-def _special_files(folder: Path) -> dict[str, str]:
-    """A FIFO and a symlink to /dev/zero named as images; their expected reasons."""
+def _special_files(folder: Path, dangling: bool = False) -> dict[str, str]:
+    """A FIFO and a symlink to /dev/zero named as images (and a dangling link); their reasons."""
     os.mkfifo(folder / "pipe.png")
     (folder / "zero.png").symlink_to("/dev/zero")
-    return {"pipe.png": "not a regular file (a FIFO)", "zero.png": "a character device"}
+    reasons = {"pipe.png": "not a regular file (a FIFO)", "zero.png": "a character device"}
+    if dangling:
+        (folder / "gone.png").symlink_to(folder / "nowhere.png")
+        reasons["gone.png"] = "cannot read (No such file or directory)"
+    return reasons
 
 
 # ---- DICOM bombs: the header is checked before anything is inflated or decoded ----
@@ -230,12 +234,12 @@ def hostile_run(tmp_path_factory) -> dict:
     """A folder with special files and strange names, trained on for an epoch by the CLI."""
     root = tmp_path_factory.mktemp("hostile")
     data = root / "pets"
-    for i in range(720):  # 7 bad files stay under the 1% that is skipped, not refused
+    for i in range(800):  # 8 bad files stay under the 1% that is skipped, not refused
         _png(data / "cat" / f"{i}.png", 10)
     os.makedirs(os.fsencode(data / "caf") + b"\xe9")  # a Latin-1 folder name: not UTF-8
     for i in range(60):
         Image.new("L", (4, 4), 200).save(os.fsencode(data) + b"/caf\xe9/" + b"%d.png" % i)
-    reasons = _special_files(data / "cat")
+    reasons = _special_files(data / "cat", dangling=True)
     odd = ["=1+2.png", 'say "hi",\nbye.png', "semi;colon.png"]
     for name in odd:
         (data / "cat" / name).write_bytes(b"not an image")
@@ -254,7 +258,7 @@ def test_training_on_special_and_strangely_named_files_finishes_with_a_report(ho
     rows = list(csv.reader((run / "bad_files.csv").open(encoding="utf-8", newline="")))
     assert rows[0] == ["path", "reason"]
     reasons = {Path(p).name: why for p, why in rows[1:]}
-    assert len(rows) == 1 + 7, rows
+    assert len(rows) == 1 + 8, rows
     for name, why in hostile_run["reasons"].items():
         assert why in reasons[name]
     assert "huge.png" in reasons and "over the 512 MiB limit" in reasons["huge.png"]

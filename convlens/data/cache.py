@@ -98,8 +98,11 @@ def _listing(root: Path, items: dict[str, list[Item]], settings: dict) -> dict:
     for split, part in items.items():
         files[split] = []
         for path, label in part:
-            st = os.stat(path)
-            files[split].append([os.path.relpath(path, root), label, st.st_size, st.st_mtime_ns])
+            try:
+                size, mtime = (st := os.stat(path)).st_size, st.st_mtime_ns
+            except OSError:  # a dangling symlink: decoding lists it as a bad file
+                size, mtime = -1, 0
+            files[split].append([os.path.relpath(path, root), label, size, mtime])
     versions = {"convlens": convlens.__version__, "pillow": PIL.__version__}
     return {"format": FORMAT, "settings": settings, "versions": versions, "files": files}
 
