@@ -49,6 +49,7 @@ def load_dataset(
     """A dataset name, a folder of class folders, an .npz, a label .csv or an IDX prefix."""
     split_args = {"seed": seed, "val_fraction": val_fraction}
     path = Path(spec).expanduser()
+    is_file = path.exists() and not path.is_dir()  # FIFOs too: their loader names what they are
     if spec in DATASETS:  # names win over same-named folders: write ./digits for the folder
         ds = load_named(spec, data_dir=data_dir, download=download, **split_args)
     elif path.is_dir() and (pairs := find_idx_folder(path)):
@@ -56,9 +57,9 @@ def load_dataset(
     elif path.is_dir():
         folder_args = {"strict": strict, "image_size": image_size, "workers": workers}
         return load_folder(path, **folder_args, **split_args)
-    elif path.is_file() and path.suffix.lower() == ".npz":
+    elif is_file and path.suffix.lower() == ".npz":
         ds = load_npz(path, **split_args)
-    elif path.is_file() and path.suffix.lower() == ".csv" and is_label_csv(path):
+    elif is_file and path.suffix.lower() == ".csv" and is_label_csv(path):
         return load_label_csv(path, strict=strict, image_size=image_size, **split_args)
     elif pairs := find_idx_prefix(path):
         ds = load_idx(pairs, name=spec, **split_args)

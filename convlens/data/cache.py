@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from convlens.data.dataset import Split
+from convlens.data.files import read_regular
 from convlens.tempfiles import temp_beside
 
 FORMAT = 1
@@ -75,8 +76,12 @@ def load_or_decode(
 
 
 def cache_dir(root: Path) -> Path:
-    """`root/.convlens-cache`, or a per-folder one in the user's cache when root is read-only."""
-    if os.access(root, os.W_OK):
+    """`root/.convlens-cache`, or a per-folder one in the user's cache when root is read-only.
+
+    A `.convlens-cache` that is a symlink is not followed: old arrays are deleted in the cache
+    folder, and a dataset must not choose which folder that is.
+    """
+    if os.access(root, os.W_OK) and not (root / DIR_NAME).is_symlink():
         return root / DIR_NAME
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
@@ -93,8 +98,11 @@ def _listing(root: Path, items: dict[str, list[Item]], settings: dict) -> dict:
     for split, part in items.items():
         files[split] = []
         for path, label in part:
-            st = os.stat(path)
-            files[split].append([os.path.relpath(path, root), label, st.st_size, st.st_mtime_ns])
+            try:
+                size, mtime = (st := os.stat(path)).st_size, st.st_mtime_ns
+            except OSError:  # a dangling symlink: decoding lists it as a bad file
+                size, mtime = -1, 0
+            files[split].append([os.path.relpath(path, root), label, size, mtime])
     versions = {"convlens": convlens.__version__, "pillow": PIL.__version__}
     return {"format": FORMAT, "settings": settings, "versions": versions, "files": files}
 
@@ -106,22 +114,30 @@ def _key(listing: dict) -> str:
 def _read(root: Path, folder: Path, listing: dict) -> Decoded | None:
     """The cached Decoded when the manifest matches `listing` and its arrays are intact."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads(read_regular(folder / "manifest.json"))
         if manifest.get("listing") != listing:
             return None
         splits = {}
         for split, (images_file, labels_file) in manifest["arrays"].items():
             # mmap_mode="c": pages come from the file on first touch, never decoded again;
             # copy-on-write gives torch a writable array and leaves the file as it is.
-            images = np.load(folder / images_file, mmap_mode="c", allow_pickle=False)
-            labels = np.load(folder / labels_file, allow_pickle=False)
+            images = np.load(_member(folder, images_file), mmap_mode="c", allow_pickle=False)
+            labels = np.load(_member(folder, labels_file), allow_pickle=False)
             if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
                 return None
             splits[split] = Split(torch.from_numpy(images), torch.from_numpy(labels).long())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # DatasetFormatError is a ValueError
         return None  # missing, half-deleted or foreign: decode again
     bad = [(os.path.join(root, rel), why) for rel, why in manifest["bad"]]
     return Decoded(splits, bad, manifest["notes"])
+
+
+def _member(folder: Path, name: str) -> Path:
+    """A file the manifest names: a plain name inside `folder`, and a regular file."""
+    path = folder / name
+    if Path(name).name != name or not path.is_file():  # is_file stats: no FIFO is opened
+        raise ValueError(f"{path}: not a cache file")
+    return path
 
 
 def _write(root: Path, folder: Path, listing: dict, decoded: Decoded) -> None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from convlens.errors import DatasetFormatError
+
+MAX_CLASSES = 100_000  # a label past this is a corrupt file, not a dataset (ImageNet-21k: 21,841)
 
 
 @dataclass
@@ -60,6 +65,22 @@ class Dataset:
         if part is None:
             raise ConvlensError(f"dataset {self.name} has no {name!r} split")
         return part
+
+
+def class_indices(labels: np.ndarray, where: str) -> torch.Tensor:
+    """int64 labels (N,) from an integer array, or DatasetFormatError unless 0 <= y < MAX_CLASSES.
+
+    Checked in the file's own dtype: a uint64 label would wrap negative as int64.
+    """
+    if labels.dtype.kind not in "iu":
+        raise DatasetFormatError(f"{where} holds {labels.dtype} labels, not integers")
+    for value in (labels.min(), labels.max()) if len(labels) else ():
+        if not 0 <= value < MAX_CLASSES:
+            what = f"a negative label ({value})" if value < 0 else f"label {value}"
+            raise DatasetFormatError(
+                f"{where} holds {what}; class indices go from 0 to {MAX_CLASSES - 1}"
+            )
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) -> list[torch.Tensor]:

@@ -15,7 +15,8 @@ import torch
 
 from convlens.data.cache import Decoded, load_or_decode
 from convlens.data.dataset import Dataset, Split, complete_splits
-from convlens.data.images import decode_image, is_colour, open_image, to_tensor
+from convlens.data.images import decode_image, is_colour, open_image, shown_size, to_tensor
+from convlens.data.names import class_name
 from convlens.errors import ConvlensError, DatasetFormatError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm"})
@@ -69,18 +70,19 @@ def load_folder(
         enabled=cache,
     )
     notes += more
+    shown = _shown(layout["train"], classes)
     for name, part in splits.items():
         missing = sorted(set(range(len(classes))) - set(part.labels.tolist()))
         if name == "train" and missing:
             raise DatasetFormatError(
-                f"{layout['train']}: class folder {classes[missing[0]]!r} holds no readable images"
+                f"{layout['train']}: class folder {shown[missing[0]]!r} holds no readable images"
             )
         if missing:
-            notes.append(f"{name} split has no images of {', '.join(classes[i] for i in missing)}")
+            notes.append(f"{name} split has no images of {', '.join(shown[i] for i in missing)}")
     complete_splits(splits, val_fraction, seed, notes, missing_test="no test/ folder")
     return Dataset(
         name=str(root),
-        classes=classes,
+        classes=shown,
         train=splits["train"],
         val=splits["val"],
         test=splits.get("test"),
@@ -150,6 +152,17 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d.name))
 
 
+def _shown(folder: Path, names: list[str]) -> list[str]:
+    """Class names as shown and stored: folder names made printable (convlens.data.names)."""
+    shown = [class_name(n) for n in names]
+    if len(set(shown)) < len(shown):
+        twins = sorted(n for n in names if shown.count(class_name(n)) > 1)
+        raise DatasetFormatError(
+            f"{folder}: class folders {', '.join(map(ascii, twins))} show as the same name"
+        )
+    return shown
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
@@ -184,8 +197,8 @@ def _list_files(
 
 def _images_in(folder: Path) -> list[str]:
     """The image files directly inside `folder` (not in subfolders), sorted."""
-    return sorted(
-        str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    return sorted(  # not only regular files: a FIFO named x.png is listed as a bad file
+        str(p) for p in folder.iterdir() if not p.is_dir() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
 
 
@@ -200,7 +213,8 @@ def _walk(folder: Path) -> list[Path]:
 
 def _header(path: str) -> tuple[int, int, bool]:
     img = open_image(path)
-    return img.height, img.width, is_colour(img)
+    width, height = shown_size(img, path)  # as decode_image will turn it
+    return height, width, is_colour(img)
 
 
 def _map(

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.data.dataset import Dataset, Split, hold_out_val
+from convlens.data.dataset import Dataset, Split, class_indices, hold_out_val
+from convlens.data.files import open_regular
 from convlens.errors import DatasetFormatError
 
 # type code (third byte of the magic number) -> big-endian dtype
@@ -34,19 +35,21 @@ def read_idx(path: str | Path) -> np.ndarray:
     """The array stored in an IDX file (native byte order), after checking header against size."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            gz = f.read(2) == b"\x1f\x8b"  # gzip magic; IDX files start with 00 00
-        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+        with open_regular(path) as raw:
+            size = os.fstat(raw.fileno()).st_size
+            gz = raw.read(2) == b"\x1f\x8b"  # gzip magic; IDX files start with 00 00
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
             dtype, shape = _read_header(f, path)
             need = math.prod(shape) * dtype.itemsize
             if gz:  # the payload size is unknown until read; cap it with deflate's best ratio
-                limit = os.path.getsize(path) * GZIP_MAX_RATIO
+                limit = size * GZIP_MAX_RATIO
                 if need > limit:
-                    have = f"at most {limit} bytes (a gzip of {os.path.getsize(path)} bytes)"
+                    have = f"at most {limit} bytes (a gzip of {size} bytes)"
                     raise _size_error(path, shape, need, have)
                 data = _read_exactly(f, need, path, shape)
             else:
-                have = os.path.getsize(path) - 4 - 4 * len(shape)
+                have = size - 4 - 4 * len(shape)
                 if have != need:
                     raise _size_error(path, shape, need, f"{have} bytes of data")
                 data = bytearray(need)
@@ -74,18 +77,18 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
 def read_idx_split(images_path: str | Path, labels_path: str | Path) -> Split:
     """A Split from an images file (N, H, W) and a labels file (N,) of non-negative integers."""
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
+    if images.ndim != 3 or images.dtype != np.uint8 or 0 in images.shape[1:]:
         raise DatasetFormatError(
             f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
         )
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or (labels < 0).any():
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise DatasetFormatError(f"{labels_path}: expected non-negative integer labels (N,)")
     if len(labels) != len(images):
         raise DatasetFormatError(
             f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}"
         )
     x = torch.from_numpy(images).unsqueeze(1)  # (N, 1, H, W) uint8
-    return Split(x, torch.from_numpy(labels.astype(np.int64)))
+    return Split(x, class_indices(labels, f"{labels_path}: the file"))
 
 
 def load_idx(
@@ -139,11 +142,16 @@ def find_idx_pair(prefix: str | Path) -> tuple[Path, Path] | None:
     found = []
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         names = [f"{prefix}-{kind}", f"{prefix}-{kind}.gz", f"{prefix}.{kind}"]
-        hit = next((Path(n) for n in names if Path(n).is_file()), None)
+        hit = next((Path(n) for n in names if _is_file_like(Path(n))), None)
         if hit is None:
             return None
         found.append(hit)
     return found[0], found[1]
+
+
+def _is_file_like(path: Path) -> bool:
+    """Whether `path` is there and not a folder: a FIFO is found, and read_idx says what it is."""
+    return path.exists() and not path.is_dir()
 
 
 def find_idx_folder(folder: str | Path) -> dict[str, tuple[Path, Path]] | None:

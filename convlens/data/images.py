@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
+from convlens.data.files import read_regular
 from convlens.errors import DatasetFormatError
 
 MAX_PIXELS = 64_000_000  # refuse images over 64 megapixels: decompression bombs
@@ -43,19 +44,13 @@ def open_image(
     """Read an image's header only (size and mode), refusing empty files and decompression bombs."""
     name = name or _name(source)
     limit = MAX_PIXELS if max_pixels is None else max_pixels
-    try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except OSError as e:
-        raise DatasetFormatError(f"{name}: cannot read ({e.strerror or e})") from None
+    data = source if isinstance(source, bytes) else read_regular(source, name=name)
     if not data:
         raise DatasetFormatError(f"{name}: empty file (0 bytes)")
     if data[128:132] == b"DICM":  # DICOM: pydicom decodes and windows it to 8 bits
         from convlens.data.dicom import dicom_image
 
-        img = dicom_image(data, name)
-        if img.width * img.height > limit:
-            raise DatasetFormatError(f"{name}: DICOM image is {img.width}x{img.height} pixels")
-        return img
+        return dicom_image(data, name, max_pixels=limit)  # its header is checked first
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
@@ -72,6 +67,20 @@ def open_image(
             f"{name}: image is {w}x{h} pixels, over the {limit / 10**6:g}-megapixel limit"
         )
     return img
+
+
+def shown_size(img: Image.Image, name: str = "<image>") -> tuple[int, int]:
+    """(width, height) as shown, from the header: EXIF orientations 5-8 turn the photo 90 degrees.
+
+    decode_image applies the same tag (ImageOps.exif_transpose), so both agree on the size.
+    """
+    if img.format == "PNG" and "exif" not in img.info:
+        return img.size  # PIL would decode the whole PNG to look for an eXIf after the pixels
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as e:  # untrusted bytes: a broken EXIF block raises many kinds
+        raise DatasetFormatError(f"{name}: unreadable EXIF data ({e})") from None
+    return (img.height, img.width) if orientation in (5, 6, 7, 8) else img.size
 
 
 def to_tensor(

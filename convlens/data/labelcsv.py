@@ -13,13 +13,18 @@ become float32 (N, L) 0/1 columns, one per label name, in sorted order.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import torch
 
-from convlens.data.dataset import Dataset, Split, complete_splits
+from convlens.data.dataset import MAX_CLASSES, Dataset, Split, complete_splits
+from convlens.data.files import open_regular, read_regular
 from convlens.data.folder import SPLIT_DIRS, _decode
+from convlens.data.names import class_name
 from convlens.errors import DatasetFormatError
+
+MAX_LABEL_CELLS = 1 << 27  # rows x labels of the 0/1 table: 512 MiB of float32
 
 
 def load_label_csv(
@@ -36,14 +41,20 @@ def load_label_csv(
     classes = sorted({name for _, names, _ in rows for name in names})
     if not classes:
         raise DatasetFormatError(f"{path}: no row names a label")
+    if len(classes) > MAX_CLASSES or len(rows) * len(classes) > MAX_LABEL_CELLS:
+        raise DatasetFormatError(
+            f"{path}: {len(rows)} rows x {len(classes)} labels is over the "
+            f"{MAX_LABEL_CELLS}-cell limit of a label table"
+        )
     items: dict[str, list[tuple[str, int]]] = {}
     for i, (file, _, split) in enumerate(rows):  # the row number stands in for the label
         items.setdefault(split, []).append((str(path.parent / file), i))
     if "train" not in items:
         raise DatasetFormatError(f"{path}: no row is in the train split")
+    column = {name: j for j, name in enumerate(classes)}
     vectors = torch.zeros(len(rows), len(classes))  # (rows, L) 0/1
     for i, (_, names, _) in enumerate(rows):
-        vectors[i, [classes.index(n) for n in names]] = 1.0
+        vectors[i, [column[n] for n in names]] = 1.0
     decoded = _decode(path, items, strict=strict, image_size=image_size, workers=0)
     splits = {k: Split(s.images, vectors[s.labels]) for k, s in decoded.splits.items()}
     notes = list(decoded.notes)
@@ -62,17 +73,17 @@ def load_label_csv(
 
 def is_label_csv(path: Path) -> bool:
     """Whether a file starts with the `path,labels` header."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(64).decode("utf-8-sig", errors="replace").lower().replace(" ", "")
     return head.startswith("path,labels")
 
 
 def read_rows(path: Path) -> list[tuple[str, list[str], str]]:
     """(file, label names, split) per row; errors name the file and the line."""
+    data = read_regular(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        lines = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as e:
         raise DatasetFormatError(f"{path}: not a readable CSV file ({e})") from None
     if not lines or [c.strip().lower() for c in lines[0][:2]] != ["path", "labels"]:
         raise DatasetFormatError(f"{path}: the first line must be the header path,labels[,split]")
@@ -88,7 +99,7 @@ def read_rows(path: Path) -> list[tuple[str, list[str], str]]:
             raise DatasetFormatError(
                 f"{path}: line {number}: split {line[2]!r} is not train, val or test"
             )
-        names = sorted({n.strip() for n in line[1].split(";") if n.strip()})
+        names = sorted({class_name(n.strip()) for n in line[1].split(";") if n.strip()})
         rows.append((line[0].strip(), names, split))
     if not rows:
         raise DatasetFormatError(f"{path}: no rows after the header")

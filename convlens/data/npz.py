@@ -15,10 +15,13 @@ import numpy as np
 import torch
 from numpy.lib import format as npy
 
-from convlens.data.dataset import Dataset, Split, complete_splits
+from convlens.data.dataset import Dataset, Split, class_indices, complete_splits
+from convlens.data.files import open_regular
+from convlens.data.names import class_name
 from convlens.errors import DatasetFormatError
 
 SPLITS = ("train", "val", "test")
+DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data by more than ~1032:1
 
 
 def load_npz(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> Dataset:
@@ -61,12 +64,16 @@ def load_npz(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> D
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """Every array in an .npz, refusing pickled (object) arrays and sizes the file cannot hold."""
     path = Path(path)
+    with open_regular(path) as f:
+        return _read_arrays(path, f)
+
+
+def _read_arrays(path: Path, f) -> dict[str, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-        if magic != b"PK\x03\x04":
+        if f.read(4) != b"PK\x03\x04":
             raise DatasetFormatError(f"{path}: not an .npz file (no zip header)")
-        with np.load(path, allow_pickle=False) as npz:
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as npz:
             out = {}
             for member in npz.zip.namelist():
                 if not member.endswith(".npy"):
@@ -85,6 +92,13 @@ def _check_member(path: Path, archive: zipfile.ZipFile, member: str) -> None:
     """Parse a member's .npy header; refuse object dtypes and shapes larger than its bytes."""
     key = member.removesuffix(".npy")
     info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > DEFLATE_MAX_RATIO * (
+        info.compress_size + 1
+    ):  # the declared size caps what is inflated; more than deflate can give is a lie
+        raise DatasetFormatError(
+            f"{path}: key {key!r} declares {info.file_size} bytes in {info.compress_size} "
+            "compressed bytes, more than deflate can expand"
+        )
     with archive.open(info) as f:
         major, _ = npy.read_magic(f)
         read = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
@@ -92,6 +106,8 @@ def _check_member(path: Path, archive: zipfile.ZipFile, member: str) -> None:
         have = info.file_size - f.tell()
     if dtype.hasobject:
         raise DatasetFormatError(f"{path}: key {key!r} holds pickled objects, which are refused")
+    if dtype.itemsize == 0 or any(d < 0 for d in shape):  # prod() of these says nothing
+        raise DatasetFormatError(f"{path}: key {key!r} says shape {shape} of {dtype}, not an array")
     need = math.prod(shape) * dtype.itemsize
     if need != have:
         raise DatasetFormatError(
@@ -113,9 +129,11 @@ def _split(path: Path, name: str, x: np.ndarray | None, y: np.ndarray | None) ->
         raise DatasetFormatError(
             f"{path}: {name}_images must be (N, H, W) or (N, H, W, 3), got {x.shape}"
         )
+    if 0 in x.shape[2:]:
+        raise DatasetFormatError(f"{path}: {name}_images are {x.shape[2]}x{x.shape[3]} pixels")
     if y.ndim == 2 and y.shape[1] > 1:
         return _multilabel_split(path, name, x, y)
-    if y.ndim == 2:
+    if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DatasetFormatError(
@@ -123,10 +141,8 @@ def _split(path: Path, name: str, x: np.ndarray | None, y: np.ndarray | None) ->
         )
     if len(y) != len(x):
         raise DatasetFormatError(f"{path}: {len(x)} {name}_images but {len(y)} {name}_labels")
-    if len(y) and y.min() < 0:
-        raise DatasetFormatError(f"{path}: {name}_labels has negative values")
     images = torch.from_numpy(np.ascontiguousarray(x))  # (N, C, H, W) uint8
-    return Split(images, torch.from_numpy(y.astype(np.int64)))
+    return Split(images, class_indices(y, f"{path}: {name}_labels"))
 
 
 def _multilabel_split(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> Split:
@@ -155,4 +171,4 @@ def _classes(path: Path, names: np.ndarray | None, splits: dict[str, Split]) -> 
         raise DatasetFormatError(f"{path}: 'classes' must be a 1-D string array, got {names.dtype}")
     if len(names) < k:
         raise DatasetFormatError(f"{path}: {len(names)} class names but labels go up to {k - 1}")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
+    return [class_name(n if isinstance(n, bytes) else str(n)) for n in names.tolist()]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from convlens.data.folder import IMAGE_EXTENSIONS
+from convlens.data.names import class_name
 from convlens.errors import ConvlensError
 from convlens.faces.metrics import identity_scores
 from convlens.faces.recogniser import FaceRecogniser
@@ -43,7 +44,7 @@ def enroll(rec: FaceRecogniser, gallery_dir: str | Path, out: str | Path) -> dic
                 skipped.append({"file": str(f), "error": str(e)})
                 continue
             tensors.append(x)
-            names.append(person.name)
+            names.append(class_name(person.name))  # a folder name: printable, valid Unicode
             files.append(str(f))
     if not tensors:
         raise ConvlensError(f"{gallery_dir}: no usable image in any person's folder")
@@ -52,7 +53,7 @@ def enroll(rec: FaceRecogniser, gallery_dir: str | Path, out: str | Path) -> dic
     np.savez(buf, embeddings=emb.astype(np.float32), names=np.array(names),
              files=np.array(files), model=np.array(rec.model_id))  # fmt: skip
     atomic_write_bytes(out, buf.getvalue())
-    missing = sorted({p.name for p in people} - set(names))
+    missing = sorted({class_name(p.name) for p in people} - set(names))
     return {"gallery": str(out), "model": rec.model_id, "people": len(set(names)),
             "images": len(names), "skipped": skipped, "people_without_images": missing}  # fmt: skip
 

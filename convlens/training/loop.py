@@ -21,6 +21,7 @@ from torch import nn
 import convlens
 from convlens.config import TrainConfig, make_config, save_config, to_dict
 from convlens.data import Dataset, load_dataset
+from convlens.data.badfiles import write_bad_files
 from convlens.data.batches import channel_stats, iterate_batches, normalize, to_device
 from convlens.errors import ConfigError, ConvlensError, TrainingError
 from convlens.models import create_model
@@ -217,7 +218,7 @@ def open_run(cfg: TrainConfig, run_dir: Path, ds: Dataset, log: Progress) -> Non
     if not cfg.resume:
         save_config(cfg, run_dir / "config.yaml")
     if ds.bad_files:
-        _write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
+        write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
         log.note(f"{len(ds.bad_files)} unreadable image(s) skipped, listed in bad_files.csv")
 
 
@@ -473,8 +474,3 @@ def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:
         raise ConfigError(f"cannot change {', '.join(changed)} when resuming {run_dir}")
     overrides = {k: v for k, v in asked.items() if k in ("device", "threads")}
     return dataclasses.replace(saved, run=str(run_dir), resume=True, **overrides)
-
-
-def _write_bad_files(path: Path, bad: list[tuple[str, str]]) -> None:
-    lines = ["path,reason"] + [f'"{p}","{r}"' for p, r in bad]
-    path.write_text("\n".join(lines) + "\n")
