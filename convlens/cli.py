@@ -298,6 +298,27 @@ def datasets() -> None:
 
 
 @cli.command()
+@click.argument("out", type=click.Path())
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--per-class", nargs=3, type=click.IntRange(min=1), metavar="TRAIN VAL TEST",
+              help="images per class in each split [default: fashion-scenes' own]")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=0),
+              help="processes rendering (0: this one) [default: a core each, up to 8]")  # fmt: skip
+@click.option("--data-dir", help="where Fashion-MNIST is looked up first")
+def scenes(
+    out: str, seed: int, per_class: tuple[int, int, int] | None, workers: int | None,
+    data_dir: str | None,
+) -> None:  # fmt: skip
+    """Write a fashion-scenes tree (Fashion-MNIST items on real photos, JPEG) to new folder OUT."""
+    from convlens.data.scenes import PER_CLASS, generate
+
+    manifest = generate(out, seed=seed, per_class=per_class or PER_CLASS, workers=workers,
+                        data_dir=data_dir)  # fmt: skip
+    counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())
+    click.echo(f"wrote {counts} images to {out}/{{train,val,test}}/<class>/")
+
+
+@cli.command()
 @click.option("--channels", default=1, show_default=True, help="input channels")
 @click.option("--image-size", default=28, show_default=True, help="input height and width")
 @click.option("--classes", default=10, show_default=True, help="number of classes")

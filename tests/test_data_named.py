@@ -115,7 +115,9 @@ def test_unknown_name_lists_the_known_ones(tmp_path):
 
 def test_list_datasets_rows():
     rows = list_datasets()
-    assert [r["name"] for r in rows] == ["fashion-mnist", "mnist", "digits", "lfw-faces"]
+    small = ["fashion-mnist", "mnist", "digits", "lfw-faces"]
+    photos = ["fashion-scenes", "fashion-scenes-mini", "imagenette-160", "imagenette-320"]
+    assert [r["name"] for r in rows] == [*small, *photos, "oxford-pets"]
     for r in rows:
         assert set(r) == {"name", "description", "found", "obtain"}
     assert rows[2]["found"].endswith("digits.csv.gz")

@@ -1,4 +1,4 @@
-"""Download over HTTP(S): stream to a temp file beside the target, check SHA-256, rename."""
+"""Download over HTTP(S): stream to a temp file beside the target, check its digest, rename."""
 
 from __future__ import annotations
 
@@ -16,15 +16,19 @@ from convlens.tempfiles import temp_beside
 
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60  # seconds without data before giving up
+DIGESTS = {"sha256": "SHA-256", "md5": "MD5"}  # MD5: all some sources publish (torchvision's)
 
 
-def download(url: str, dest: str | Path, sha256: str, *, progress: bool = True) -> Path:
-    """Fetch `url` to `dest` if its SHA-256 matches; otherwise raise and leave nothing behind."""
+def download(
+    url: str, dest: str | Path, checksum: str, *, progress: bool = True, algorithm: str = "sha256"
+) -> Path:
+    """Fetch `url` to `dest` if its `algorithm` digest is `checksum`; else raise, saving nothing."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_beside(dest, ".part")
     try:
-        digest = hashlib.sha256()
+        digest = hashlib.new(algorithm)
+        got_bytes = 0
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
@@ -33,15 +37,21 @@ def download(url: str, dest: str | Path, sha256: str, *, progress: bool = True) 
                         while chunk := response.read(CHUNK):
                             out.write(chunk)
                             digest.update(chunk)
+                            got_bytes += len(chunk)
                             advance(len(chunk))
             except (OSError, http.client.HTTPException, ValueError) as e:  # URLError is an OSError
                 raise ConvlensError(f"could not download {url}: {_reason(e)}") from None
+            if size is not None and got_bytes != size:  # the server closed the connection early
+                raise ConvlensError(
+                    f"could not download {url}: connection closed after {got_bytes} of {size} bytes"
+                )
             out.flush()
             os.fsync(out.fileno())
         got = digest.hexdigest()
-        if got != sha256.lower():
+        if got != checksum.lower():
             raise ConvlensError(
-                f"{url}: SHA-256 mismatch, expected {sha256.lower()} but got {got}; nothing saved"
+                f"{url}: {DIGESTS[algorithm]} mismatch, expected {checksum.lower()} but got {got}; "
+                "nothing saved"
             )
         os.replace(tmp, dest)
     except BaseException:

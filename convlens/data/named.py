@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from convlens.data import archives, scenes
 from convlens.data.dataset import Dataset, Split, stratified_split
 from convlens.data.download import download as fetch
 from convlens.data.idx import find_idx_folder, load_idx
@@ -26,6 +30,8 @@ SYSTEM_DIR = Path("/usr/share/datasets")  # Debian's dataset-* packages install 
 FIXED_SPLIT = ([0.15, 0.15], 0)  # (val, test) fractions and seed for small built-in sets
 LFW_NEGATIVES_PER_PHOTO = 10  # hard negatives per face-free photo added to lfw-faces' train
 LFW_RELIT_COPIES = 2  # re-lit copies of each lfw-faces train face, to balance the negatives
+SCENES_SEED = 0  # fashion-scenes' generator seed, not the run's: test sets agree across runs
+SCENES_WORKERS = min(8, os.cpu_count() or 1)  # processes that generate fashion-scenes
 
 
 @dataclass(frozen=True)
@@ -38,13 +44,17 @@ class Named:
     mirrors: tuple[str, ...] = ()  # base URLs tried in order, for IDX datasets
     sha256: tuple[str, ...] = ()  # SHA-256 of each of IDX_FILES, in that order
     bundled: tuple[str, str] | None = None  # (package, file inside it) for built-in sets
+    scenes: tuple[int, int, int] | None = None  # per class (train, val, test): generated scenes
+    archives: tuple[archives.Archive, ...] = ()  # (URL, MD5) of a photo set, as torchvision has
 
+
+_FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
+_FASHION += ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 DATASETS: dict[str, Named] = {
     "fashion-mnist": Named(
         "Zalando clothing photos, 28x28 grey, 10 classes, 60000 train + 10000 test",
-        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
-        + ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+        _FASHION,
         hflip=True,
         mirrors=(
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -89,6 +99,40 @@ DATASETS: dict[str, Named] = {
         hflip=True,
         bundled=("skimage", "data/lfw_subset.npy"),
     ),
+    "fashion-scenes": Named(
+        "Fashion-MNIST items on crops of real photos (convlens.data.scenes), JPEG, shorter side "
+        "160-480 px, aspect 0.6-1.8, 10 classes, 1000 train + 200 val + 300 test each; "
+        "generated on first use, no download",
+        sorted(scenes.folder_name(c) for c in _FASHION),
+        hflip=True,
+        scenes=scenes.PER_CLASS,
+    ),
+    "fashion-scenes-mini": Named(
+        "fashion-scenes with 20 train + 5 val + 5 test images per class, for quick checks",
+        sorted(scenes.folder_name(c) for c in _FASHION),
+        hflip=True,
+        scenes=(20, 5, 5),
+    ),
+    "imagenette-160": Named(
+        "fast.ai's Imagenette, 10 easy ImageNet classes, JPEG photos with a shorter side of "
+        "160 px, 9469 train + 3925 val",
+        sorted(archives.IMAGENETTE_CLASSES.values()),
+        hflip=True,
+        archives=(archives.IMAGENETTE_160,),
+    ),
+    "imagenette-320": Named(
+        "fast.ai's Imagenette, 10 easy ImageNet classes, JPEG photos with a shorter side of "
+        "320 px, 9469 train + 3925 val",
+        sorted(archives.IMAGENETTE_CLASSES.values()),
+        hflip=True,
+        archives=(archives.IMAGENETTE_320,),
+    ),
+    "oxford-pets": Named(
+        "Oxford-IIIT Pet, 37 cat and dog breeds, JPEG photos of mixed size, 3680 train + 3669 test",
+        [],  # the breeds are read from its annotations when it is laid out
+        hflip=True,
+        archives=archives.OXFORD_PETS,
+    ),
 }
 
 
@@ -98,6 +142,13 @@ def list_datasets(data_dir: str | None = None) -> list[dict]:
     for name, d in DATASETS.items():
         if d.bundled:
             found, obtain = _bundled_path(d.bundled), f"bundled with {d.bundled[0]}"
+        elif d.scenes or d.archives:
+            tree = _find_tree(name, d, data_dir)
+            found, place = (str(tree) if tree else None), _tree_dir(name, data_dir)
+            obtain = f"generated on first use into {place}"
+            if d.archives:
+                more = f" (+ {len(d.archives) - 1} more)" if len(d.archives) > 1 else ""
+                obtain = f"download from {d.archives[0][0]}{more} into {place}"
         else:
             folder = _find_idx_dir(name, data_dir)
             found = str(folder) if folder else None
@@ -118,6 +169,8 @@ def load_named(
     d = DATASETS[name]
     if d.bundled:
         return _LOADERS[name](name, d)
+    if d.scenes or d.archives:
+        return _load_tree(name, d, data_dir, download, seed=seed, val_fraction=val_fraction)
     folder = _find_idx_dir(name, data_dir)
     if folder is None:
         if not download:
@@ -233,3 +286,74 @@ def _lfw_faces(name: str, d: Named) -> Dataset:
 
 
 _LOADERS: dict[str, Callable[[str, Named], Dataset]] = {"digits": _digits, "lfw-faces": _lfw_faces}
+
+
+def _load_tree(
+    name: str, d: Named, data_dir: str | None, download: bool, **split_args: float
+) -> Dataset:
+    """A class-folder set, generated or downloaded once (under a lock) where none is found."""
+    from convlens.data.folder import load_folder
+
+    root = _find_tree(name, d, data_dir)
+    if root is None:
+        root = _tree_dir(name, data_dir)
+        with _locked(root):  # a second process waits, then finds the tree the first made
+            if not _tree_ready(d, root):
+                _make_tree(name, d, root, data_dir, download)
+    ds = load_folder(root, **split_args)
+    ds.name, ds.hflip = name, d.hflip
+    if d.scenes:
+        ds.notes.insert(
+            0,
+            f"generated by convlens.data.scenes v{scenes.VERSION}, seed {SCENES_SEED} (fixed, so "
+            "test sets agree across runs); test items and backgrounds are never in train",
+        )
+    return ds
+
+
+def _find_tree(name: str, d: Named, data_dir: str | None) -> Path | None:
+    return next((p for p in _search_dirs(name, data_dir) if _tree_ready(d, p)), None)
+
+
+def _tree_dir(name: str, data_dir: str | None) -> Path:
+    """Where a tree is made: data_dir/name (so sizes of a set can sit side by side) or ~/.cache."""
+    return Path(data_dir) / name if data_dir else Path.home() / ".cache" / "convlens" / name
+
+
+def _tree_ready(d: Named, root: Path) -> bool:
+    if d.scenes:
+        return scenes.matches(scenes.read_manifest(root), SCENES_SEED, d.scenes)
+    return archives.matches(root, d.archives)
+
+
+def _make_tree(name: str, d: Named, root: Path, data_dir: str | None, download: bool) -> None:
+    if d.archives and not download:
+        places = ", ".join(str(p) for p in _search_dirs(name, data_dir))
+        raise ConvlensError(
+            f"{name} not found (looked in {places}) and downloads are off; "
+            f"allow downloads to fetch {d.archives[0][0]}"
+        )
+    if d.archives:
+        archives.fetch(name, root, d.archives)
+        return
+    old = scenes.read_manifest(root)
+    if old is not None and old.get("dataset") == "fashion-scenes":
+        shutil.rmtree(root)  # another version or size of ours: made again below
+    n = sum(d.scenes) * len(d.classes)
+    print(f"{name}: generating {n} JPEGs into {root} (once)", file=sys.stderr, flush=True)
+    scenes.generate(root, seed=SCENES_SEED, per_class=d.scenes, workers=SCENES_WORKERS,
+                    download=download)  # fmt: skip
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """An exclusive flock on the folder holding `root` (no lock file to leave), for the block."""
+    import fcntl
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
