@@ -24,6 +24,7 @@ from convlens.training.checkpoint import META_KEY, atomic_write_bytes, resolve_w
 TOLERANCE = 1e-4  # largest allowed |onnx - torch| over the check images: probability, score or
 # embedding entry (unit embeddings: 1 - cosine <= TOLERANCE**2 / 2 * D)
 CHECK_IMAGES = 100  # validation images run through both
+CHECK_BYTES = 64 << 20  # at most this many uint8 pixels of them (fewer images when they are big)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -103,18 +104,34 @@ def _answers(model, task: str, images: torch.Tensor) -> np.ndarray:
 
 
 def _check_images(meta: dict, weights: Path) -> tuple[torch.Tensor, str]:
-    """Up to 100 validation images of the run's data, or seeded noise if the data is not here."""
+    """Validation images of the run's own data, else seeded random images of its input size.
+
+    The data is the one its run folder's config.yaml names (written by training, beside
+    weights/), never the weights file's "data" field: a weights file is data, not
+    instructions, so nothing is read, written or downloaded because it says so.
+    """
+    c, h, w = (meta["input"][k] for k in ("channels", "height", "width"))
+    n = max(1, min(CHECK_IMAGES, CHECK_BYTES // (c * h * w)))
+    ds = _own_data(weights)
+    if ds is not None and (ds.channels, *ds.image_size) == (c, h, w) and len(ds.val):
+        return ds.val.images[:n], f"{ds.name} validation split"
+    noise = torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(0))
+    return noise.to(torch.uint8), "seeded random"  # the CLI: "on 100 seeded random images"
+
+
+def _own_data(weights: Path):
+    """The dataset of the run folder holding `weights` (RUN/weights/*.safetensors beside
+    RUN/config.yaml), as that run split it, if it is on disk; None otherwise. Never downloads."""
+    from convlens.config import make_config
     from convlens.evaluation import load_run_data
 
-    run_dir = weights.parent.parent if weights.parent.name == "weights" else None
+    run_dir = weights.parent.parent
+    if weights.parent.name != "weights" or not (run_dir / "config.yaml").is_file():
+        return None
     try:
-        ds = load_run_data(meta.get("data"), run_dir)
-        return ds.val.images[:CHECK_IMAGES], f"{ds.name} validation split"
+        return load_run_data(make_config(run_dir / "config.yaml").data, run_dir, download=False)
     except ConvlensError:
-        shape = (CHECK_IMAGES, meta["input"]["channels"], meta["input"]["height"],
-                 meta["input"]["width"])  # fmt: skip
-        noise = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
-        return noise.to(torch.uint8), "random images (the run's data is not here)"
+        return None
 
 
 class OnnxModel:
