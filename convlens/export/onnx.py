@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from convlens.errors import ConvlensError, ModelError
+from convlens.metadata import one_line, validate_meta
 from convlens.reference.losses import softmax
 from convlens.reference.model import normalize, tta_views
 from convlens.training.checkpoint import META_KEY, atomic_write_bytes, resolve_weights
@@ -145,16 +146,38 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path}: not a loadable ONNX model ({first})") from None
+            raise ModelError(f"{path}: not a loadable ONNX model ({one_line(e)})") from None
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
             raise ModelError(f"{path}: not a convlens model (no convlens metadata)")
-        self.meta = json.loads(props[META_KEY])
+        try:
+            meta = json.loads(props[META_KEY])
+        except (json.JSONDecodeError, RecursionError):
+            raise ModelError(f"{path}: convlens metadata is not valid JSON") from None
+        self.meta = validate_meta(meta, path)
         self.task: str = self.meta.get("task", "classify")
         self.thresholds: list[float] | None = self.meta.get("thresholds")  # multilabel, per label
         self.threshold: float | None = self.meta.get("threshold")  # embed: same at cosine >= this
-        self.input = self.session.get_inputs()[0].name
+        self.input = self._check_graph()
+
+    def _check_graph(self) -> str:
+        """The graph's input name, once its input and output shapes agree with the metadata."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        size = self.meta["input"]
+        want_in = [size["channels"], size["height"], size["width"]]
+        width = (
+            self.meta.get("embedding_size") if self.task == "embed" else len(self.meta["classes"])
+        )
+        if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+            raise ModelError(f"{self.path}: the graph does not take one float (N, C, H, W) input")
+        if len(outputs) != 1 or len(outputs[0].shape) != 2:
+            raise ModelError(f"{self.path}: the graph does not give one (N, K) output")
+        for what, got, want in (("input", inputs[0].shape[1:], want_in),
+                                ("output", outputs[0].shape[1:], [width])):  # fmt: skip
+            if any(isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
+                raise ModelError(f"{self.path}: the graph's {what} is {got} per image, but the "
+                                 f"metadata says {want}")  # fmt: skip
+        return inputs[0].name
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Class probabilities (classify) or per-label sigmoid scores (multilabel), (N, K), for

@@ -14,6 +14,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from convlens.errors import ConvlensError, ModelError
+from convlens.metadata import validate_meta
 
 META_KEY = "convlens"  # the safetensors header field holding our JSON metadata
 FORMAT_VERSION = 1
@@ -87,10 +88,10 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         meta = json.loads(raw[META_KEY])
     except json.JSONDecodeError:
         raise ModelError(f"{path}: convlens metadata is not valid JSON") from None
-    for key in ("model", "classes", "input", "normalize"):
-        if key not in meta:
-            raise ModelError(f"{path}: convlens metadata lacks {key!r}")
-    return tensors, meta
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise ModelError(f"{path}: weights hold NaN or infinite values (first in {bad[0]!r})")
+    return tensors, validate_meta(meta, path)
 
 
 def resolve_weights(run: str | Path) -> Path:
@@ -120,7 +121,10 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, raw = read_safetensors(path)
     if META_KEY not in raw:
         raise ModelError(f"{path}: not a convlens training state")
-    return tensors, json.loads(raw[META_KEY])
+    try:
+        return tensors, json.loads(raw[META_KEY])
+    except json.JSONDecodeError:
+        raise ModelError(f"{path}: training state metadata is not valid JSON") from None
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
