@@ -243,7 +243,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise ModelError(f"{path}: not a convlens model (its header has no convlens metadata)")
     try:
         meta = json.loads(raw["convlens"])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
         raise ModelError(f"{path}: convlens metadata is not valid JSON") from None
     bad = [k for k, t in tensors.items() if t.dtype.kind == "f" and not np.isfinite(t).all()]
     if bad:  # as checkpoint.load_weights refuses them

@@ -74,7 +74,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         header = json.loads(data[8 : 8 + header_len])
         tensors = st_load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+    except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelError(f"{path}: not a valid safetensors file ({e})") from None
     return tensors, header.get("__metadata__") or {}
 
@@ -86,7 +86,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise ModelError(f"{path}: not a convlens model (its header has no convlens metadata)")
     try:
         meta = json.loads(raw[META_KEY])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
         raise ModelError(f"{path}: convlens metadata is not valid JSON") from None
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
     if bad:
@@ -123,7 +123,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ModelError(f"{path}: not a convlens training state")
     try:
         return tensors, json.loads(raw[META_KEY])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise ModelError(f"{path}: training state metadata is not valid JSON") from None
 
 
