@@ -117,12 +117,16 @@ class NumpyRecogniser(Recogniser):
     """A Recogniser whose model runs on the NumPy reference engine (convlens.reference)."""
 
     def _load(self, run: str | Path) -> tuple[object, dict, Path]:
+        from convlens.models.loading import check_fit
         from convlens.reference import load_model as load_numpy_model
-        from convlens.training.checkpoint import resolve_weights
+        from convlens.training.checkpoint import load_weights, resolve_weights
 
         if self.device.type != "cpu":
             raise ConvlensError(f"the numpy engine runs on the CPU, not on {self.device}")
         weights = resolve_weights(run)
+        # The engines share names and shapes: checked on torch's meta device first, no NumPy
+        # model larger than the file is ever built.
+        check_fit(*load_weights(weights), weights)
         model, meta = load_numpy_model(weights)
         return model, meta, weights
 

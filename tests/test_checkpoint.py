@@ -11,7 +11,8 @@ from convlens.training import checkpoint as ckpt
 
 def test_weights_round_trip_with_metadata(tmp_path):
     sd = {"conv.weight": torch.randn(4, 1, 3, 3), "fc.bias": torch.zeros(10)}
-    meta = {"model": {"name": "x", "args": {}}, "classes": ["a", "b"], "input": {},
+    meta = {"model": {"name": "x", "args": {}}, "classes": ["a", "b"],
+            "input": {"channels": 1, "height": 3, "width": 3},
             "normalize": {"mean": [0.5], "std": [0.25]}}  # fmt: skip
     ckpt.save_weights(tmp_path / "w.safetensors", sd, meta)
     tensors, got = ckpt.load_weights(tmp_path / "w.safetensors")

@@ -163,7 +163,7 @@ def test_embed_run_exports_unit_embeddings_and_its_threshold(tmp_path):
 def test_anomaly_runs_are_refused_by_name_with_the_reason(tmp_path):
     weights = _weights(tmp_path, "lenet5")
     tensors, meta = load_weights(weights)
-    save_weights(weights, tensors, {**meta, "task": "anomaly"})
+    save_weights(weights, tensors, {**meta, "task": "anomaly", "method": "geom", "normal": ["0"]})
     out = convlens("export", weights, "--format", "onnx")
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1
     assert "anomaly runs do not export to ONNX" in out.stderr and "Mahalanobis" in out.stderr

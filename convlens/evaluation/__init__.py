@@ -81,7 +81,7 @@ def _probs(model, meta: dict, images, device: str):
     )
 
 
-def load_run_data(spec: str | None, run_dir: Path | None) -> Dataset:
+def load_run_data(spec: str | None, run_dir: Path | None, download: bool = True) -> Dataset:
     """The dataset `spec`, split as the run in `run_dir` split it (its seed and val share)."""
     if not spec:
         raise ConvlensError("this model does not record its data: pass --data")
@@ -93,6 +93,7 @@ def load_run_data(spec: str | None, run_dir: Path | None) -> Dataset:
         seed=cfg.seed,
         val_fraction=cfg.val_fraction,
         image_size=cfg.image_size,
+        download=download,
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from convlens.errors import ConvlensError, ModelError
+from convlens.metadata import one_line, validate_meta
 from convlens.reference.losses import softmax
 from convlens.reference.model import normalize, tta_views
 from convlens.training.checkpoint import META_KEY, atomic_write_bytes, resolve_weights
@@ -24,6 +25,7 @@ from convlens.training.checkpoint import META_KEY, atomic_write_bytes, resolve_w
 TOLERANCE = 1e-4  # largest allowed |onnx - torch| over the check images: probability, score or
 # embedding entry (unit embeddings: 1 - cosine <= TOLERANCE**2 / 2 * D)
 CHECK_IMAGES = 100  # validation images run through both
+CHECK_BYTES = 64 << 20  # at most this many uint8 pixels of them (fewer images when they are big)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -103,18 +105,34 @@ def _answers(model, task: str, images: torch.Tensor) -> np.ndarray:
 
 
 def _check_images(meta: dict, weights: Path) -> tuple[torch.Tensor, str]:
-    """Up to 100 validation images of the run's data, or seeded noise if the data is not here."""
+    """Validation images of the run's own data, else seeded random images of its input size.
+
+    The data is the one its run folder's config.yaml names (written by training, beside
+    weights/), never the weights file's "data" field: a weights file is data, not
+    instructions, so nothing is read, written or downloaded because it says so.
+    """
+    c, h, w = (meta["input"][k] for k in ("channels", "height", "width"))
+    n = max(1, min(CHECK_IMAGES, CHECK_BYTES // (c * h * w)))
+    ds = _own_data(weights)
+    if ds is not None and (ds.channels, *ds.image_size) == (c, h, w) and len(ds.val):
+        return ds.val.images[:n], f"{ds.name} validation split"
+    noise = torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(0))
+    return noise.to(torch.uint8), "seeded random"  # the CLI: "on 100 seeded random images"
+
+
+def _own_data(weights: Path):
+    """The dataset of the run folder holding `weights` (RUN/weights/*.safetensors beside
+    RUN/config.yaml), as that run split it, if it is on disk; None otherwise. Never downloads."""
+    from convlens.config import make_config
     from convlens.evaluation import load_run_data
 
-    run_dir = weights.parent.parent if weights.parent.name == "weights" else None
+    run_dir = weights.parent.parent
+    if weights.parent.name != "weights" or not (run_dir / "config.yaml").is_file():
+        return None
     try:
-        ds = load_run_data(meta.get("data"), run_dir)
-        return ds.val.images[:CHECK_IMAGES], f"{ds.name} validation split"
+        return load_run_data(make_config(run_dir / "config.yaml").data, run_dir, download=False)
     except ConvlensError:
-        shape = (CHECK_IMAGES, meta["input"]["channels"], meta["input"]["height"],
-                 meta["input"]["width"])  # fmt: skip
-        noise = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
-        return noise.to(torch.uint8), "random images (the run's data is not here)"
+        return None
 
 
 class OnnxModel:
@@ -128,16 +146,38 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path}: not a loadable ONNX model ({first})") from None
+            raise ModelError(f"{path}: not a loadable ONNX model ({one_line(e)})") from None
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
             raise ModelError(f"{path}: not a convlens model (no convlens metadata)")
-        self.meta = json.loads(props[META_KEY])
+        try:
+            meta = json.loads(props[META_KEY])
+        except (json.JSONDecodeError, RecursionError):
+            raise ModelError(f"{path}: convlens metadata is not valid JSON") from None
+        self.meta = validate_meta(meta, path)
         self.task: str = self.meta.get("task", "classify")
         self.thresholds: list[float] | None = self.meta.get("thresholds")  # multilabel, per label
         self.threshold: float | None = self.meta.get("threshold")  # embed: same at cosine >= this
-        self.input = self.session.get_inputs()[0].name
+        self.input = self._check_graph()
+
+    def _check_graph(self) -> str:
+        """The graph's input name, once its input and output shapes agree with the metadata."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        size = self.meta["input"]
+        want_in = [size["channels"], size["height"], size["width"]]
+        width = (
+            self.meta.get("embedding_size") if self.task == "embed" else len(self.meta["classes"])
+        )
+        if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+            raise ModelError(f"{self.path}: the graph does not take one float (N, C, H, W) input")
+        if len(outputs) != 1 or len(outputs[0].shape) != 2:
+            raise ModelError(f"{self.path}: the graph does not give one (N, K) output")
+        for what, got, want in (("input", inputs[0].shape[1:], want_in),
+                                ("output", outputs[0].shape[1:], [width])):  # fmt: skip
+            if any(isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
+                raise ModelError(f"{self.path}: the graph's {what} is {got} per image, but the "
+                                 f"metadata says {want}")  # fmt: skip
+        return inputs[0].name
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Class probabilities (classify) or per-label sigmoid scores (multilabel), (N, K), for

@@ -8,6 +8,7 @@ hash: embeddings from another model live in another space, so such a gallery is 
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,11 @@ from convlens.data.names import class_name
 from convlens.errors import ConvlensError
 from convlens.faces.metrics import identity_scores
 from convlens.faces.recogniser import FaceRecogniser
+from convlens.metadata import one_line
 from convlens.training.checkpoint import atomic_write_bytes
 
 UNKNOWN = "unknown"
+MAX_GALLERY_BYTES = 256 << 20  # unpacked arrays: half a million 128-d float32 embeddings
 
 
 def enroll(rec: FaceRecogniser, gallery_dir: str | Path, out: str | Path) -> dict:
@@ -60,21 +63,56 @@ def enroll(rec: FaceRecogniser, gallery_dir: str | Path, out: str | Path) -> dic
 
 def load_gallery(path: str | Path, rec: FaceRecogniser) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, D), names (N,)) of a gallery made with this very model, else an error."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ConvlensError(f"{path}: not a gallery .npz ({e})") from None
+    arrays = _read_gallery(Path(path))
     need = {"embeddings", "names", "model"}
     if not need <= set(arrays):
-        raise ConvlensError(f"{path}: not a gallery .npz (lacks {', '.join(need - set(arrays))})")
-    made_with = str(arrays["model"])
-    if made_with != rec.model_id:
         raise ConvlensError(
-            f"{path} was enrolled with model {made_with}, not with {rec.model_id} "
+            f"{path}: not a gallery .npz (lacks {', '.join(sorted(need - set(arrays)))})"
+        )
+    made_with = arrays["model"]
+    if made_with.ndim != 0 or made_with.dtype.kind != "U":
+        raise ConvlensError(
+            f"{path}: gallery 'model' must be one string, not {made_with.dtype} {made_with.shape}"
+        )
+    if str(made_with) != rec.model_id:
+        raise ConvlensError(
+            f"{path} was enrolled with model {_short(str(made_with))}, not with {rec.model_id} "
             f"({rec.weights}): enroll the gallery again with this model"
         )
-    return arrays["embeddings"], arrays["names"]
+    emb, names, d = arrays["embeddings"], arrays["names"], rec.meta["embedding_size"]
+    if emb.ndim != 2 or emb.dtype.kind != "f" or emb.shape[0] < 1 or emb.shape[1] != d:
+        raise ConvlensError(f"{path}: gallery embeddings are {emb.dtype} {emb.shape}, not "
+                            f"(N, {d}) floats of this model")  # fmt: skip
+    if not np.isfinite(emb).all():
+        raise ConvlensError(f"{path}: gallery embeddings hold NaN or infinite values")
+    if names.ndim != 1 or names.dtype.kind != "U" or len(names) != len(emb):
+        raise ConvlensError(f"{path}: gallery names are {names.dtype} {names.shape}, not "
+                            f"{len(emb)} strings (one per embedding)")  # fmt: skip
+    return emb.astype(np.float32), names
+
+
+def _read_gallery(path: Path) -> dict[str, np.ndarray]:
+    """A gallery .npz's arrays: a regular file, at most MAX_GALLERY_BYTES unpacked, no pickle."""
+    from convlens.data.npz import read_npz
+
+    if not path.is_file():  # a FIFO would block, /dev/zero never end
+        what = "not a regular file" if path.exists() else "no such gallery file"
+        raise ConvlensError(f"{path}: {what}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except Exception as e:  # untrusted bytes: zipfile raises many kinds
+        raise ConvlensError(
+            f"{path}: not a gallery .npz, which enroll writes ({one_line(e)})"
+        ) from None
+    if unpacked > MAX_GALLERY_BYTES:
+        raise ConvlensError(f"{path}: gallery unpacks to {unpacked} bytes, over the "
+                            f"{MAX_GALLERY_BYTES} allowed")  # fmt: skip
+    return read_npz(path)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def identify(rec: FaceRecogniser, gallery: str | Path, image: str, top_k: int = 5) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from convlens.errors import ModelError
+from convlens.metadata import one_line, validate_meta
 from convlens.reference.layers import (
     Conv2d,
     Dropout,
@@ -242,12 +243,12 @@ def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise ModelError(f"{path}: not a convlens model (its header has no convlens metadata)")
     try:
         meta = json.loads(raw["convlens"])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
         raise ModelError(f"{path}: convlens metadata is not valid JSON") from None
-    for key in ("model", "classes", "input", "normalize"):  # as checkpoint.load_weights asks
-        if key not in meta:
-            raise ModelError(f"{path}: convlens metadata lacks {key!r}")
-    return tensors, meta
+    bad = [k for k, t in tensors.items() if t.dtype.kind == "f" and not np.isfinite(t).all()]
+    if bad:  # as checkpoint.load_weights refuses them
+        raise ModelError(f"{path}: weights hold NaN or infinite values (first in {bad[0]!r})")
+    return tensors, validate_meta(meta, path)
 
 
 def load_model(path: str | Path, dtype=np.float32) -> tuple[Sequential, dict]:
@@ -255,14 +256,20 @@ def load_model(path: str | Path, dtype=np.float32) -> tuple[Sequential, dict]:
     tensors, meta = load_weights(path)
     size, spec = meta["input"], meta["model"]
     args = {k: v for k, v in spec.get("args", {}).items() if k != "pretrained"}
-    model = build_model(
-        spec["name"],
-        in_channels=size["channels"],
-        num_classes=len(meta["classes"]),
-        image_size=(size["height"], size["width"]),
-        dtype=dtype,
-        **args,
-    )
+    try:
+        model = build_model(
+            spec["name"],
+            in_channels=size["channels"],
+            num_classes=len(meta["classes"]),
+            image_size=(size["height"], size["width"]),
+            dtype=dtype,
+            **args,
+        )
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
+    except Exception as e:  # the args come from the file: whatever the model refuses them with
+        raise ModelError(f"{path}: metadata field 'model.args' does not fit model "
+                         f"{spec['name']!r} ({one_line(e)})") from None  # fmt: skip
     try:
         model.load_state_dict(tensors)
     except ModelError as e:

@@ -13,6 +13,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from convlens.errors import ConvlensError, ModelError
+from convlens.metadata import validate_meta
 from convlens.tempfiles import temp_beside
 
 META_KEY = "convlens"  # the safetensors header field holding our JSON metadata
@@ -73,7 +74,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         header = json.loads(data[8 : 8 + header_len])
         tensors = st_load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+    except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelError(f"{path}: not a valid safetensors file ({e})") from None
     return tensors, header.get("__metadata__") or {}
 
@@ -85,12 +86,12 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise ModelError(f"{path}: not a convlens model (its header has no convlens metadata)")
     try:
         meta = json.loads(raw[META_KEY])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
         raise ModelError(f"{path}: convlens metadata is not valid JSON") from None
-    for key in ("model", "classes", "input", "normalize"):
-        if key not in meta:
-            raise ModelError(f"{path}: convlens metadata lacks {key!r}")
-    return tensors, meta
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise ModelError(f"{path}: weights hold NaN or infinite values (first in {bad[0]!r})")
+    return tensors, validate_meta(meta, path)
 
 
 def resolve_weights(run: str | Path) -> Path:
@@ -120,7 +121,10 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, raw = read_safetensors(path)
     if META_KEY not in raw:
         raise ModelError(f"{path}: not a convlens training state")
-    return tensors, json.loads(raw[META_KEY])
+    try:
+        return tensors, json.loads(raw[META_KEY])
+    except (json.JSONDecodeError, RecursionError):
+        raise ModelError(f"{path}: training state metadata is not valid JSON") from None
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -455,12 +455,19 @@ def _save_state(path: Path, state: dict, model: nn.Module, opt, ema: Lookahead |
 def _load_state(path: Path, model: nn.Module, opt, ema: Lookahead | None) -> dict:
     if not path.is_file():
         raise ConvlensError(f"{path}: no saved state; the run stopped before its first epoch ended")
+    from convlens.metadata import one_line
+
     tensors, info = ckpt.load_state(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema:
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    opt.load_state_dict(ckpt.unflatten_optimizer(tensors, info.pop("optimizer")))
-    torch.set_rng_state(tensors["rng.torch"])
+    try:  # a state saved by another model or another convlens, or a crafted one
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema:
+            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        opt.load_state_dict(ckpt.unflatten_optimizer(tensors, info.pop("optimizer")))
+        torch.set_rng_state(tensors["rng.torch"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ConvlensError(
+            f"{path}: this state does not fit the run's model ({one_line(e)})"
+        ) from None
     return info
 
 

@@ -1,0 +1,151 @@
+"""The convlens metadata of a weights or ONNX file, checked once, field by field, with limits.
+
+Every loader (torch, the NumPy reference engine, onnxruntime) passes the header through
+`validate_meta` before building anything from it, so a crafted file gives one line naming the
+file and the field, never a traceback or a huge allocation. No torch here: the reference engine
+uses it too.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from convlens.errors import ModelError
+
+MAX_CLASSES = 100_000  # class names, outputs and identities (ImageNet-21k has 21,841)
+MAX_CHANNELS = 4  # grey, RGB, RGBA
+MAX_SIDE = 8192  # pixels per side of the model input
+MAX_PIXELS = 4096 * 4096  # height x width: a (4, 4096, 4096) uint8 input is 64 MiB per image
+MAX_EMBEDDING = 8192  # an embed run's embedding length
+TASKS = ("classify", "multilabel", "anomaly", "embed")  # convlens.training.tasks.TASKS (torch)
+TTA_MODES = ("none", "flip", "flip-shift")  # convlens.models.infer.TTA_MODES (torch)
+ANOMALY_METHODS = ("mahalanobis", "geom")
+
+
+def validate_meta(meta: Any, source: str | Path) -> dict:
+    """`meta` itself once every field a loader reads has its type and lies within its limits.
+
+    Checks, in order: a JSON object; task; model (name, args); input (channels, height, width,
+    area); classes (1..MAX_CLASSES unique strings); outputs (as many as classes where each output
+    is a class); normalize (finite means, finite stds > 0, one or one per channel); tta; versions;
+    data; the task's own fields (embed: identities, embedding_size, threshold, scale; anomaly:
+    method, normal, calibration); a multilabel export's per-label thresholds.
+    """
+    check = _Checker(source)
+    check.kind(meta, dict, "", "a JSON object")
+    task = meta.get("task", "classify")
+    check.choice(task, TASKS, "task")
+    model = check.kind(meta.get("model"), dict, "model", "an object with a name")
+    check.kind(model.get("name"), str, "model.name", "a model name")
+    if not model["name"]:
+        check.fail("model.name", "is empty")
+    check.kind(model.get("args", {}), dict, "model.args", "an object of keyword arguments")
+
+    size = check.kind(meta.get("input"), dict, "input", "an object")
+    c = check.integer(size.get("channels"), 1, MAX_CHANNELS, "input.channels")
+    h = check.integer(size.get("height"), 1, MAX_SIDE, "input.height")
+    w = check.integer(size.get("width"), 1, MAX_SIDE, "input.width")
+    if h * w > MAX_PIXELS:
+        check.fail("input", f"declares {h}x{w} pixels, more than {MAX_PIXELS} per image")
+
+    classes = check.kind(meta.get("classes"), list, "classes", "a list of class names")
+    if not 1 <= len(classes) <= MAX_CLASSES:
+        check.fail("classes", f"holds {len(classes)} names, not 1 to {MAX_CLASSES}")
+    if not all(isinstance(name, str) for name in classes):
+        check.fail("classes", "must hold only strings")
+    if len(set(classes)) != len(classes):
+        check.fail("classes", "repeats a name")
+    outputs = meta.get("outputs")
+    if outputs is not None:
+        check.integer(outputs, 1, MAX_CLASSES, "outputs")
+        if task in ("classify", "multilabel") and outputs != len(classes):
+            check.fail("outputs", f"is {outputs}, but 'classes' holds {len(classes)} names")
+
+    norm = check.kind(meta.get("normalize"), dict, "normalize", "an object with mean and std")
+    for key in ("mean", "std"):
+        values = check.kind(norm.get(key), list, f"normalize.{key}", "a list of numbers")
+        if len(values) not in (1, c):
+            check.fail(f"normalize.{key}", f"holds {len(values)} values for {c} channels")
+        for v in values:
+            check.number(v, f"normalize.{key}", positive=key == "std")
+    check.choice(meta.get("tta", "none"), TTA_MODES, "tta")
+    versions = check.kind(meta.get("versions", {}), dict, "versions", "an object")
+    if not all(isinstance(v, str) for v in versions.values()):
+        check.fail("versions", "must map names to version strings")
+    if meta.get("data") is not None:
+        check.kind(meta["data"], str, "data", "a dataset name or path")
+
+    if task == "embed":
+        n = check.integer(meta.get("identities"), 1, MAX_CLASSES, "identities")
+        if n != len(classes):
+            check.fail("identities", f"is {n}, but 'classes' holds {len(classes)} names")
+        d = check.integer(meta.get("embedding_size"), 1, MAX_EMBEDDING, "embedding_size")
+        if outputs is not None and outputs != d:
+            check.fail("outputs", f"is {outputs}, but 'embedding_size' is {d}")
+        check.number(meta.get("scale"), "scale", positive=True)
+        check.number(meta.get("threshold"), "threshold")
+    if task == "anomaly":
+        check.choice(meta.get("method"), ANOMALY_METHODS, "method")
+        normal = check.kind(meta.get("normal"), list, "normal", "a list of class names")
+        if not normal or not all(isinstance(n, str) and n in classes for n in normal):
+            check.fail("normal", "must name one or more of the classes")
+        if "calibration" in meta:
+            cal = check.kind(meta["calibration"], dict, "calibration", "an object")
+            check.number(cal.get("threshold"), "calibration.threshold")
+            check.number(cal.get("spread"), "calibration.spread", positive=True)
+    if "thresholds" in meta:  # a multilabel export's per-label decisions
+        values = check.kind(meta["thresholds"], list, "thresholds", "a list of numbers")
+        if len(values) != len(classes):
+            check.fail("thresholds", f"holds {len(values)} values for {len(classes)} labels")
+        for v in values:
+            check.number(v, "thresholds")
+    return meta
+
+
+class _Checker:
+    """Type and range checks whose errors name the file and the field."""
+
+    def __init__(self, source: str | Path) -> None:
+        self.source = source
+
+    def fail(self, field: str, problem: str) -> None:
+        where = f"metadata field {field!r}" if field else "convlens metadata"
+        raise ModelError(f"{self.source}: {where} {problem}")
+
+    def kind(self, value: Any, tp: type, field: str, what: str) -> Any:
+        if not isinstance(value, tp):
+            self.fail(field, f"must be {what}, not {_show(value)}")
+        return value
+
+    def integer(self, value: Any, lo: int, hi: int, field: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            self.fail(field, f"must be an integer from {lo} to {hi}, not {_show(value)}")
+        return value
+
+    def number(self, value: Any, field: str, positive: bool = False) -> float:
+        x = math.nan
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            x = float(value) if abs(value) < 1e300 else math.inf  # float(10**400) overflows
+        if not math.isfinite(x) or (positive and x <= 0):
+            what = "a finite number > 0" if positive else "a finite number"
+            self.fail(field, f"must be {what}, not {_show(value)}")
+        return x
+
+    def choice(self, value: Any, choices: tuple[str, ...], field: str) -> str:
+        if value not in choices:
+            self.fail(field, f"must be one of {', '.join(choices)}, not {_show(value)}")
+        return value
+
+
+def _show(value: Any) -> str:
+    """A short repr for an error line (a crafted value can be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: first line of the message` of an exception raised on a file's behalf."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0].strip()[:200]}" if lines else type(e).__name__
