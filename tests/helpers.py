@@ -75,3 +75,32 @@ def start_server(
             time.sleep(0.1)
     proc.kill()
     raise AssertionError("the server did not start")
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def reset_peak_rss() -> float:
+    """Reset this process's peak resident set (Linux clear_refs 5); its current size, MB.
+
+    ru_maxrss is no use here: it never goes down, and a child started by fork inherits the
+    parent's peak across exec, so a test worker's 1 GB would hide a child's growth."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS") / 1024
+
+
+def peak_rss_mb() -> float:
+    """The peak resident set since the last reset_peak_rss (or since exec), MB."""
+    return _status_kb("VmHWM") / 1024
+
+
+PEAK_RSS_CODE = (  # the same two functions for scripts run in a child interpreter
+    "def reset_peak_rss():\n"
+    "    open('/proc/self/clear_refs', 'w').write('5')\n"
+    "def peak_rss_mb():\n"
+    "    return next(int(l.split()[1]) for l in open('/proc/self/status')\n"
+    "                if l.startswith('VmHWM:')) / 1024\n"
+)

@@ -35,7 +35,7 @@ from convlens.data.files import read_regular
 from convlens.data.idx import write_idx
 from convlens.data.images import decode_image, to_tensor
 from convlens.errors import DatasetFormatError
-from tests.helpers import convlens
+from tests.helpers import PEAK_RSS_CODE, convlens
 
 pytestmark = pytest.mark.xdist_group("data-hardening")
 QUICK = ["--epochs", 1, "--model", "mlp", "--batch-size", 64, "--threads", 1]
@@ -156,25 +156,28 @@ def deflated_dicom(rows: int, cols: int, pixels: bytes | None = None, bomb: int 
     return b"".join([*out, z.flush()])
 
 
-PEAK = """
-import json, resource, sys
+PEAK = (
+    PEAK_RSS_CODE
+    + """
+import json, sys
 from convlens.data.images import decode_image
 from convlens.errors import ConvlensError
 warm, bombs = sys.argv[1:3], sys.argv[3:]
 for path in warm:  # pydicom and its decoders imported before anything is measured
     decode_image(path)
 out = []
-for path in bombs:  # the peak only rises: each bomb is measured against the highest so far
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for path in bombs:  # each bomb's peak over the resident set before it
+    reset_peak_rss()
+    before = peak_rss_mb()  # the resident set now
     try:
         decode_image(path)
         error = None
     except ConvlensError as e:
         error = str(e)
-    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    out.append({"error": error, "grew_mb": grew / 1024})
+    out.append({"error": error, "grew_mb": peak_rss_mb() - before})
 print(json.dumps(out))
 """
+)
 
 
 def test_dicom_bombs_are_refused_before_memory_grows(tmp_path):

@@ -13,7 +13,6 @@ import io
 import math
 import os
 import re
-import resource
 import struct
 import uuid
 import zipfile
@@ -41,6 +40,7 @@ from convlens.data.images import decode_image, to_tensor
 from convlens.data.labelcsv import load_label_csv
 from convlens.data.npz import load_npz
 from convlens.errors import ConvlensError
+from tests.helpers import peak_rss_mb, reset_peak_rss
 from tests.test_data_hardening import _dicom, _save, deflated_dicom, rle_dicom
 
 pytestmark = pytest.mark.filterwarnings(  # pydicom and numpy warn about what they read
@@ -60,16 +60,12 @@ INTERESTING = [0, 1, 2, 3, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x7F
                0x80000000, 0xFFFFFFFF]  # fmt: skip
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 @pytest.fixture(autouse=True)
 def bounded_memory(request):
     """Fail a test whose examples raised the peak memory by MEMORY_MB or more."""
-    start = _peak_mb()
+    start = reset_peak_rss()
     yield
-    grew = _peak_mb() - start
+    grew = peak_rss_mb() - start
     GROWTH[request.node.name] = grew
     assert grew < MEMORY_MB
 

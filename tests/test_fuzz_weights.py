@@ -7,7 +7,6 @@ peak memory bounded. CONVLENS_FUZZ_EXAMPLES sets the examples per category (defa
 
 import json
 import os
-import resource
 import struct
 from collections import Counter
 
@@ -21,6 +20,7 @@ from safetensors.torch import save
 import convlens
 from convlens.errors import ConvlensError
 from convlens.models import create_model
+from tests.helpers import peak_rss_mb, reset_peak_rss
 
 pytestmark = pytest.mark.xdist_group("fuzz-weights")
 
@@ -173,9 +173,9 @@ def report():
 @pytest.fixture
 def memory_bound(request):
     """The process's peak RSS may grow by at most MEMORY_MB over the test."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = reset_peak_rss()
     yield
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grown = peak_rss_mb() - before
     OUTCOMES[request.node.name, "MB peak growth"] = round(grown)
     assert grown < MEMORY_MB, f"peak memory grew by {grown:.0f} MB"
 
