@@ -132,6 +132,17 @@ def test_serve_start_up_reads_no_folder_the_weights_name(tmp_path):
     assert not (victim / ".convlens-cache").exists()
 
 
+def test_evaluate_and_explain_read_no_folder_a_loose_weights_file_names(tmp_path):
+    victim = image_folder(tmp_path / "victim")
+    before = snapshot(victim)
+    w = weights(tmp_path / "loose.safetensors", {"data": str(victim)})
+    for command in ("evaluate", "explain"):
+        result = cli(command, w)
+        assert result.returncode == 1
+        assert result.stderr.strip().endswith("a weights file outside its run folder: pass --data")
+    assert snapshot(victim) == before and not (victim / ".convlens-cache").exists()
+
+
 # --- Low 1: crafted metadata is one line naming the file and the field -----------------------
 
 CRAFTED = {

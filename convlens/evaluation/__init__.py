@@ -36,7 +36,7 @@ def evaluate_run(
     model = model.to(device)
     run_dir = weights.parent.parent if weights.parent.name == "weights" else None
     if dataset is None:
-        dataset = load_run_data(data or meta.get("data"), run_dir)
+        dataset = load_run_data(data, run_dir)
     if split == "test" and dataset.test is None:
         split = "val"  # the source has no test split; say which split was used in the result
     task = meta.get("task", "classify")
@@ -81,12 +81,17 @@ def _probs(model, meta: dict, images, device: str):
     )
 
 
-def load_run_data(spec: str | None, run_dir: Path | None, download: bool = True) -> Dataset:
-    """The dataset `spec`, split as the run in `run_dir` split it (its seed and val share)."""
+def load_run_data(data: str | None, run_dir: Path | None, download: bool = True) -> Dataset:
+    """`data` (or, by default, the dataset the run in `run_dir` trained on), split as that run
+    split it (its seed and val share).
+
+    The default comes from the run folder's own config.yaml, never from the weights header: a
+    weights file is data, and must not choose what is read, written or downloaded."""
+    config = run_dir / "config.yaml" if run_dir else None
+    cfg = make_config(config) if config and config.is_file() else make_config()
+    spec = data or (cfg.data if config and config.is_file() else None)
     if not spec:
-        raise ConvlensError("this model does not record its data: pass --data")
-    cfg = make_config(run_dir / "config.yaml") if run_dir and (run_dir / "config.yaml").is_file() \
-        else make_config()  # fmt: skip
+        raise ConvlensError("a weights file outside its run folder: pass --data")
     return load_dataset(
         spec,
         data_dir=cfg.data_dir,

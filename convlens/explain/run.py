@@ -164,7 +164,7 @@ def baseline_for(rec, ds, home: Path, baseline=None, data: str | None = None):
 
     trained = baseline is None
     if trained:
-        data = data or rec.meta.get("data") or ds.name
+        data = data or ds.name
         baseline = train_baseline(home, data, home / "config.yaml")
     base = Recogniser(baseline)
     if base.classes != rec.classes or (base.channels, base.size) != (rec.channels, rec.size):
@@ -195,7 +195,7 @@ def load_data(rec, data: str | None, home: Path):
     from convlens.evaluation import check_compatible, load_run_data
 
     run_dir = home if (home / "config.yaml").is_file() else None
-    ds = load_run_data(data or rec.meta.get("data"), run_dir)
+    ds = load_run_data(data, run_dir)
     check_compatible(rec.meta, ds, rec.weights)
     return ds
 

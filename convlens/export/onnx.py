@@ -123,14 +123,13 @@ def _check_images(meta: dict, weights: Path) -> tuple[torch.Tensor, str]:
 def _own_data(weights: Path):
     """The dataset of the run folder holding `weights` (RUN/weights/*.safetensors beside
     RUN/config.yaml), as that run split it, if it is on disk; None otherwise. Never downloads."""
-    from convlens.config import make_config
     from convlens.evaluation import load_run_data
 
     run_dir = weights.parent.parent
     if weights.parent.name != "weights" or not (run_dir / "config.yaml").is_file():
         return None
     try:
-        return load_run_data(make_config(run_dir / "config.yaml").data, run_dir, download=False)
+        return load_run_data(None, run_dir, download=False)
     except ConvlensError:
         return None
 
