@@ -104,6 +104,27 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
     return meta
 
 
+def validate_operating_point(point: Any, classes: list[str], source: str | Path) -> dict:
+    """A two-class run's saved operating point (threshold.json): its positive class and a
+    finite threshold."""
+    check = _Checker(source)
+    check.kind(point, dict, "", "a JSON object")
+    check.choice(point.get("positive_class"), tuple(classes), "positive_class")
+    check.number(point.get("threshold"), "threshold")
+    return point
+
+
+def validate_label_thresholds(saved: Any, classes: list[str], source: str | Path) -> list[float]:
+    """A multi-label run's saved per-label thresholds (thresholds.json): one finite number per
+    label."""
+    check = _Checker(source)
+    check.kind(saved, dict, "", "a JSON object")
+    values = check.kind(saved.get("thresholds"), list, "thresholds", "a list of numbers")
+    if len(values) != len(classes):
+        check.fail("thresholds", f"holds {len(values)} values for {len(classes)} labels")
+    return [check.number(v, "thresholds") for v in values]
+
+
 class _Checker:
     """Type and range checks whose errors name the file and the field."""
 

@@ -36,7 +36,7 @@ class Recogniser:
             return None
         from convlens.medical.evaluate import read_threshold
 
-        return read_threshold(self.weights)
+        return read_threshold(self.weights, self.classes)
 
     def _load(self, run: str | Path) -> tuple[torch.nn.Module, dict, Path]:
         model, meta, weights = load_model(run)

@@ -143,6 +143,33 @@ def test_evaluate_and_explain_read_no_folder_a_loose_weights_file_names(tmp_path
     assert snapshot(victim) == before and not (victim / ".convlens-cache").exists()
 
 
+SIDE_FILES = {  # (meta, side file, contents, the one-line error's end)
+    "threshold-not-json": ({"classes": ["a", "b"]}, "threshold.json", "{", "not valid JSON"),
+    "threshold-no-class": ({"classes": ["a", "b"]}, "threshold.json", '{"threshold": 0.5}',
+                           "'positive_class' must be one of a, b, not None"),
+    "threshold-string": ({"classes": ["a", "b"]}, "threshold.json",
+                         '{"positive_class": "b", "threshold": "x"}', "'threshold' must be"),
+    "thresholds-short": ({"task": "multilabel"}, "thresholds.json", '{"thresholds": [0.5]}',
+                         "'thresholds' holds 1 values for 3 labels"),
+    "thresholds-list": ({"task": "multilabel"}, "thresholds.json", "[1, 2, 3]",
+                        "must be a JSON object"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SIDE_FILES)
+def test_crafted_decision_files_beside_the_weights_are_one_line(tmp_path, case):
+    meta, name, text, message = SIDE_FILES[case]
+    w = weights(tmp_path / "weights" / "best.safetensors", meta, classes=len(meta.get("classes",
+                "abc")))  # fmt: skip
+    (w.parent / name).write_text(text)
+    image = image_folder(tmp_path / "images", classes=("x",), n=1) / "x" / "0.png"
+    result = cli("predict", tmp_path, image)
+    assert result.returncode == 1, result.stdout
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith(f"convlens: error: {w.parent / name}: ")
+    assert line.endswith(message) or message in line
+
+
 # --- Low 1: crafted metadata is one line naming the file and the field -----------------------
 
 CRAFTED = {

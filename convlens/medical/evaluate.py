@@ -11,6 +11,7 @@ import torch
 from convlens.data import Split
 from convlens.errors import ConfigError, ConvlensError
 from convlens.medical.metrics import curves, detection_block, positive_index
+from convlens.metadata import validate_operating_point
 
 THRESHOLD_FILE = "threshold.json"  # beside the weights: what predict needs to flag a case
 
@@ -68,14 +69,21 @@ def save_threshold(folder: Path, block: dict) -> Path:
     return out
 
 
-def read_threshold(weights: Path) -> dict | None:
-    """The operating point saved beside `weights`, or None when the run has none."""
+def read_threshold(weights: Path, classes: list[str]) -> dict | None:
+    """The operating point saved beside `weights`, checked, or None when the run has none."""
     path = Path(weights).parent / THRESHOLD_FILE
     if not path.is_file():
         return None
+    return validate_operating_point(read_json(path), classes, path)
+
+
+def read_json(path: Path) -> object:
+    """A small JSON side file of a run (regular files only), or one line saying why not."""
+    from convlens.data.files import read_regular
+
     try:
-        return json.loads(path.read_text())
-    except ValueError:
+        return json.loads(read_regular(path, limit=1 << 24))
+    except (ValueError, RecursionError):
         raise ConvlensError(f"{path}: not valid JSON") from None
 
 

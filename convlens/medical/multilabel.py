@@ -19,7 +19,9 @@ from torch import nn
 
 from convlens.data import Dataset, Split
 from convlens.errors import ConfigError, ConvlensError
+from convlens.medical.evaluate import read_json
 from convlens.medical.metrics import choose_threshold
+from convlens.metadata import validate_label_thresholds
 from convlens.models.infer import map_batches, tta_views
 from convlens.predict import Recogniser
 from convlens.training.tasks import Classify
@@ -218,8 +220,11 @@ class MultilabelRecogniser(Recogniser):
     def __init__(self, run: str | Path, device: str = "cpu") -> None:
         super().__init__(run, device=device)
         path = self.weights.parent / THRESHOLDS_FILE
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        self.thresholds = saved["thresholds"] if saved else [0.5] * len(self.classes)
+        self.thresholds = (
+            validate_label_thresholds(read_json(path), self.classes, path)
+            if path.is_file()
+            else [0.5] * len(self.classes)
+        )
 
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities (N, L) for preprocessed uint8 images (N, C, H, W)."""
