@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 import convlens
-from convlens.evaluation import load_run_data
 from convlens.evaluation.calibration import probs_at, view_logits
 from convlens.evaluation.metrics import expected_calibration_error
-from convlens.models.loading import load_model
+from convlens.tasks.loading import load_model
+from convlens.training.data import load_run_data
 
 
 def measure(run: Path) -> dict:

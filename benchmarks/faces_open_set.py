@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 import convlens
+from convlens.api.train import train as fit
 from convlens.config import make_config
 from convlens.data import load_dataset
-from convlens.faces.embed import embed_images
+from convlens.faces.head import embed_images
 from convlens.faces.metrics import (
     dir_at_far,
     per_identity,
@@ -39,9 +40,8 @@ from convlens.faces.metrics import (
     sample_pairs,
     verification_metrics,
 )
-from convlens.models.loading import load_model
 from convlens.runs.folder import Run
-from convlens.training import fit
+from convlens.tasks.loading import load_model
 
 SEEN, UNSEEN = range(0, 6), range(6, 10)
 KNOWN = (6, 7)  # enrolled in the open-set gallery; 8 and 9 are the unknown people

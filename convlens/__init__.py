@@ -15,10 +15,10 @@ __all__ = ["create_model", "evaluate", "list_models", "load", "load_dataset", "t
 
 def train(config: str | None = None, **settings: Any):
     """Train as `convlens train` does: settings as keyword arguments; returns the run folder."""
+    from convlens.api.train import train as _train
     from convlens.config import make_config
-    from convlens.training import fit
 
-    return fit(make_config(config, settings))
+    return _train(make_config(config, settings))
 
 
 def load(run: str, device: str = "cpu", engine: str = "torch"):
@@ -32,7 +32,7 @@ def evaluate(
     run: str, data: str | None = None, split: str = "test", target_sensitivity: float | None = None
 ) -> dict:
     """Metrics of a run on a split, as `convlens evaluate RUN --json` prints them."""
-    from convlens.evaluation import evaluate_run
+    from convlens.api.evaluate import evaluate_run
 
     return evaluate_run(run, data=data, split=split, target_sensitivity=target_sensitivity)
 

@@ -61,8 +61,8 @@ def train(config_file: str | None, model_args: tuple[str, ...], **settings: obje
     """Train a model; writes a run folder (runs/train, runs/train2, ...)."""
     import yaml
 
+    from convlens.api.train import train as run_training
     from convlens.config import make_config
-    from convlens.training import fit
 
     overrides = dict(settings)
     if model_args:
@@ -71,7 +71,7 @@ def train(config_file: str | None, model_args: tuple[str, ...], **settings: obje
         if bad:
             raise ConvlensError(f"--model-arg {bad[0]!r}: expected KEY=VALUE")
         overrides["model_args"] = {k: yaml.safe_load(v) for k, _, v in pairs}
-    fit(make_config(config_file, overrides))
+    run_training(make_config(config_file, overrides))
 
 
 @cli.command()
@@ -93,8 +93,8 @@ def evaluate(
     device: str,
 ) -> None:
     """Accuracy, top-5, per-class precision/recall/F1 and confusion matrix of RUN."""
+    from convlens.api.evaluate import evaluate_run
     from convlens.device import resolve_device
-    from convlens.evaluation import evaluate_run
 
     metrics = evaluate_run(run, data=data, split=split, target_sensitivity=target_sensitivity,
                            device=str(resolve_device(device)))  # fmt: skip
@@ -102,7 +102,7 @@ def evaluate(
         click.echo(json.dumps(metrics, indent=2))
         return
     if "per_class" not in metrics:  # multilabel, anomaly, embed: the task's own summary line
-        from convlens.training.tasks import task_class
+        from convlens.tasks import task_class
 
         click.echo(task_class(metrics.get("task", "classify")).summary(metrics))
         return
@@ -122,7 +122,7 @@ def evaluate(
         f"macro_f1 {metrics['macro_f1']:.4f}"
     )
     if "detection" in metrics:
-        from convlens.medical.evaluate import detection_lines
+        from convlens.tasks.detection import detection_lines
 
         click.echo("\n".join(detection_lines(metrics["detection"])))
 
@@ -209,7 +209,7 @@ def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | Non
 @click.option("--data", help="dataset to evaluate on [default: the one it was trained on]")
 def report(run: str, data: str | None) -> None:
     """Rewrite RUN/report.html (and metrics.json, figures) from the run's best weights."""
-    from convlens.evaluation import evaluate_run
+    from convlens.api.evaluate import evaluate_run
     from convlens.runs.folder import resolve_weights
 
     weights = resolve_weights(run)
@@ -228,7 +228,7 @@ def export(run: str, fmt: str, out: str | None) -> None:
     from convlens.export import export_onnx
 
     result = export_onnx(run, out)
-    what = "embedding" if result["task"] == "embed" else "score"
+    what = "embedding" if "min_cosine" in result else "score"  # an embedding graph's parity
     click.echo(
         f"wrote {result['onnx']}; on {result['images']} {result['source']} images the largest "
         f"{what} difference from torch is {result['max_abs_diff']:.2e}"

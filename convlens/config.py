@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from convlens.errors import ConfigError, ModelError
+from convlens.tasks.registry import list_tasks, task_class
 
 
 @dataclass(frozen=True)
@@ -181,15 +182,13 @@ CLASSIC_RECIPE = {
     "ema": 0.0,
 }
 RECIPES: dict[str, dict[str, Any]] = {"fastnet": {}}
-# A task's own starting point, over the model's recipe: fastnet's 0.75 peak lr learns face
-# embeddings poorly (digits identities, 6 epochs: val AUC 0.90 at lr 0.75, 0.9999 at 0.02).
-TASK_RECIPES: dict[str, dict[str, Any]] = {"embed": {"lr": 0.05}}
 
 
 def make_config(
     yaml_file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """Defaults, the model's and task's recipes, `yaml_file`, `overrides`; unknown keys fail."""
+    """Defaults, the model's and task's recipes (a task's own starting point over the model's:
+    convlens.tasks.base.Task.recipe), `yaml_file`, `overrides`; unknown keys fail."""
     fields = config_types()
     values: dict[str, Any] = {}
     if yaml_file is not None:
@@ -200,7 +199,8 @@ def make_config(
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     model = str(values.get("model", TrainConfig.model))
     task = str(values.get("task", TrainConfig.task))
-    values = {**RECIPES.get(model, CLASSIC_RECIPE), **TASK_RECIPES.get(task, {}), **values}
+    recipe = task_class(task).recipe if task in list_tasks() else {}  # else: validate says so
+    values = {**RECIPES.get(model, CLASSIC_RECIPE), **recipe, **values}
     kwargs = {k: _coerce(k, v, fields[k]) for k, v in values.items()}
     cfg = TrainConfig(**kwargs)
     validate(cfg)
@@ -233,7 +233,6 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "bf16", "off"),
     "engine": ("torch", "numpy"),
-    "task": ("classify", "multilabel", "anomaly", "embed"),
     "anomaly_method": ("geom", "mahalanobis"),
     "embed_loss": ("arcface", "softmax"),
 }
@@ -241,7 +240,7 @@ _CHOICES = {
 
 def validate(cfg: TrainConfig) -> None:
     """Check choices, ranges and model arguments, naming the setting at fault."""
-    for name, choices in _CHOICES.items():
+    for name, choices in {**_CHOICES, "task": tuple(list_tasks())}.items():
         value = getattr(cfg, name)
         if value not in choices and not (name == "device" and value.startswith("cuda:")):
             options = ", ".join(choices)

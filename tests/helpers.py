@@ -104,3 +104,14 @@ PEAK_RSS_CODE = (  # the same two functions for scripts run in a child interpret
     "    return next(int(l.split()[1]) for l in open('/proc/self/status')\n"
     "                if l.startswith('VmHWM:')) / 1024\n"
 )
+
+
+def saved_decision(run, key: str) -> dict:
+    """A decision a run saved in its best weights' header: "operating_point" (a two-class run's,
+    in weights/threshold.json before 0.3) or "label_thresholds" (thresholds.json before 0.3)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(run / "weights" / "best.safetensors", "pt") as f:
+        return json.loads(f.metadata()["convlens"])[key]

@@ -9,7 +9,7 @@ from torch import nn
 
 from convlens.evaluation.calibration import fit_temperature, fold_temperature, nll, probs_at
 from convlens.models import create_model, list_models
-from convlens.models.loading import load_model
+from convlens.tasks.loading import load_model
 from tests.helpers import convlens
 
 
@@ -83,8 +83,8 @@ def test_a_second_finish_does_not_fold_the_temperature_twice(tmp_path):
     """A run killed after calibrating and resumed calibrates again: the weights must not move."""
     from safetensors.torch import load_file
 
-    from convlens.evaluation import load_run_data
-    from convlens.evaluation.calibration import calibrate_run
+    from convlens.tasks.classify import calibrate_run
+    from convlens.training.data import load_run_data
 
     run = tmp_path / "run"
     out = convlens("train", "--data", "digits", "--model", "textbook", "--epochs", "2",

@@ -211,7 +211,7 @@ def test_a_plain_folder_of_images_is_one_class_and_a_classifier_refuses_it(tmp_p
     assert ds.classes == ["normal"] and len(ds.train) + len(ds.val) == 20
     assert any("one class" in n for n in ds.notes)
     from convlens.config import make_config
-    from convlens.training.tasks import Classify
+    from convlens.tasks.classify import ClassifyTask as Classify
 
     with pytest.raises(ConvlensError, match="one class"):
         Classify(make_config(None, {"data": str(normal)})).prepare(ds)

@@ -11,7 +11,7 @@ from convlens.data.batches import normalize
 from convlens.errors import ConvlensError
 from convlens.explain import grad_cam, object_scenes, peak, pointing_game, saliency
 from convlens.models import create_model, list_models
-from convlens.models.loading import load_model
+from convlens.tasks.loading import load_model
 
 pytestmark = pytest.mark.xdist_group("explain-gradcam")
 N_TRAIN, N_TEST = 1500, 300

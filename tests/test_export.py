@@ -9,7 +9,7 @@ import torch
 from convlens.export import OnnxModel, export_onnx
 from convlens.models import create_model, list_models
 from convlens.runs.weights import load_weights, save_weights
-from tests.helpers import convlens
+from tests.helpers import convlens, saved_decision
 
 pytestmark = pytest.mark.xdist_group("export")
 
@@ -96,7 +96,7 @@ def test_multilabel_run_exports_scores_and_decisions_as_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "validation split" in out.stdout
     onnx_file = run / "weights" / "best.onnx"
-    saved = json.loads((run / "weights" / "thresholds.json").read_text())
+    saved = saved_decision(run, "label_thresholds")
     onnx_model = OnnxModel(onnx_file)
     assert onnx_model.task == "multilabel" and onnx_model.meta["tta"] == "flip-shift"
     assert onnx_model.thresholds == saved["thresholds"] and len(set(saved["thresholds"])) > 1

@@ -13,7 +13,7 @@ from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import convlens as convlens_api
-from convlens.medical.metrics import (
+from convlens.evaluation.detection import (
     choose_threshold,
     detection_block,
     detection_metrics,
@@ -21,7 +21,7 @@ from convlens.medical.metrics import (
     weighted_metrics,
 )
 from convlens.medical.synthetic import write_lesions
-from tests.helpers import convlens
+from tests.helpers import convlens, saved_decision
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -132,7 +132,7 @@ def test_detection_run_finds_lesions_with_cis(lesion_run):
     for k in ("sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc"):
         low, high = det[k]["ci"]
         assert low <= det[k]["value"] <= high, k
-    saved = json.loads((run / "weights" / "threshold.json").read_text())
+    saved = saved_decision(run, "operating_point")
     assert saved["threshold"] == det["operating_point"]["threshold"] == det["threshold"]
     assert saved["chosen_on"] == "val" and saved["method"] == "youden"
     assert (run / "roc_pr.png").stat().st_size > 5000
@@ -165,7 +165,7 @@ def test_evaluate_with_target_sensitivity_and_predict_flags(lesion_run):
     line = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith("sensitivity"))
     assert "[" in line and "]" in line  # value [low, high]
 
-    saved = json.loads((run / "weights" / "threshold.json").read_text())
+    saved = saved_decision(run, "operating_point")
     out = convlens("predict", run, data / "test" / "lesion", data / "test" / "normal", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from convlens.data import load_dataset
 from convlens.data.images import decode_image, to_tensor
 from convlens.errors import DatasetFormatError
-from convlens.medical.scores import auc_acc, flag_of, read_scores, write_scores
+from convlens.evaluation.medmnist import auc_acc, flag_of, read_scores, write_scores
 
 
 def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> None:

@@ -13,10 +13,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from convlens.data import load_dataset
 from convlens.errors import ConvlensError
+from convlens.evaluation.medmnist import read_scores
 from convlens.medical.multilabel import label_thresholds, multilabel_metrics
-from convlens.medical.scores import read_scores
 from convlens.medical.synthetic import FINDINGS, write_findings, write_lesions
-from tests.helpers import convlens
+from tests.helpers import convlens, saved_decision
 
 
 def test_csv_rows_become_label_vectors_and_splits(tmp_path):
@@ -98,7 +98,7 @@ def test_multilabel_run_learns_each_finding(findings_run):
     assert metrics["task"] == "multilabel" and metrics["n"] == 120
     assert metrics["macro_auc"] > 0.9 and metrics["map"] > 0.85
     assert all(p["auc"] > 0.85 for p in metrics["per_label"]), metrics["per_label"]
-    saved = json.loads((run / "weights" / "thresholds.json").read_text())
+    saved = saved_decision(run, "label_thresholds")
     assert saved["labels"] == sorted(FINDINGS) and saved["chosen_on"] == "val"
     assert saved["thresholds"] == [p["threshold"] for p in metrics["per_label"]]
     page = (run / "report.html").read_text()
@@ -125,7 +125,7 @@ def test_changed_test_labels_leave_thresholds_alone(findings_run, tmp_path):
 
 def test_multilabel_predict_gives_decisions_at_the_thresholds(findings_run):
     csv_path, run = findings_run
-    saved = json.loads((run / "weights" / "thresholds.json").read_text())
+    saved = saved_decision(run, "label_thresholds")
     images = sorted((csv_path.parent / "images").glob("*.png"))[:20]
     out = convlens("predict", run, *images, "--json")
     assert out.returncode == 0, out.stderr

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import convlens
-from convlens.evaluation import evaluate_run
+from convlens.api.evaluate import evaluate_run
 from convlens.evaluation.report import SECTIONS
 from convlens.explain import explain_run
 

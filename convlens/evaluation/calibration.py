@@ -11,7 +11,6 @@ an average over views can, rarely, change its argmax.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -119,18 +118,3 @@ def calibrate(model: nn.Module, meta: dict, ds: Dataset, device: str = "cpu") ->
         f"{100 * ece[1]:.1f}%, NLL {entry['val_nll'][0]:.4f} -> {entry['val_nll'][1]:.4f}"
     )
     return entry, note
-
-
-def calibrate_run(run_dir: Path, ds: Dataset, device: str = "cpu") -> str:
-    """Calibrate a run's best weights in place (rewriting weights/best.safetensors with the
-    temperature in its metadata); the note for the console."""
-    from convlens.models.loading import load_model
-    from convlens.runs.weights import save_weights
-
-    model, meta, path = load_model(run_dir)
-    if "calibration" in meta:  # a resumed run killed after calibrating: never fold T twice
-        return f"calibration: {path} already holds its temperature"
-    entry, note = calibrate(model.to(device), meta, ds, device)
-    if entry:
-        save_weights(path, model.state_dict(), meta.replace(calibration=entry))
-    return note

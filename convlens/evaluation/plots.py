@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from convlens.runs.folder import score_column
+
 
 def _pyplot():
     import matplotlib
@@ -90,8 +92,6 @@ def save_reliability(labels, probs, path: Path, bins: int = 15) -> None:
 
 def save_curves(rows: list[dict], path: Path) -> None:
     """Loss and validation accuracy (or the task's score) per epoch."""
-    from convlens.training.progress import score_column
-
     plt = _pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)

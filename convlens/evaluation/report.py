@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from convlens.evaluation.report_html import STYLE, cards, img_file, note, table
-from convlens.runs.folder import Run
+from convlens.runs.folder import Run, score_column
 from convlens.version import __version__
 
 SECTIONS = {  # id -> title, in page order
@@ -112,8 +112,6 @@ def _cards(metrics: dict, run_dir: Path, model) -> str:
         items.append(("temperature (val ECE)", f"{cal['temperature']:.3f} ({ece})"))
     rows = Run(run_dir).read_results()
     if rows:
-        from convlens.training.progress import score_column
-
         items += [
             ("best val accuracy", f"{100 * max(r[score_column(r)] for r in rows):.2f}%"),
             ("epochs", f"{int(rows[-1]['epoch'])}"),

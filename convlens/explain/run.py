@@ -66,9 +66,8 @@ def explain_run(
 
     rec = Recogniser(run)
     model, meta = rec.model, rec.meta
-    task = meta.get("task", "classify")
-    if task != "classify":  # every measure here reads the outputs as class scores
-        raise ConvlensError(f"{rec.weights}: explain is for classify runs, not {task} runs")
+    if not rec.task.explains:  # every measure here reads the outputs as class scores
+        raise ConvlensError(f"{rec.weights}: explain is for classify runs, not {meta.task} runs")
     home = run_home(rec.weights)
     out = Path(out) if out else home / "explain"
     ds = load_data(rec, data, home)
@@ -192,7 +191,8 @@ def measure_invariance(rec, baseline, ds, *, max_shift=4, angles=ANGLES, n_image
 
 def load_data(rec, data: str | None, home: Path):
     """The run's dataset (or `data`), checked against the model's classes and input."""
-    from convlens.evaluation import check_compatible, load_run_data
+    from convlens.tasks.classify import check_compatible
+    from convlens.training.data import load_run_data
 
     run_dir = home if Run(home).is_run() else None
     ds = load_run_data(data, run_dir)

@@ -32,7 +32,7 @@ class RunModel:
     @property
     def net(self) -> torch.nn.Module:
         if self._net is None:
-            from convlens.models.loading import load_model
+            from convlens.tasks.loading import load_model
 
             self._net = load_model(self.run_dir)[0]
         return self._net

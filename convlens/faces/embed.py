@@ -11,7 +11,6 @@ rank-1/5 against a five-image-per-identity gallery from train, a ROC figure and 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from torch import nn
 
 from convlens.data import Dataset, Split
 from convlens.errors import TrainingError
-from convlens.faces.head import EmbeddingNet, embedding_loss
+from convlens.faces.head import EmbeddingNet, embed_images, embedding_loss
 from convlens.faces.metrics import (
     accuracy,
     per_identity,
@@ -28,18 +27,17 @@ from convlens.faces.metrics import (
     sample_pairs,
     verification_metrics,
 )
-from convlens.models.infer import map_batches
-from convlens.training.tasks import Classify
+from convlens.faces.recogniser import FaceRecogniser
+from convlens.runs.checks import MAX_CLASSES, MAX_EMBEDDING, Checker
+from convlens.runs.meta import WeightsMeta
+from convlens.tasks.base import Evaluation, Task, top_predictions
+from convlens.tasks.classify import single_label
+from convlens.tasks.loading import LoadedRun
+from convlens.tasks.registry import register_task
 
 VAL_PAIRS = 6000  # validation and test pairs, half matched (LFW View 2 has 6000)
 GALLERY_PER_IDENTITY = 5  # train images enrolled per identity for the rank-k measure
 PAIR_SEED = 0  # pairs are the same for every run, so runs compare on the same pairs
-
-
-def embed_images(model: nn.Module, images: torch.Tensor, **kw: Any) -> torch.Tensor:
-    """Unit embeddings (N, D) float32 (on the CPU) of uint8 images (N, C, H, W); kw: mean, std
-    and the options of convlens.models.infer.map_batches."""
-    return map_batches(model, images, model, **kw)
 
 
 def pair_scores(emb: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -49,16 +47,27 @@ def pair_scores(emb: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np
     return (e[i] * e[j]).sum(1), same
 
 
-class EmbedTask(Classify):
+@register_task("embed")
+class EmbedTask(Task):
     """Identities in, unit embeddings out; see the module docstring."""
 
-    name = "embed"
     score = "val_auc"
+    # fastnet's 0.75 peak lr learns face embeddings poorly (digits identities, 6 epochs: val AUC
+    # 0.90 at lr 0.75, 0.9999 at 0.02)
+    recipe = {"lr": 0.05}
+    verification = True
+    onnx_output = "embedding"
+    recogniser = FaceRecogniser
 
     @property
     def margin(self) -> float:
         """ArcFace's angular margin m; 0 for plain (normalised) softmax."""
         return self.cfg.margin if self.cfg.embed_loss == "arcface" else 0.0
+
+    def prepare(self, ds: Dataset) -> Dataset:
+        """One identity per image, and at least two of them."""
+        single_label(ds)
+        return ds
 
     def outputs(self, ds: Dataset) -> int:
         """The backbone's last layer gives the embedding."""
@@ -111,43 +120,63 @@ class EmbedTask(Classify):
         return {"val_loss": loss, "val_auc": found["auc"]}
 
     @classmethod
-    def evaluate(
-        cls,
-        model: nn.Module,
-        meta: dict,
-        weights: Path,
-        run_dir: Path | None,
-        dataset: Dataset,
-        *,
-        split: str,
-        write: bool,
-        device: str,
-    ) -> dict:
-        """Verification on `split` pairs at the validation threshold, and closed-set rank-k."""
+    def check_meta(cls, meta: WeightsMeta, check: Checker) -> None:
+        """Identities (one per class), the embedding's length, the scale and the threshold."""
+        extras = meta.extras
+        n = check.integer(extras.get("identities"), 1, MAX_CLASSES, "identities")
+        if n != len(meta.classes):
+            check.fail("identities", f"is {n}, but 'classes' holds {len(meta.classes)} names")
+        d = check.integer(extras.get("embedding_size"), 1, MAX_EMBEDDING, "embedding_size")
+        if meta.outputs is not None and meta.outputs != d:
+            check.fail("outputs", f"is {meta.outputs}, but 'embedding_size' is {d}")
+        check.number(extras.get("scale"), "scale", positive=True)
+        check.number(meta.decisions.threshold, "threshold")
+
+    @classmethod
+    def evaluate(cls, run: LoadedRun, dataset: Dataset, split: str, write: bool) -> Evaluation:
+        """Verification on `split` pairs at the validation threshold, and closed-set rank-k.
+        details: "scores" and "same" of the evaluated pairs, for the ROC figure."""
+        meta, device, model = run.meta, run.device, run.net
         part = dataset.split(split)
-        model = model.to(device)
         emb = embed_images(model, part.images, **_norm(meta), device=device)
         scores, same = pair_scores(emb, part.labels)
-        threshold = float(meta["threshold"])
+        threshold = float(meta.decisions.threshold)
         metrics = {"task": cls.name, "data": dataset.name, "split": split,
-                   "weights": str(weights), "n": len(part)}  # fmt: skip
+                   "weights": str(run.weights), "n": len(part)}  # fmt: skip
         metrics.update(verification_metrics(scores, same))
         metrics["threshold"] = threshold  # chosen on validation pairs, applied here unchanged
         metrics["accuracy"] = accuracy(scores, same, threshold)
         metrics["embedding_size"] = meta["embedding_size"]
         metrics.update(_closed_set(model, meta, dataset.train, emb, part.labels, device))
-        if write and run_dir is not None:
+        if write and run.folder is not None:
             from convlens.faces.report import write_outputs
 
-            write_outputs(run_dir, metrics, scores, same)
-        return metrics
+            write_outputs(run.folder.path, metrics, scores, same)
+        return Evaluation(metrics, {"scores": scores, "same": same})
 
     @classmethod
-    def recogniser(cls, run: str | Path, *, device: str) -> Any:
-        """A FaceRecogniser: embeddings, and `predict` over the training identities."""
-        from convlens.faces.recogniser import FaceRecogniser
+    def scores(cls, run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, K) over the training identities: softmax of scale x cosine to each
+        identity's centre."""
+        emb = embed_images(run.net, images, **_norm(run.meta), device=run.device)
+        with torch.no_grad():
+            cosines = run.net.cosines(emb.to(run.device))
+            return (run.meta["scale"] * cosines).softmax(1).cpu()
 
-        return FaceRecogniser(run, device=device)
+    @classmethod
+    def answer(cls, scores: torch.Tensor, meta: WeightsMeta, top_k: int) -> dict:
+        """{"predictions": the top-k training identities {"label", "index", "score"}}."""
+        return {"predictions": top_predictions(scores, meta.classes, top_k)}
+
+    @classmethod
+    def graph_width(cls, meta: WeightsMeta) -> int:
+        """An exported graph gives the embedding."""
+        return meta["embedding_size"]
+
+    @classmethod
+    def shown_threshold(cls, meta: WeightsMeta) -> float | None:
+        """Two faces are the same person at a cosine similarity at least this."""
+        return meta.decisions.threshold
 
     @staticmethod
     def summary(metrics: dict) -> str:

@@ -8,10 +8,13 @@ image within theta_y + m of its centre to score as well as plain softmax would a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from convlens.models.infer import map_batches
 
 
 class EmbeddingNet(nn.Module):
@@ -68,3 +71,9 @@ def embedding_loss(
 ) -> torch.Tensor:
     """Cross-entropy of the margin logits of unit embeddings `emb` (B, D) for `target` (B,)."""
     return F.cross_entropy(margin_logits(model.cosines(emb), target, scale, margin), target)
+
+
+def embed_images(model: nn.Module, images: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """Unit embeddings (N, D) float32 (on the CPU) of uint8 images (N, C, H, W); kw: mean, std
+    and the options of convlens.models.infer.map_batches."""
+    return map_batches(model, images, model, **kw)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ from PIL import Image
 from convlens.data.images import decode_image, to_tensor
 from convlens.errors import ConvlensError
 from convlens.faces.detect import FaceConfirmer, crop_face, detect_faces
-from convlens.predict import ImageLike, Recogniser
+from convlens.faces.head import embed_images
+from convlens.predict import Engine, ImageLike, Recogniser, TorchEngine
 
 
 class NoFaceError(ConvlensError):
@@ -28,20 +28,20 @@ class FaceRecogniser(Recogniser):
 
     def __init__(
         self,
-        run: str | Path,
+        source: str | Path | Engine,
         device: str = "cpu",
         *,
         detect: bool = True,
         confirm: str | Path | None = None,
     ) -> None:
-        super().__init__(run, device=device)
-        if self.meta.get("task") != "embed":
+        super().__init__(source, device=device)
+        if not self.task.verification or not isinstance(self.engine, TorchEngine):
             raise ConvlensError(f"{self.weights}: not a face embedding run (train --task embed)")
         self.detect = detect
         self.confirmer = FaceConfirmer(confirm) if confirm else None
-        self.threshold = float(self.meta["threshold"])
-        digest = hashlib.sha256(self.weights.read_bytes()).hexdigest()[:16]
-        self.model_id = f"{self.meta['model']['name']}@{digest}"  # names the exact weights
+        self.threshold = float(self.meta.decisions.threshold)
+        digest = self.engine.run.digest  # of the bytes loaded: the file is read once
+        self.model_id = f"{self.meta.model.name}@{digest}"  # names the exact weights
 
     def face(self, source: ImageLike, name: str | None = None) -> tuple[torch.Tensor, dict]:
         """(uint8 (C, H, W) model input, {"box", "faces_found", "note"?}) for one photo.
@@ -68,11 +68,8 @@ class FaceRecogniser(Recogniser):
 
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """Unit embeddings (N, D) float32 of preprocessed uint8 images (N, C, H, W)."""
-        from convlens.faces.embed import embed_images
-
-        norm = self.meta["normalize"]
-        emb = embed_images(self.model, images, mean=norm["mean"], std=norm["std"],
-                           device=self.device)  # fmt: skip
+        norm = self.meta.normalize
+        emb = embed_images(self.model, images, mean=norm.mean, std=norm.std, device=self.device)
         return emb.numpy()
 
     def embed_files(self, files: list[str], fallback: bool = True) -> tuple[np.ndarray, dict]:
@@ -92,9 +89,3 @@ class FaceRecogniser(Recogniser):
             tensors.append(x)
             infos[f] = info
         return self.embed(torch.stack(tensors)), infos
-
-    def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, K) over the training identities."""
-        with torch.no_grad():
-            emb = torch.from_numpy(self.embed(images)).to(self.device)
-            return (self.meta["scale"] * self.model.cosines(emb)).softmax(1).cpu()

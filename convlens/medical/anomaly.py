@@ -17,21 +17,35 @@ import torch
 from torch import nn
 
 from convlens.data import Dataset, Split
+from convlens.device import resolve_amp, resolve_device
 from convlens.errors import ConfigError, ConvlensError, ModelError
+from convlens.evaluation.detection import detection_metrics
 from convlens.medical import anomaly_score as scoring
 from convlens.medical import geom
-from convlens.predict import ImageLike, Recogniser
-from convlens.runs.folder import Run
-from convlens.training.tasks import Classify
+from convlens.runs.checks import Checker
+from convlens.runs.meta import WeightsMeta
+from convlens.runs.weights import save_weights
+from convlens.tasks.base import Evaluation, Task
+from convlens.tasks.classify import softmax_validation
+from convlens.tasks.loading import LoadedRun, load_model
+from convlens.tasks.registry import register_task
 
 FIT_IMAGES = 1000  # normal train images fitting the Mahalanobis statistics; anomalous val images
 
 
-class AnomalyTask(Classify):
+METHODS = ("mahalanobis", "geom")
+
+
+@register_task("anomaly")
+class AnomalyTask(Task):
     """72-way transformation recognition on the normal classes; anomaly scores after training."""
 
-    name = "anomaly"
     score = "val_acc"  # transformation accuracy on normal validation images
+    gpu_batches = False  # its batch hook mixes in CPU tensors (the transformation maps)
+    onnx_refusal = (
+        "a score runs the network over 72 transformed views of each image and compares "
+        "their features with Mahalanobis statistics of normal images, outside one graph"
+    )
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -94,14 +108,12 @@ class AnomalyTask(Classify):
         index = (torch.arange(len(split))[:, None] * views + torch.arange(views)) % geom.COUNT
         images = split.images.repeat_interleave(views, 0)  # (n * 8, C, H, W)
         x = geom.apply(images, index.flatten(), geom.index_maps(images.shape[-1]))
-        return super().validate(model, Split(x, index.flatten()), {**meta, "tta": "none"}, **kw)
+        split = Split(x, index.flatten())
+        return softmax_validation(model, split, {**meta, "tta": "none"}, **kw)
 
-    def finish(self, run_dir: Path, ds: Dataset) -> dict:
-        """Fit scoring on the best weights (train, val only), save it with them; test metrics."""
-        from convlens.evaluation import evaluate_run
-        from convlens.models.loading import load_model
-        from convlens.runs.weights import save_weights
-
+    # --- after training ----------------------------------------------------------------------
+    def calibrate(self, run_dir: Path, ds: Dataset) -> str | None:
+        """Fit scoring on the best weights (train and val images only) and save it with them."""
         model, meta, weights = load_model(run_dir)
         kw = score_settings(self.cfg.device)
         if meta["method"] == "mahalanobis":
@@ -115,8 +127,11 @@ class AnomalyTask(Classify):
             raw[is_normal], raw[~is_normal], self.cfg.target_sensitivity
         )
         save_weights(weights, model.state_dict(), meta)
-        full = dataclasses.replace(ds, val=self.full_val)  # a source without test scores val
-        return evaluate_run(run_dir, dataset=full, write=True, device=str(kw["device"]))
+        return None
+
+    def evaluation_data(self, ds: Dataset) -> Dataset:
+        """Every validation image, anomalies too: a source without test scores val."""
+        return dataclasses.replace(ds, val=self.full_val)
 
     def calibration_images(self, classes: list[str]) -> Split:
         """Every normal val image and at most FIT_IMAGES anomalous ones (seeded): 72 passes each."""
@@ -127,35 +142,43 @@ class AnomalyTask(Classify):
         keep = torch.cat([is_normal.nonzero().flatten(), anomalous]).sort().values
         return self.full_val.subset(keep)
 
-    # --- after training ----------------------------------------------------------------------
     @classmethod
-    def evaluate(
-        cls,
-        model: nn.Module,
-        meta: dict,
-        weights: Path,
-        run_dir: Path | None,
-        dataset: Dataset,
-        *,
-        split: str,
-        write: bool,
-        device: str,
-    ) -> dict:
-        """AUROC (normal classes negative, all others positive) and the flags' sens/spec."""
+    def check_meta(cls, meta: WeightsMeta, check: Checker) -> None:
+        """The method, the normal classes and (once finished) the score calibration."""
+        check.choice(meta.extras.get("method"), METHODS, "method")
+        normal = check.kind(meta.extras.get("normal"), list, "normal", "a list of class names")
+        if not normal or not all(isinstance(n, str) and n in meta.classes for n in normal):
+            check.fail("normal", "must name one or more of the classes")
+        if meta.calibration is not None:
+            cal = check.kind(meta.calibration, dict, "calibration", "an object")
+            check.number(cal.get("threshold"), "calibration.threshold")
+            check.number(cal.get("spread"), "calibration.spread", positive=True)
+
+    @classmethod
+    def check_predictable(cls, meta: WeightsMeta, source: Path) -> None:
+        """Weights of a finished run (calibrated) whose images 90-degree turns map onto
+        themselves."""
+        _calibration(meta, source)
+        geom.check_square(*meta.input.size, where=str(source))
+
+    @classmethod
+    def evaluate(cls, run: LoadedRun, dataset: Dataset, split: str, write: bool) -> Evaluation:
+        """AUROC (normal classes negative, all others positive) and the flags' sens/spec.
+        details: "raw" {score name: (N,) raw scores}, "classes" (N,) class name per image and
+        "images" (N, C, H, W) uint8 of the split, for the report."""
         from sklearn.metrics import roc_auc_score
 
-        from convlens.medical.metrics import detection_metrics
-
-        calibration = _calibration(meta, weights)
+        meta = run.meta
+        calibration = _calibration(meta, run.weights)
         part = dataset.split(split)
         geom.check_square(*dataset.image_size, where=dataset.name)
-        raws = scoring.raw_scores(model, part.images, meta, **score_settings(device))
+        raws = scoring.raw_scores(run.net, part.images, meta, **score_settings(str(run.device)))
         anomalous = (~normal_mask(part, dataset.classes, meta["normal"])).numpy()
         metrics = {
-            "task": "anomaly",
+            "task": cls.name,
             "data": dataset.name,
             "split": split,
-            "weights": str(weights),
+            "weights": str(run.weights),
             "method": meta["method"],
             "normal": meta["normal"],
             "n": len(part),
@@ -176,19 +199,30 @@ class AnomalyTask(Classify):
             metrics["sensitivity"] = block["sensitivity"]["value"]
             metrics["specificity"] = block["specificity"]["value"]
             metrics["detection"] = block  # with bootstrap 95% CIs; thresholds on the raw score
-        if write and run_dir is not None:
+        names = [dataset.classes[i] for i in part.labels.tolist()]  # (N,)
+        scores = {k: v.numpy() for k, v in raws.items()}
+        if write and run.folder is not None:
             from convlens.medical.report import write_anomaly_report
 
-            Run(run_dir).write_metrics(metrics)
-            names = [dataset.classes[i] for i in part.labels.tolist()]  # (N,)
-            scores = {k: v.numpy() for k, v in raws.items()}
-            write_anomaly_report(run_dir, metrics, scores, names, part.images)
-        return metrics
+            run.folder.write_metrics(metrics)
+            write_anomaly_report(run.folder.path, metrics, scores, names, part.images)
+        return Evaluation(metrics, {"raw": scores, "classes": names, "images": part.images})
 
     @classmethod
-    def recogniser(cls, run: str | Path, *, device: str) -> Recogniser:
-        """An AnomalyRecogniser: a score in [0, 1] and the flag at the val threshold."""
-        return AnomalyRecogniser(run, device=device)
+    def scores(cls, run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
+        """Anomaly scores (N,) in [0, 1], 0.5 at the threshold chosen on validation."""
+        raw = scoring.raw_scores(run.net, images, run.meta, **score_settings(str(run.device)))
+        return scoring.to_unit(raw[run.meta["method"]], _calibration(run.meta, run.weights))
+
+    @classmethod
+    def answer(cls, scores: torch.Tensor, meta: WeightsMeta, top_k: int) -> dict:
+        """{"score" in [0, 1], "anomaly": flagged, "threshold": 0.5}; top_k is ignored."""
+        return {"score": float(scores), "anomaly": bool(scores >= 0.5), "threshold": 0.5}
+
+    @classmethod
+    def shown_threshold(cls, meta: WeightsMeta) -> float | None:
+        """Every answer is flagged at a score of 0.5."""
+        return 0.5
 
     @staticmethod
     def summary(metrics: dict) -> str:
@@ -202,36 +236,6 @@ class AnomalyTask(Classify):
             f"{fmt(metrics['sensitivity'])}  specificity {fmt(metrics['specificity'])}  "
             f"(normal {metrics['n_normal']}, anomalous {metrics['n_anomalous']})"
         )
-
-
-class AnomalyRecogniser(Recogniser):
-    """`predict(image)` -> {"score": [0, 1], "anomaly": bool, "threshold": 0.5}."""
-
-    def __init__(self, run: str | Path, device: str = "cpu") -> None:
-        super().__init__(run, device=device)
-        self.calibration = _calibration(self.meta, self.weights)
-        geom.check_square(*self.size, where=str(self.weights))
-
-    def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Anomaly scores (N,) in [0, 1] for preprocessed uint8 images (N, C, H, W)."""
-        kw = score_settings(str(self.device))
-        raw = scoring.raw_scores(self.model, images, self.meta, **kw)[self.meta["method"]]
-        return scoring.to_unit(raw, self.calibration)
-
-    def predict(self, image: ImageLike, top_k: int = 5) -> dict:
-        """{"score", "anomaly", "threshold"} for one image; top_k is ignored."""
-        return self._top(self.predict_tensor(self.preprocess(image)[None])[0], top_k)
-
-    def predict_files(self, paths: list[str], top_k: int = 5, batch_size: int = 256) -> list[dict]:
-        """One row per file: {"file", "score", "anomaly", "threshold"} or {"file", "error"}."""
-        rows = super().predict_files(paths, top_k, batch_size)
-        for row in rows:
-            row.update(row.pop("predictions", {}))
-        return rows
-
-    def _top(self, score: torch.Tensor, k: int) -> dict:
-        """One image's answer from its [0, 1] score (used by the base class's predict_files)."""
-        return {"score": float(score), "anomaly": bool(score >= 0.5), "threshold": 0.5}
 
 
 def normal_classes(spec: str | None, classes: list[str], where: str) -> list[str]:
@@ -260,18 +264,16 @@ def normal_mask(split: Split, classes: list[str], normal: list[str]) -> torch.Te
 
 
 def score_settings(device: str) -> dict:
-    """Where and how scores are computed: the same rule in finish, evaluate and predict."""
-    from convlens.device import resolve_amp, resolve_device
-
+    """Where and how scores are computed: the same rule in calibrate, evaluate and predict."""
     dev = resolve_device(device)
     return {"device": dev, "amp": resolve_amp("auto", dev), "channels_last": True}
 
 
-def _calibration(meta: dict, weights: Path) -> dict:
-    """The threshold and spread finish() saved, or a clear error for unfinished weights."""
-    if "calibration" not in meta:
+def _calibration(meta: WeightsMeta, weights: Path) -> dict:
+    """The threshold and spread calibrate() saved, or a clear error for unfinished weights."""
+    if meta.calibration is None:
         raise ModelError(
             f"{weights}: this anomaly model has no calibrated threshold (its run stopped before "
             "training finished); use weights/best.safetensors of a finished run"
         )
-    return meta["calibration"]
+    return meta.calibration

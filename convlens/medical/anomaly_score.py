@@ -81,7 +81,7 @@ def fit_mahalanobis(model: AnomalyNet, images: torch.Tensor, meta: dict, **kw: A
 
 def calibrate(normal: torch.Tensor, anomalous: torch.Tensor, sensitivity: float | None) -> dict:
     """Threshold and spread from validation raw scores, with the rule that chose them."""
-    from convlens.medical.metrics import choose_threshold
+    from convlens.evaluation.detection import choose_threshold
 
     spread = float(normal.std()) if len(normal) > 1 else 1.0
     spread = spread if math.isfinite(spread) and spread > 0 else 1.0

@@ -8,7 +8,7 @@ micro AUC, mAP, and each label's sensitivity/specificity at its own validation t
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,28 @@ from torch import nn
 
 from convlens.data import Dataset, Split
 from convlens.errors import ConfigError, ConvlensError
-from convlens.medical.evaluate import read_json
-from convlens.medical.metrics import choose_threshold
+from convlens.evaluation.detection import choose_threshold
+from convlens.evaluation.medmnist import write_scores
+from convlens.evaluation.plots import save_curves
 from convlens.models.infer import map_batches, tta_views
-from convlens.predict import Recogniser
-from convlens.runs.checks import validate_label_thresholds
-from convlens.training.tasks import Classify
+from convlens.runs.checks import Checker, validate_label_thresholds
+from convlens.runs.meta import WeightsMeta
+from convlens.tasks.base import Evaluation, Task, check_outputs_are_classes
+from convlens.tasks.loading import LoadedRun, read_side_file
+from convlens.tasks.registry import register_task
 
-THRESHOLDS_FILE = "thresholds.json"  # beside the weights: each label's threshold, for predict
+OLD_FILE = "thresholds.json"  # where runs before 0.3 kept each label's threshold
 MAX_POS_WEIGHT = 100.0  # a label seen once in 10,000 images should not dominate the loss
 
 
-class MultilabelTask(Classify):
+@register_task("multilabel")
+class MultilabelTask(Task):
     """L independent yes/no findings per image: sigmoid + BCE, scored by macro ROC AUC."""
 
-    name = "multilabel"
     score = "val_auc"
+    heatmaps = True
+    onnx_output = "logits"
+    onnx_activation = "sigmoid"
 
     def prepare(self, ds: Dataset) -> Dataset:
         """Check the labels are (N, L) 0/1; weight each label's positives by negatives/positives."""
@@ -63,43 +69,55 @@ class MultilabelTask(Classify):
         return {"val_loss": loss.item(), "val_auc": float(np.mean(aucs)) if aucs else 0.0}
 
     @classmethod
-    def evaluate(
-        cls,
-        model: nn.Module,
-        meta: dict,
-        weights: Path,
-        run_dir: Path | None,
-        dataset: Dataset,
-        *,
-        split: str,
-        write: bool,
-        device: str,
-    ) -> dict:
-        """Per-label and averaged metrics on `split`, thresholds chosen on the validation split."""
-        if not dataset.multilabel or list(dataset.classes) != list(meta["classes"]):
-            have = ", ".join(dataset.classes) if dataset.multilabel else "one class per image"
-            raise ConvlensError(
-                f"{weights} predicts the labels {', '.join(meta['classes'])}; data "
-                f"{dataset.name} has {have}"
-            )
-        from convlens.medical.evaluate import run_setting
-
-        part = dataset.split(split)
-        val_scores = sigmoid_scores(model, dataset.val.images, meta, device=device)
-        points = label_thresholds(dataset.val.labels.numpy(), val_scores.numpy(),
-                                  run_setting(run_dir, None))  # fmt: skip
-        scores = sigmoid_scores(model, part.images, meta, device=device).numpy()
-        metrics = {"task": "multilabel", "data": dataset.name, "split": split,
-                   "weights": str(weights)}  # fmt: skip
-        metrics.update(multilabel_metrics(part.labels.numpy(), scores, meta["classes"], points))
-        if write and run_dir is not None:
-            _write(run_dir, metrics, meta["classes"], points, part, scores, dataset.name)
-        return metrics
+    def check_meta(cls, meta: WeightsMeta, check: Checker) -> None:
+        """One output per label."""
+        check_outputs_are_classes(meta, check)
 
     @classmethod
-    def recogniser(cls, run: str | Path, *, device: str) -> Recogniser:
-        """A Recogniser giving each label's sigmoid score and its decision at its threshold."""
-        return MultilabelRecogniser(run, device=device)
+    def read_old_decisions(cls, meta: WeightsMeta, weights: Path) -> None:
+        """The thresholds.json beside the weights of a run before 0.3, checked."""
+        path = weights.parent / OLD_FILE
+        if meta.decisions.label_thresholds is not None or not path.is_file():
+            return
+        saved = read_side_file(path)
+        thresholds = validate_label_thresholds(saved, meta.classes, path)
+        meta.decisions.label_thresholds = {**saved, "thresholds": thresholds}
+
+    @classmethod
+    def evaluate(cls, run: LoadedRun, dataset: Dataset, split: str, write: bool) -> Evaluation:
+        """Per-label and averaged metrics on `split`, thresholds chosen on the validation split.
+        details: "labels" (N, L) and "scores" (N, L) of the split, for the report."""
+        classes = run.meta.classes
+        if not dataset.multilabel or list(dataset.classes) != list(classes):
+            have = ", ".join(dataset.classes) if dataset.multilabel else "one class per image"
+            raise ConvlensError(
+                f"{run.weights} predicts the labels {', '.join(classes)}; data "
+                f"{dataset.name} has {have}"
+            )
+        part = dataset.split(split)
+        val_scores = cls.scores(run, dataset.val.images)
+        # the run's own target sensitivity (evaluate's --target-sensitivity is for two classes)
+        target = run.settings.get("target_sensitivity")
+        points = label_thresholds(dataset.val.labels.numpy(), val_scores.numpy(), target)
+        scores = cls.scores(run, part.images).numpy()
+        metrics = {"task": cls.name, "data": dataset.name, "split": split,
+                   "weights": str(run.weights)}  # fmt: skip
+        metrics.update(multilabel_metrics(part.labels.numpy(), scores, classes, points))
+        if write and run.folder is not None:
+            _write(run, metrics, points, part, scores, dataset.name)
+        return Evaluation(metrics, {"labels": part.labels.numpy(), "scores": scores})
+
+    @classmethod
+    def scores(cls, run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
+        """Per-label probabilities (N, L), test-time views averaged as in training."""
+        return sigmoid_scores(run.net, images, run.meta, device=run.device)
+
+    @classmethod
+    def answer(cls, scores: torch.Tensor, meta: WeightsMeta, top_k: int) -> dict:
+        """{"predictions": the top-k labels and every other positive one, each with its
+        threshold and decision}; 0.5 for every label of a run without thresholds."""
+        thresholds = meta.decisions.thresholds or [0.5] * len(meta.classes)
+        return {"predictions": label_decisions(scores, meta.classes, thresholds, top_k)}
 
     @staticmethod
     def summary(metrics: dict) -> str:
@@ -193,46 +211,25 @@ def multilabel_metrics(
     }
 
 
-def _write(run_dir, metrics, names, points, part, scores, data: str) -> None:
-    """metrics.json, weights/thresholds.json, figures, report.html and, for an .npz, a MedMNIST
-    score file."""
-    from convlens.evaluation.plots import save_curves
+def _write(run: LoadedRun, metrics: dict, points: list[dict], part: Split, scores: np.ndarray,
+           data: str) -> None:  # fmt: skip
+    """metrics.json, the thresholds with the weights, figures, report.html and, for an .npz,
+    a MedMNIST score file."""
     from convlens.medical.report import write_multilabel_report
-    from convlens.runs.folder import Run
 
-    run = Run(run_dir)
-    run.write_metrics(metrics)
-    if rows := run.read_results():
-        save_curves(rows, run_dir / "curves.png")
-    write_multilabel_report(run_dir, metrics, part.labels.numpy(), scores)
-    saved = {"labels": names, "thresholds": [p["threshold"] for p in points],
+    folder = run.folder
+    folder.write_metrics(metrics)
+    if rows := folder.read_results():
+        save_curves(rows, folder.path / "curves.png")
+    write_multilabel_report(folder.path, metrics, part.labels.numpy(), scores)
+    saved = {"labels": run.meta.classes, "thresholds": [p["threshold"] for p in points],
              "points": points, "chosen_on": "val"}  # fmt: skip
-    (run_dir / "weights" / THRESHOLDS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+    decisions = dataclasses.replace(run.meta.decisions, label_thresholds=saved)
+    if decisions != run.meta.decisions:  # chosen on the same val again: the file stays
+        run.save_meta(run.meta.replace(decisions=decisions))
     if data.endswith(".npz"):
-        from convlens.medical.scores import write_scores
-
-        write_scores(run_dir / "medmnist", data, metrics["split"], run_dir.name,
+        write_scores(folder.path / "medmnist", data, metrics["split"], folder.name,
                      part.labels.numpy(), scores)  # fmt: skip
-
-
-class MultilabelRecogniser(Recogniser):
-    """Sigmoid score per label and the decision at the label's validation threshold."""
-
-    def __init__(self, run: str | Path, device: str = "cpu") -> None:
-        super().__init__(run, device=device)
-        path = self.weights.parent / THRESHOLDS_FILE
-        self.thresholds = (
-            validate_label_thresholds(read_json(path), self.classes, path)
-            if path.is_file()
-            else [0.5] * len(self.classes)
-        )
-
-    def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-label probabilities (N, L) for preprocessed uint8 images (N, C, H, W)."""
-        return sigmoid_scores(self.model, images, self.meta, device=self.device)
-
-    def _top(self, probs: torch.Tensor, k: int) -> list[dict]:
-        return label_decisions(probs, self.classes, self.thresholds, k)
 
 
 def label_decisions(

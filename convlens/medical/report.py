@@ -55,10 +55,10 @@ def write_anomaly_report(
 ) -> Path:
     """Write run_dir/report.html (and curves.png, roc_pr.png, anomaly_scores.png) of an anomaly
     run from what AnomalyTask.evaluate measured."""
+    from convlens.evaluation.detection import curves
     from convlens.evaluation.plots import save_curves, save_roc_pr, save_score_histogram
     from convlens.evaluation.report import settings_table
     from convlens.medical.anomaly_score import to_unit
-    from convlens.medical.metrics import curves
     from convlens.runs.folder import Run
 
     method, calibration, block = metrics["method"], metrics["calibration"], metrics.get("detection")

@@ -25,6 +25,7 @@ from convlens.reference.model import (
     build_model,
     load_model,
     load_weights,
+    model_from,
     normalize,
 )
 from convlens.reference.optim import SGD
@@ -46,6 +47,7 @@ __all__ = [
     "load_model",
     "load_weights",
     "log_softmax",
+    "model_from",
     "normalize",
     "softmax",
 ]

@@ -255,14 +255,21 @@ def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], WeightsMeta]:
 def load_model(path: str | Path, dtype=np.float32) -> tuple[Sequential, WeightsMeta]:
     """(model in eval mode, metadata) for a convlens weights file."""
     tensors, meta = load_weights(path)
-    size, spec = meta["input"], meta["model"]
-    args = {k: v for k, v in spec.get("args", {}).items() if k != "pretrained"}
+    return model_from(meta, tensors, path, dtype), meta
+
+
+def model_from(
+    meta: WeightsMeta, tensors: dict[str, np.ndarray], path: str | Path, dtype=np.float32
+) -> Sequential:
+    """The model `meta` describes holding `tensors`, in eval mode; errors name `path`."""
+    size, spec = meta.input, meta.model
+    args = {k: v for k, v in spec.args.items() if k != "pretrained"}
     try:
         model = build_model(
-            spec["name"],
-            in_channels=size["channels"],
-            num_classes=len(meta["classes"]),
-            image_size=(size["height"], size["width"]),
+            spec.name,
+            in_channels=size.channels,
+            num_classes=len(meta.classes),
+            image_size=size.size,
             dtype=dtype,
             **args,
         )
@@ -270,9 +277,9 @@ def load_model(path: str | Path, dtype=np.float32) -> tuple[Sequential, WeightsM
         raise ModelError(f"{path}: {e}") from None
     except Exception as e:  # the args come from the file: whatever the model refuses them with
         raise ModelError(f"{path}: metadata field 'model.args' does not fit model "
-                         f"{spec['name']!r} ({one_line(e)})") from None  # fmt: skip
+                         f"{spec.name!r} ({one_line(e)})") from None  # fmt: skip
     try:
         model.load_state_dict(tensors)
     except ModelError as e:
         raise ModelError(f"{path}: {e}") from None
-    return model.eval(), meta
+    return model.eval()

@@ -1,4 +1,4 @@
-"""The checks every field of a weights or ONNX header passes, once, with limits.
+"""The checks every weights or ONNX header passes, once, with limits.
 
 Every loader (torch, the NumPy reference engine, onnxruntime) builds its WeightsMeta through
 `validate_meta`, so a crafted file gives one line naming the file and the field, never a
@@ -18,25 +18,21 @@ MAX_CHANNELS = 4  # grey, RGB, RGBA
 MAX_SIDE = 8192  # pixels per side of the model input
 MAX_PIXELS = 4096 * 4096  # height x width: a (4, 4096, 4096) uint8 input is 64 MiB per image
 MAX_EMBEDDING = 8192  # an embed run's embedding length
-TASKS = ("classify", "multilabel", "anomaly", "embed")  # convlens.training.tasks.TASKS (torch)
 TTA_MODES = ("none", "flip", "flip-shift")  # test-time views (convlens.models.infer.tta_views)
-ANOMALY_METHODS = ("mahalanobis", "geom")
 
 
 def validate_meta(meta: Any, source: str | Path) -> dict:
-    """`meta` itself once every field a loader reads has its type and lies within its limits.
+    """`meta` itself once every field every loader reads has its type and lies within its
+    limits.
 
-    Checks, in order: a JSON object; task; model (name, args); input (channels, height, width,
-    area); classes (1..MAX_CLASSES unique strings); outputs (as many as classes where each output
-    is a class); normalize (finite means, finite stds > 0, one or one per channel); tta; versions;
-    data; the task's own fields (embed: identities, embedding_size, threshold, scale; anomaly:
-    method, normal, calibration); the decisions (a two-class operating point, per-label
-    thresholds).
+    Checks, in order: a JSON object; model (name, args); input (channels, height, width, area);
+    classes (1..MAX_CLASSES unique strings); outputs; normalize (finite means, finite stds > 0,
+    one or one per channel); tta; versions; data; the decisions (a two-class operating point,
+    per-label thresholds, a threshold). The task's name and its own fields are checked by the
+    task (convlens.tasks.loading.task_of): this module knows no task.
     """
     check = Checker(source)
     check.kind(meta, dict, "", "a JSON object")
-    task = meta.get("task", "classify")
-    check.choice(task, TASKS, "task")
     model = check.kind(meta.get("model"), dict, "model", "an object with a name")
     check.kind(model.get("name"), str, "model.name", "a model name")
     if not model["name"]:
@@ -57,11 +53,8 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
         check.fail("classes", "must hold only strings")
     if len(set(classes)) != len(classes):
         check.fail("classes", "repeats a name")
-    outputs = meta.get("outputs")
-    if outputs is not None:
-        check.integer(outputs, 1, MAX_CLASSES, "outputs")
-        if task in ("classify", "multilabel") and outputs != len(classes):
-            check.fail("outputs", f"is {outputs}, but 'classes' holds {len(classes)} names")
+    if meta.get("outputs") is not None:
+        check.integer(meta["outputs"], 1, MAX_CLASSES, "outputs")
 
     norm = check.kind(meta.get("normalize"), dict, "normalize", "an object with mean and std")
     for key in ("mean", "std"):
@@ -77,24 +70,6 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
     if meta.get("data") is not None:
         check.kind(meta["data"], str, "data", "a dataset name or path")
 
-    if task == "embed":
-        n = check.integer(meta.get("identities"), 1, MAX_CLASSES, "identities")
-        if n != len(classes):
-            check.fail("identities", f"is {n}, but 'classes' holds {len(classes)} names")
-        d = check.integer(meta.get("embedding_size"), 1, MAX_EMBEDDING, "embedding_size")
-        if outputs is not None and outputs != d:
-            check.fail("outputs", f"is {outputs}, but 'embedding_size' is {d}")
-        check.number(meta.get("scale"), "scale", positive=True)
-        check.number(meta.get("threshold"), "threshold")
-    if task == "anomaly":
-        check.choice(meta.get("method"), ANOMALY_METHODS, "method")
-        normal = check.kind(meta.get("normal"), list, "normal", "a list of class names")
-        if not normal or not all(isinstance(n, str) and n in classes for n in normal):
-            check.fail("normal", "must name one or more of the classes")
-        if "calibration" in meta:
-            cal = check.kind(meta["calibration"], dict, "calibration", "an object")
-            check.number(cal.get("threshold"), "calibration.threshold")
-            check.number(cal.get("spread"), "calibration.spread", positive=True)
     if "thresholds" in meta:  # the per-label decisions of a multilabel export made before 0.3
         check_label_thresholds(check, meta["thresholds"], classes, "thresholds")
     if "label_thresholds" in meta:
@@ -102,6 +77,8 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
         check_label_thresholds(check, saved.get("thresholds"), classes, "label_thresholds")
     if "operating_point" in meta:
         check_operating_point(check, meta["operating_point"], classes, "operating_point")
+    if "threshold" in meta:
+        check.number(meta["threshold"], "threshold")
     return meta
 
 

@@ -101,6 +101,11 @@ class Run:
         self.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
+def score_column(row: dict) -> str:
+    """The validation score in a results row: val_acc, or the task's own (val_auc, ...)."""
+    return next(k for k in row if k.startswith("val_") and k != "val_loss")
+
+
 def resolve_weights(run: str | Path) -> Path:
     """RUN is a run folder (its best weights, else its last) or a weights file."""
     path = Path(run)

@@ -6,8 +6,10 @@ A weights file's header holds the convlens metadata (convlens.runs.meta.WeightsM
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +46,19 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], meta: Ma
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and raw header metadata of a safetensors file; errors name the file."""
-    path = Path(path)
+    return _parse(_read(path), path)
+
+
+def _read(path: str | Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise ModelError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise ModelError(f"{path}: is a folder, not a weights file") from None
+
+
+def _parse(data: bytes, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if len(data) < 8:
         raise ModelError(f"{path}: not a safetensors file ({len(data)} bytes)")
     header_len = int.from_bytes(data[:8], "little")
@@ -75,14 +83,32 @@ def header_meta(raw: Mapping[str, str], path: str | Path, missing: str, name: st
         raise ModelError(f"{path}: {name} is not valid JSON") from None
 
 
-def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    """Weights and metadata of a convlens weights file (the header read and checked once)."""
-    tensors, raw = read_safetensors(path)
+@dataclass
+class WeightsFile:
+    """A convlens weights file read once: its tensors, metadata and content hash."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    meta: WeightsMeta
+    digest: str  # the first 16 hex digits of the file's SHA-256: names these exact weights
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """A convlens weights file: read once, its header checked once, its weights finite."""
+    data = _read(path)
+    tensors, raw = _parse(data, path)
     meta = header_meta(raw, path, NOT_OURS, "convlens metadata")
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
     if bad:
         raise ModelError(f"{path}: weights hold NaN or infinite values (first in {bad[0]!r})")
-    return tensors, WeightsMeta.from_header(meta, path)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return WeightsFile(Path(path), tensors, WeightsMeta.from_header(meta, path), digest)
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+    """Weights and metadata of a convlens weights file (the header read and checked once)."""
+    f = read_weights(path)
+    return f.tensors, f.meta
 
 
 # --- training state: everything needed to continue a run exactly --------------------------

@@ -24,7 +24,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from convlens.errors import ConvlensError
-from convlens.predict import OnnxRecogniser, Recogniser, load
+from convlens.predict import Recogniser, load
+from convlens.predict.engines import OnnxEngine
 from convlens.serve.limits import BodyLimit, BodyRefused, Limits
 
 
@@ -80,25 +81,25 @@ def create_app(
     """
     limits = limits or Limits()
     rec = load(run)
-    task = rec.meta.get("task", "classify")
-    plain = str(run).endswith(".onnx") or engine == "torch" or task != "classify"
+    task, onnx_file = rec.task, str(run).endswith(".onnx")
+    plain = onnx_file or engine == "torch" or not task.serves_onnx
     fast = rec if plain else _onnx_twin(run, engine)  # other tasks score in torch
-    batcher = Batcher(fast or rec, limits)
+    served = fast or rec
+    batcher = Batcher(served, limits)
     decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="convlens-decode")
     app = FastAPI(title="convlens", docs_url=None, redoc_url=None, openapi_url=None)
     in_flight = 0
-    meta = rec.meta
     info = {
-        "model": meta["model"]["name"],
-        "task": task,
+        "model": rec.meta.model.name,
+        "task": task.name,
         "classes": rec.classes,
-        "input": meta["input"],
-        "heatmap": task in ("classify", "multilabel") and not str(run).endswith(".onnx"),
-        "engine": "onnxruntime" if isinstance(fast or rec, OnnxRecogniser) else "torch",
-        "verify": task == "embed",
+        "input": rec.meta["input"],
+        "heatmap": task.heatmaps and not onnx_file,
+        "engine": "onnxruntime" if isinstance(served.engine, OnnxEngine) else "torch",
+        "verify": task.verification,
     }
-    if task in ("embed", "anomaly"):
-        info["threshold"] = float(getattr(rec, "threshold", 0.5))
+    if (threshold := task.shown_threshold(rec.meta)) is not None:
+        info["threshold"] = float(threshold)
 
     @app.get("/health")
     async def health() -> dict:
@@ -170,14 +171,11 @@ def create_app(
         except ConvlensError as e:
             name = upload.filename or "upload"
             return JSONResponse({"error": f"{name}: {str(e).split(': ', 1)[-1]}"}, 422)
-        probs = await batcher.predict(image)
-        answer = {"model": info["model"], "task": info["task"]}
-        if info["task"] == "anomaly":  # {"score" in [0, 1], "anomaly": flag, "threshold"}
-            answer.update(predictions=[], **rec._top(probs, 1))
-        else:
-            answer["predictions"] = rec._top(probs, top_k)
-            if rec.operating_point:  # a two-class run: the decision at the val threshold
-                answer.update(rec._flagged([dict(answer)])[0])
+        scores = await batcher.predict(image)
+        # the task's answer: top-k predictions (a two-class run's flag at its val threshold,
+        # a multi-label run's decisions) or, for an anomaly run, its score and flag
+        answer = {"model": info["model"], "task": info["task"], "predictions": []}
+        answer.update(rec.answer(scores, top_k))
         heat = None
         if want_heatmap.lower() in ("1", "true", "yes", "on") and info["heatmap"]:
             heat = await asyncio.to_thread(_heatmap_png, rec, image)

@@ -1,17 +1,21 @@
-"""Training: the loop, optimisers and schedules, checkpoints and run folders."""
+"""Training: the epoch loop, optimisers and schedules, resume state, run folders, torchrun.
+
+It imports no task: the caller (convlens.api.train) hands `fit` the task's training hooks
+(convlens.training.hooks) and what to do once training ends.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+
+from convlens.config import TrainConfig
+from convlens.training import loop, numpy_loop
+from convlens.training.hooks import Finish, TrainingHooks
 
 __all__ = ["fit"]
 
 
-def fit(cfg: Any):
-    """Train as `cfg` says; return the run folder (see convlens.training.loop.fit)."""
-    if cfg.engine == "numpy":
-        from convlens.training.numpy_loop import fit as _fit
-    else:
-        from convlens.training.loop import fit as _fit
-
-    return _fit(cfg)
+def fit(cfg: TrainConfig, hooks: TrainingHooks, finish: Finish | None = None) -> Path:
+    """Train as `cfg` says, on its engine; return the run folder (convlens.training.loop.fit)."""
+    engine = numpy_loop if cfg.engine == "numpy" else loop
+    return engine.fit(cfg, hooks, finish)

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from convlens.config import TrainConfig, make_config, save_config, to_dict
-from convlens.data import Dataset, load_dataset
+from convlens.data import Dataset
 from convlens.data.badfiles import write_bad_files
-from convlens.data.batches import channel_stats, iterate_batches, normalize, to_device
+from convlens.data.batches import iterate_batches, normalize, to_device
 from convlens.device import autocast, resolve_amp, resolve_device, sync_debug
 from convlens.errors import ConfigError, ConvlensError, TrainingError
 from convlens.models import create_model
@@ -29,7 +29,9 @@ from convlens.runs.folder import Run, resolve_weights
 from convlens.runs.lock import claim_new_run_dir, claim_run_dir_to_resume
 from convlens.runs.weights import load_state, read_safetensors, save_state, save_weights
 from convlens.training import distributed
+from convlens.training.data import load_data
 from convlens.training.ema import Lookahead
+from convlens.training.hooks import Finish, TrainingHooks
 from convlens.training.optim import (
     build_optimizer,
     flatten_optimizer,
@@ -38,22 +40,22 @@ from convlens.training.optim import (
     unflatten_optimizer,
 )
 from convlens.training.progress import Progress
-from convlens.training.tasks import Classify, make_task
 from convlens.version import __version__
 
 RESUMABLE_CHANGES = {"device", "threads", "run", "resume"}  # settings a resume may change
 
 
-def fit(cfg: TrainConfig) -> Path:
-    """Train a model as `cfg` says; return the run folder."""
+def fit(cfg: TrainConfig, hooks: TrainingHooks, finish: Finish | None = None) -> Path:
+    """Train a model for the task whose `hooks` it is, as `cfg` says; then `finish` on the main
+    process, the run folder still held. Returns the run folder."""
     torch.set_flush_denormal(True)  # denormal floats are ~100x slower on x86 CPUs
     try:
-        return _fit(cfg)
+        return _fit(cfg, hooks, finish)
     finally:
         torch.set_flush_denormal(False)  # torch's default, for whatever runs next
 
 
-def _fit(cfg: TrainConfig) -> Path:
+def _fit(cfg: TrainConfig, task: TrainingHooks, finish: Finish | None) -> Path:
     with resolve_run(cfg) as (cfg, run_dir):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -62,15 +64,21 @@ def _fit(cfg: TrainConfig) -> Path:
         group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
         try:
             run_dir = distributed.from_main(run_dir, group)  # the folder rank 0 holds
-            return _train(cfg, run_dir, group, device)
+            return _train(cfg, run_dir, group, device, task, finish)
         finally:
             distributed.teardown(group)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) -> Path:
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    group: distributed.Group,
+    device: torch.device,
+    task: TrainingHooks,
+    finish: Finish | None,
+) -> Path:
     amp = resolve_amp(cfg.amp, device)
     log = Progress(enabled=group.main)
-    task = make_task(cfg)
     with distributed.local_main_first(group):  # one process per machine builds a folder cache
         ds, mean, std, hflip = load_data(cfg, log, task)
     meta = weights_meta(cfg, ds, mean, std, hflip, task)
@@ -79,7 +87,7 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
     model = build_model(cfg, ds, log, mean, std, task, meta).to(device)
     if device.type == "cuda":  # fixed batch shapes: let cuDNN time its kernels once, keep the best
         torch.backends.cudnn.benchmark = not cfg.deterministic
-    if device.type == "cuda" and type(task).batch is Classify.batch:
+    if device.type == "cuda" and task.gpu_batches:
         # Images cross to the GPU once; batches are cut, mirrored and shifted there. A task with
         # its own batch hook keeps CPU batches: its augmentation may mix in CPU tensors.
         ds.train = to_device(ds.train, device)
@@ -164,8 +172,9 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
         if early_stop(cfg, state, log):
             break
 
-    if group.main:
-        finish(run_dir, ds, log, task)
+    log.close()
+    if group.main and finish is not None:
+        finish(run_dir, ds, log)
     return run_dir
 
 
@@ -190,33 +199,6 @@ def resolve_run(cfg: TrainConfig) -> Iterator[tuple[TrainConfig, Path]]:
 @contextlib.contextmanager
 def _unclaimed(requested: str | None) -> Iterator[Path]:
     yield Path(requested) if requested else Path("runs") / "train"
-
-
-def load_data(
-    cfg: TrainConfig, log: Progress, task: Classify | None = None
-) -> tuple[Dataset, list[float], list[float], str]:
-    """The task's dataset, its per-channel mean and std, and how training mirrors images."""
-    ds = load_dataset(
-        cfg.data,
-        data_dir=cfg.data_dir,
-        seed=cfg.seed,
-        val_fraction=cfg.val_fraction,
-        strict=cfg.strict,
-        image_size=cfg.image_size,
-        workers=cfg.workers,
-    )
-    ds = (task or Classify(cfg)).prepare(ds)
-    side = min(ds.image_size)
-    if cfg.translate >= side:  # every shifted image would be blank, or nearly
-        raise ConfigError(f"setting 'translate' must be below the image side ({side} pixels "
-                          f"here), got {cfg.translate}")  # fmt: skip
-    for note in ds.notes:
-        log.note(note)
-    mean, std = channel_stats(ds.train)
-    hflip = cfg.hflip
-    if hflip == "auto":  # airbench: every image mirrored on every other epoch
-        hflip = "alternate" if ds.hflip else "off"
-    return ds, mean, std, hflip
 
 
 def open_run(cfg: TrainConfig, run_dir: Path, ds: Dataset, log: Progress) -> None:
@@ -340,18 +322,13 @@ def early_stop(cfg: TrainConfig, state: dict, log: Progress) -> bool:
     return False
 
 
-def finish(run_dir: Path, ds: Dataset, log: Progress, task: Classify) -> None:
-    """Evaluate the best weights on the test split; write metrics.json and the figures."""
-    log.close()
-    note = task.calibrate(run_dir, ds)
-    if note:
-        log.note(note)
-    metrics = task.finish(run_dir, ds)
-    log.final(task.summary(metrics), run_dir)
-
-
 def weights_meta(
-    cfg: TrainConfig, ds: Dataset, mean: list[float], std: list[float], hflip: str, task: Classify
+    cfg: TrainConfig,
+    ds: Dataset,
+    mean: list[float],
+    std: list[float],
+    hflip: str,
+    task: TrainingHooks,
 ) -> dict:
     """What `predict` needs besides the weights: classes, input, normalisation, model, TTA."""
     tta = cfg.tta
@@ -377,24 +354,25 @@ def build_model(
     log: Progress,
     mean: list[float],
     std: list[float],
-    task: Classify | None = None,
+    task: TrainingHooks | None = None,
     meta: dict | None = None,
 ) -> nn.Module:
-    """The task's model, with weights from --init, or a data-based init where it has one."""
-    task = task or Classify(cfg)
+    """The task's model (a plain classifier without hooks), with weights from --init, or a
+    data-based init where it has one."""
     kwargs = dict(cfg.model_args)
     if cfg.pretrained:
         kwargs["pretrained"] = True
     model = create_model(
         cfg.model,
         in_channels=ds.channels,
-        num_classes=task.outputs(ds),
+        num_classes=task.outputs(ds) if task else ds.num_classes,
         image_size=ds.image_size,
         **kwargs,
     )
     if not cfg.init and hasattr(model, "init_from_data"):  # e.g. fastnet's whitening layer
         model.init_from_data(normalize(ds.train.images[:5000], mean, std))
-    model = task.wrap(model, meta or {})
+    if task is not None:
+        model = task.wrap(model, meta or {})
     if cfg.init:
         log.note(init_from_file(model, cfg.init))
     return model

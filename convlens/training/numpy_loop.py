@@ -21,6 +21,8 @@ from convlens import reference
 from convlens.config import TrainConfig
 from convlens.data.batches import normalize
 from convlens.errors import ConfigError
+from convlens.training.data import load_data
+from convlens.training.hooks import Finish, NumpyHooks
 from convlens.training.loop import (
     build_model,
     check_loss,
@@ -28,8 +30,6 @@ from convlens.training.loop import (
     end_epoch,
     epoch_batches,
     epoch_steps,
-    finish,
-    load_data,
     lookahead,
     open_run,
     resolve_run,
@@ -37,23 +37,22 @@ from convlens.training.loop import (
 )
 from convlens.training.optim import get_lr, param_groups, set_lr
 from convlens.training.progress import Progress
-from convlens.training.tasks import Classify, classify_scores
 
 DEVICE = SimpleNamespace(type="cpu (numpy engine)")  # what the start line names as the device
 
 
-def fit(cfg: TrainConfig) -> Path:
-    """Train as `cfg` says with the NumPy engine; return the run folder."""
+def fit(cfg: TrainConfig, hooks: NumpyHooks, finish: Finish | None = None) -> Path:
+    """Train as `cfg` says with the NumPy engine (a classifier's `hooks`); then `finish`, the
+    run folder still held. Returns the run folder."""
     check_supported(cfg)
     with resolve_run(cfg) as (cfg, run_dir):
-        return _fit(cfg, run_dir)
+        return _fit(cfg, run_dir, hooks, finish)
 
 
-def _fit(cfg: TrainConfig, run_dir: Path) -> Path:
+def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | None) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # the data pipeline's threads
     log = Progress()
-    task = Classify(cfg)
     ds, mean, std, hflip = load_data(cfg, log, task)
     meta = weights_meta(cfg, ds, mean, std, hflip, task)
 
@@ -107,7 +106,7 @@ def _fit(cfg: TrainConfig, run_dir: Path) -> Path:
                 state,
                 {k: torch.from_numpy(v) for k, v in model.state_dict().items()},
                 meta,
-                classify_scores(torch.from_numpy(probs), ds.val.labels),
+                task.probability_scores(torch.from_numpy(probs), ds.val.labels),
                 task.score,
                 epoch=epoch + 1,
                 train_loss=loss_sum / max(1, seen),
@@ -118,7 +117,9 @@ def _fit(cfg: TrainConfig, run_dir: Path) -> Path:
             if early_stop(cfg, state, log):
                 break
 
-    finish(run_dir, ds, log, task)  # the test metrics come from the torch engine, on these weights
+    log.close()
+    if finish is not None:  # the test metrics come from the torch engine, on these weights
+        finish(run_dir, ds, log)
     return run_dir
 
 

@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
+from convlens.runs.folder import score_column
+
 
 class Progress:
     """Training's console output."""
@@ -72,8 +74,3 @@ class Progress:
 
     def final(self, summary: str, run_dir) -> None:
         self.console.print(f"{summary}; results in {run_dir}", markup=False)
-
-
-def score_column(row: dict) -> str:
-    """The validation score in a results row: val_acc, or the task's own (val_auc, ...)."""
-    return next(k for k in row if k.startswith("val_") and k != "val_loss")

@@ -1,0 +1,99 @@
+"""The engines a Recogniser runs over: torch, the NumPy reference engine, onnxruntime.
+
+Each gives the scores (N, ...) of preprocessed uint8 images (N, C, H, W) as the run's task
+defines them, and the metadata and Task class its file was trained for. Opening one reads the
+weights file once and checks its header once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from convlens import reference
+from convlens.errors import ConvlensError
+from convlens.predict.onnx import OnnxModel
+from convlens.runs.meta import WeightsMeta
+from convlens.tasks.base import Task
+from convlens.tasks.loading import LoadedRun, load_checked, load_run
+from convlens.tasks.registry import task_class
+
+
+class Engine(Protocol):
+    """What a Recogniser needs of an engine."""
+
+    meta: WeightsMeta
+    task: type[Task]
+    source: Path  # the weights or .onnx file
+    model: object  # the network it runs (a torch module, a NumPy model, an OnnxModel)
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchEngine:
+    """A run's weights in torch: the task's own scores (every task predicts here)."""
+
+    def __init__(self, run: LoadedRun) -> None:
+        self.run, self.meta, self.task = run, run.meta, run.task
+        self.source, self.model = run.weights, run.net
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        return self.task.scores(self.run, images)
+
+
+class NumpyEngine:
+    """A classifier's weights in the NumPy reference engine (convlens.reference)."""
+
+    def __init__(self, run: str | Path, device: torch.device) -> None:
+        if device.type != "cpu":
+            raise ConvlensError(f"the numpy engine runs on the CPU, not on {device}")
+        # The engines share names and shapes: checked on torch's meta device first, so no NumPy
+        # model larger than the file is ever built.
+        f = load_checked(run)
+        self.meta, self.task, self.source = f.meta, task_class(f.meta.task), f.path
+        refuse_engine(self.task, "numpy", run)
+        arrays = {k: v.numpy() for k, v in f.tensors.items()}
+        self.model = reference.model_from(f.meta, arrays, f.path)
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, K), test-time views averaged as in training."""
+        norm = self.meta.normalize
+        probs = self.model.predict_proba(images.numpy(), norm.mean, norm.std, tta=self.meta.tta)
+        return torch.from_numpy(probs)
+
+
+class OnnxEngine:
+    """An exported .onnx model on onnxruntime (convlens.predict.onnx)."""
+
+    def __init__(self, path: str | Path) -> None:
+        if not Path(path).is_file():
+            raise ConvlensError(f"{path}: no such ONNX file")
+        self.model = OnnxModel(path)
+        self.meta, self.task, self.source = self.model.meta, self.model.kind, Path(path)
+        if self.task.onnx_activation is None:  # the graph gives embeddings, not scores
+            name, output = self.task.name, self.task.onnx_output
+            raise ConvlensError(f"{path}: an {name} export gives {output}s "
+                                f"(convlens.export.OnnxModel.embed); predict, verify and serve "
+                                f"take the run's weights")  # fmt: skip
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities or label scores (N, K), test-time views averaged as in training."""
+        return torch.from_numpy(self.model.predict_proba(images.numpy()))
+
+
+def open_engine(run: str | Path, device: str | torch.device, engine: str) -> Engine:
+    """The engine that predicts RUN (a run folder, weights file or .onnx file)."""
+    if str(run).endswith(".onnx"):
+        return OnnxEngine(run)
+    device = torch.device(device)
+    opened = NumpyEngine(run, device) if engine == "numpy" else TorchEngine(load_run(run, device))
+    opened.task.check_predictable(opened.meta, opened.source)
+    return opened
+
+
+def refuse_engine(task: type[Task], engine: str, run: str | Path) -> None:
+    """One line unless `engine` predicts the runs of `task`."""
+    if engine not in task.engines:
+        raise ConvlensError(f"{run}: {task.name} runs predict with the torch engine, not {engine}")
