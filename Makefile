@@ -42,6 +42,7 @@ demo: $(VENV)/.installed data
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup

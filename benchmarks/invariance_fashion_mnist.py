@@ -23,13 +23,9 @@ from pathlib import Path
 import torch
 
 import convlens
+from convlens.api.explain import train_baseline
 from convlens.data import load_dataset
-from convlens.explain.invariance import (
-    bare_predictor,
-    invariance_curves,
-    sample_split,
-    train_baseline,
-)
+from convlens.explain.invariance import bare_predictor, invariance_curves, sample_split
 from convlens.predict import Recogniser
 
 

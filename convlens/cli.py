@@ -191,7 +191,7 @@ def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | Non
             invariance: bool, baseline: str | None, data: str | None, max_shift: int,
             n_images: int) -> None:  # fmt: skip
     """Parameter sharing, filters, feature maps, top patches, Grad-CAM of RUN (PNGs + JSON)."""
-    from convlens.explain import explain_run
+    from convlens.api.explain import explain_run
 
     summary = explain_run(run, images, out=out, layer=layer, invariance=invariance,
                           baseline=baseline, data=data, max_shift=max_shift,

@@ -107,8 +107,8 @@ PEAK_RSS_CODE = (  # the same two functions for scripts run in a child interpret
 
 
 def saved_decision(run, key: str) -> dict:
-    """A decision a run saved in its best weights' header: "operating_point" (a two-class run's,
-    in weights/threshold.json before 0.3) or "label_thresholds" (thresholds.json before 0.3)."""
+    """A decision a run saved in its best weights' header: "operating_point" (a two-class run's;
+    older runs wrote weights/threshold.json) or "label_thresholds" (older: thresholds.json)."""
     import json
 
     from safetensors import safe_open

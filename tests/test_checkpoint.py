@@ -9,7 +9,7 @@ from convlens.errors import ConvlensError, ModelError
 from convlens.runs import weights as ckpt
 from convlens.runs.atomic import atomic_write_bytes
 from convlens.runs.folder import resolve_weights
-from convlens.training.optim import flatten_optimizer, unflatten_optimizer
+from convlens.training.resume import flatten_optimizer, unflatten_optimizer
 
 
 def test_weights_round_trip_with_metadata(tmp_path):

@@ -23,7 +23,9 @@ from convlens.models import create_model
 from convlens.predict import load
 from convlens.runs import weights as ckpt
 from convlens.runs.folder import resolve_weights
-from convlens.training.loop import build_model, epoch_batches, epoch_steps, load_data
+from convlens.training.build import build_model
+from convlens.training.data import load_data
+from convlens.training.lifecycle import epoch_batches, epoch_steps
 from convlens.training.numpy_loop import build_sgd, train_step
 from convlens.training.optim import build_optimizer, get_lr, set_lr
 from convlens.training.progress import Progress

@@ -15,8 +15,8 @@ from PIL import Image
 
 import convlens
 from convlens.api.evaluate import evaluate_run
-from convlens.evaluation.report import SECTIONS
-from convlens.explain import explain_run
+from convlens.api.explain import explain_run
+from convlens.report.classify import SECTIONS
 
 pytestmark = pytest.mark.xdist_group("report")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

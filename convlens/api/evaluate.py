@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens.data import Dataset
+from convlens.report import write_report
 from convlens.tasks.loading import load_run
 from convlens.training.data import load_run_data
 
@@ -30,4 +31,7 @@ def evaluate_run(
         dataset = load_run_data(data, loaded.folder.path if loaded.folder else None)
     if split == "test" and dataset.test is None:
         split = "val"  # the source has no test split; say which split was used in the result
-    return loaded.task.evaluate(loaded, dataset, split, write).metrics
+    ev = loaded.task.evaluate(loaded, dataset, split, write)
+    if write:
+        write_report(loaded, ev)
+    return ev.metrics

@@ -11,18 +11,14 @@ from convlens.data import Dataset
 from convlens.device import resolve_device
 from convlens.tasks import make_task
 from convlens.tasks.base import Task
-from convlens.training import fit
+from convlens.training import loop, numpy_loop
 from convlens.training.progress import Progress
 
 
 def train(cfg: TrainConfig) -> Path:
     """Train as `cfg` says and evaluate the best weights; return the run folder."""
-    task = make_task(cfg)
-
-    def finish(run_dir: Path, ds: Dataset, log: Progress) -> None:
-        after_training(task, run_dir, ds, log)
-
-    return fit(cfg, task, finish)
+    engine = numpy_loop if cfg.engine == "numpy" else loop
+    return engine.fit(cfg, make_task, after_training)
 
 
 def after_training(task: Task, run_dir: Path, ds: Dataset, log: Progress) -> None:

@@ -34,6 +34,7 @@ import torch
 from convlens.data.dataset import Split
 from convlens.data.files import read_regular
 from convlens.runs.atomic import temp_beside
+from convlens.version import __version__
 
 FORMAT = 1
 DIR_NAME = ".convlens-cache"
@@ -91,8 +92,6 @@ def cache_dir(root: Path) -> Path:
 def _listing(root: Path, items: dict[str, list[Item]], settings: dict) -> dict:
     """What the pixels depend on: files (path, label, bytes, mtime ns), settings, versions."""
     import PIL
-
-    from convlens.version import __version__
 
     files = {}
     for split, part in items.items():

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from convlens.errors import DatasetFormatError
+from convlens.errors import ConvlensError, DatasetFormatError
 
 MAX_CLASSES = 100_000  # a label past this is a corrupt file, not a dataset (ImageNet-21k: 21,841)
 
@@ -59,8 +59,6 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         """Return the split called `name` (train, val or test)."""
-        from convlens.errors import ConvlensError
-
         part = {"train": self.train, "val": self.val, "test": self.test}.get(name)
         if part is None:
             raise ConvlensError(f"dataset {self.name} has no {name!r} split")
@@ -128,8 +126,6 @@ def _quota(counts, fraction: float):
 
 def hold_out_val(train: Split, fraction: float, seed: int) -> tuple[Split, Split, str]:
     """Hold out a seeded, stratified `fraction` of train as validation; returns a note saying so."""
-    from convlens.errors import ConvlensError
-
     if not 0 < fraction < 1:
         raise ConvlensError(f"val_fraction must be between 0 and 1, got {fraction}")
     rest, val = stratified_split(train.labels, [fraction], seed)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from convlens.errors import ConvlensError
+
 SIZES = {28: "", 64: "_64", 128: "_128", 224: "_224"}
 
 
@@ -75,8 +77,6 @@ def read_scores(path: str | Path) -> tuple[dict, np.ndarray]:
         path.name,
     )
     if m is None:
-        from convlens.errors import ConvlensError
-
         raise ConvlensError(f"{path}: not a MedMNIST score file name")
     table = np.loadtxt(path, delimiter=",", ndmin=2)  # (N, 1 + K): index, scores
     fields = {**m.groupdict(), "auc": float(m["auc"]), "acc": float(m["acc"])}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convlens.evaluation.metrics import ece_of_bins, reliability_bins
 from convlens.runs.folder import score_column
 
 
@@ -58,8 +59,6 @@ def save_reliability(labels, probs, path: Path, bins: int = 15) -> None:
     """Reliability diagram (Guo et al. 2017) of labels (N,) and probabilities (N, K): per
     confidence bin the accuracy as a bar, the gap to the bin's mean confidence shaded, the image
     count above; a calibrated model's bars reach the diagonal. ECE in the title."""
-    from convlens.evaluation.metrics import ece_of_bins, reliability_bins
-
     plt = _pyplot()
     rel = reliability_bins(labels, probs, bins)
     width = 1 / bins

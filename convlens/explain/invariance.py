@@ -11,13 +11,12 @@ augmentation): the same budget, without convolutions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
 from convlens.data.batches import translate_each
 from convlens.data.dataset import Split
-from convlens.errors import ConvlensError
+from convlens.models.infer import predict_proba
 
 ANGLES = (0, 5, 10, 15, 20, 30)  # degrees; each is measured as +a and -a
 Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, C, H, W) -> probabilities (N, K)
@@ -51,9 +50,7 @@ def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
 
 def bare_predictor(model: torch.nn.Module, meta: dict) -> Predict:
     """uint8 images -> the network's own probabilities, no test-time augmentation."""
-    from convlens.models.infer import predict_proba
-
-    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
+    mean, std = meta.normalize.mean, meta.normalize.std
     return lambda images: predict_proba(model, images, mean=mean, std=std)
 
 
@@ -96,23 +93,3 @@ def sample_split(split: Split, n: int, seed: int = 0) -> Split:
         return split
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
     return split.subset(idx.sort().values)
-
-
-def train_baseline(home: Path, data: str, config: Path | None) -> Path:
-    """An `mlp` trained like the run (its config.yaml) into home/mlp-baseline, or the one there."""
-    import convlens
-    from convlens.config import load_yaml
-
-    target = home / "mlp-baseline"
-    if (target / "weights" / "best.safetensors").is_file():
-        return target
-    if target.exists():
-        raise ConvlensError(
-            f"{target} exists but holds no trained weights (an interrupted training?): "
-            "remove it, or pass --baseline RUN"
-        )
-    settings = load_yaml(config) if config and config.is_file() else {}
-    for key in ("model_args", "init", "pretrained", "resume"):
-        settings.pop(key, None)
-    settings.update(model="mlp", data=data, run=str(target))
-    return convlens.train(**settings)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from convlens.explain.gradcam import peak
+
 GLYPHS = ("plus", "cross", "diamond", "square")
 
 
@@ -80,8 +82,6 @@ def object_scenes(
 
 def pointing_game(heatmaps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """True where a map (B, H, W) has its maximum inside its box (B, 4); an all-zero map misses."""
-    from convlens.explain.gradcam import peak
-
     rc = peak(heatmaps)  # (B, 2)
     inside = (rc[:, 0] >= boxes[:, 0]) & (rc[:, 0] < boxes[:, 2])
     inside &= (rc[:, 1] >= boxes[:, 1]) & (rc[:, 1] < boxes[:, 3])

@@ -22,7 +22,8 @@ from convlens.runs.atomic import atomic_write_bytes
 from convlens.runs.folder import Run
 from convlens.runs.meta import WeightsMeta
 from convlens.runs.weights import META_KEY, header_json
-from convlens.tasks.loading import load_run
+from convlens.tasks.loading import load_run, read_run_weights
+from convlens.tasks.registry import task_class
 from convlens.training.data import load_run_data
 
 TOLERANCE = 1e-4  # largest allowed |onnx - torch| over the check images: probability, score or
@@ -35,11 +36,12 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
     """Write RUN's model as ONNX, check it, and compare onnxruntime with torch on val images."""
     import onnx
 
-    loaded = load_run(run)
-    task = loaded.task
+    read = read_run_weights(run)  # the header says whether the task exports: no model built
+    task = task_class(read.meta.task)
     if task.onnx_output is None:
-        raise ModelError(f"{loaded.weights}: {task.name} runs do not export to ONNX "
+        raise ModelError(f"{read.path}: {task.name} runs do not export to ONNX "
                          f"({task.onnx_refusal}); they predict in torch")  # fmt: skip
+    loaded = load_run(read)
     rec = recogniser_for(TorchEngine(loaded))  # what `convlens predict` uses: the parity oracle
     model, meta, weights = rec.model.float().eval(), rec.meta, rec.weights
     c, h, w = meta.input.shape

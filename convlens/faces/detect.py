@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from convlens.errors import ConvlensError
+from convlens.predict import load
 
 CASCADE = "haarcascade_frontalface_default.xml"
 SCALE_FACTOR = 1.1  # image pyramid step: 10% per level
@@ -90,8 +91,6 @@ class FaceConfirmer:
     """A face / non-face CNN (a classify run trained on lfw-faces) that vets cascade crops."""
 
     def __init__(self, run: str | Path, min_score: float = 0.5) -> None:
-        from convlens.predict import load
-
         self.recogniser = load(run)
         if "face" not in self.recogniser.classes:
             raise ConvlensError(

@@ -19,6 +19,7 @@ from torch import nn
 
 from convlens.data import Dataset, Split
 from convlens.errors import TrainingError
+from convlens.faces.figures import write_outputs
 from convlens.faces.head import EmbeddingNet, embed_images, embedding_loss
 from convlens.faces.metrics import (
     accuracy,
@@ -30,9 +31,8 @@ from convlens.faces.metrics import (
 from convlens.faces.recogniser import FaceRecogniser
 from convlens.runs.checks import MAX_CLASSES, MAX_EMBEDDING, Checker
 from convlens.runs.meta import WeightsMeta
-from convlens.tasks.base import Evaluation, Task, top_predictions
+from convlens.tasks.base import Evaluation, LoadedRun, Task, top_predictions
 from convlens.tasks.classify import single_label
-from convlens.tasks.loading import LoadedRun
 from convlens.tasks.registry import register_task
 
 VAL_PAIRS = 6000  # validation and test pairs, half matched (LFW View 2 has 6000)
@@ -149,9 +149,7 @@ class EmbedTask(Task):
         metrics["embedding_size"] = meta["embedding_size"]
         metrics.update(_closed_set(model, meta, dataset.train, emb, part.labels, device))
         if write and run.folder is not None:
-            from convlens.faces.report import write_outputs
-
-            write_outputs(run.folder.path, metrics, scores, same)
+            write_outputs(run.folder, metrics, scores, same)
         return Evaluation(metrics, {"scores": scores, "same": same})
 
     @classmethod

@@ -16,6 +16,7 @@ import torch
 
 from convlens.data.folder import IMAGE_EXTENSIONS
 from convlens.data.names import class_name
+from convlens.data.npz import read_npz
 from convlens.errors import ConvlensError
 from convlens.faces.metrics import identity_scores
 from convlens.faces.recogniser import FaceRecogniser
@@ -79,7 +80,7 @@ def load_gallery(path: str | Path, rec: FaceRecogniser) -> tuple[np.ndarray, np.
             f"{path} was enrolled with model {_short(str(made_with))}, not with {rec.model_id} "
             f"({rec.weights}): enroll the gallery again with this model"
         )
-    emb, names, d = arrays["embeddings"], arrays["names"], rec.meta["embedding_size"]
+    emb, names, d = arrays["embeddings"], arrays["names"], rec.meta.extras["embedding_size"]
     if emb.ndim != 2 or emb.dtype.kind != "f" or emb.shape[0] < 1 or emb.shape[1] != d:
         raise ConvlensError(f"{path}: gallery embeddings are {emb.dtype} {emb.shape}, not "
                             f"(N, {d}) floats of this model")  # fmt: skip
@@ -93,8 +94,6 @@ def load_gallery(path: str | Path, rec: FaceRecogniser) -> tuple[np.ndarray, np.
 
 def _read_gallery(path: Path) -> dict[str, np.ndarray]:
     """A gallery .npz's arrays: a regular file, at most MAX_GALLERY_BYTES unpacked, no pickle."""
-    from convlens.data.npz import read_npz
-
     if not path.is_file():  # a FIFO would block, /dev/zero never end
         what = "not a regular file" if path.exists() else "no such gallery file"
         raise ConvlensError(f"{path}: {what}")

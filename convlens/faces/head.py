@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.models.infer import map_batches
+from convlens.training.optim import param_groups
 
 
 class EmbeddingNet(nn.Module):
@@ -42,8 +43,6 @@ class EmbeddingNet(nn.Module):
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """The backbone's own groups (fastnet's) or the default split, plus neck and centres."""
-        from convlens.training.optim import param_groups
-
         groups = param_groups(self.backbone, weight_decay)
         neck = [self.neck.weight, self.neck.bias, self.centres]  # centres: only their angle counts
         return groups + [{"params": neck, "weight_decay": 0.0}]

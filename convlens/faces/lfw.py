@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from convlens.errors import DatasetFormatError
-from convlens.faces.metrics import accuracy, best_threshold
+from convlens.faces.metrics import accuracy, best_threshold, verification_metrics
 
 
 @dataclass
@@ -98,8 +98,6 @@ def ten_fold_accuracy(scores: np.ndarray, same: np.ndarray, fold: np.ndarray) ->
 
 def run_protocol(recogniser, pairs_txt: str | Path, root: str | Path) -> dict:
     """LFW accuracy (10-fold) and ROC metrics of a FaceRecogniser on the pairs in pairs_txt."""
-    from convlens.faces.metrics import verification_metrics
-
     pairs = read_pairs(pairs_txt, root)
     files = sorted({str(p) for p in pairs.left + pairs.right})
     emb, faces = recogniser.embed_files(files)  # (F, D), per-file face info

@@ -13,21 +13,25 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convlens.data import Dataset, Split
 from convlens.device import resolve_amp, resolve_device
 from convlens.errors import ConfigError, ConvlensError, ModelError
-from convlens.evaluation.detection import detection_metrics
+from convlens.evaluation.detection import curves, detection_metrics
+from convlens.evaluation.plots import save_curves, save_roc_pr, save_score_histogram
 from convlens.medical import anomaly_score as scoring
 from convlens.medical import geom
 from convlens.runs.checks import Checker
+from convlens.runs.folder import Run
 from convlens.runs.meta import WeightsMeta
 from convlens.runs.weights import save_weights
-from convlens.tasks.base import Evaluation, Task
+from convlens.tasks.base import Evaluation, LoadedRun, Task
 from convlens.tasks.classify import softmax_validation
-from convlens.tasks.loading import LoadedRun, load_model
+from convlens.tasks.loading import load_model
 from convlens.tasks.registry import register_task
 
 FIT_IMAGES = 1000  # normal train images fitting the Mahalanobis statistics; anomalous val images
@@ -101,6 +105,10 @@ class AnomalyTask(Task):
         """A random one of the 72 transformations per image; its index is the target."""
         index = torch.randint(0, geom.COUNT, (len(images),), generator=gen)  # (B,)
         return geom.apply(images, index, self.maps), index
+
+    def loss(self, model: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the transformation logits `out` (B, 72) on the ones applied (B,)."""
+        return F.cross_entropy(out.float(), target, label_smoothing=self.cfg.label_smoothing)
 
     def validate(self, model: nn.Module, split: Split, meta: dict, **kw: Any) -> dict:
         """Transformation loss and accuracy on normal val images, each under 8 of the 72."""
@@ -202,10 +210,7 @@ class AnomalyTask(Task):
         names = [dataset.classes[i] for i in part.labels.tolist()]  # (N,)
         scores = {k: v.numpy() for k, v in raws.items()}
         if write and run.folder is not None:
-            from convlens.medical.report import write_anomaly_report
-
-            run.folder.write_metrics(metrics)
-            write_anomaly_report(run.folder.path, metrics, scores, names, part.images)
+            _write(run.folder, metrics, scores, names)
         return Evaluation(metrics, {"raw": scores, "classes": names, "images": part.images})
 
     @classmethod
@@ -236,6 +241,28 @@ class AnomalyTask(Task):
             f"{fmt(metrics['sensitivity'])}  specificity {fmt(metrics['specificity'])}  "
             f"(normal {metrics['n_normal']}, anomalous {metrics['n_anomalous']})"
         )
+
+
+def _write(folder: Run, metrics: dict, raw: dict[str, np.ndarray], classes: list[str]) -> None:
+    """metrics.json, curves.png, roc_pr.png (when the split holds both kinds of image) and
+    anomaly_scores.png of the evaluated split."""
+    folder.write_metrics(metrics)
+    method, block = metrics["method"], metrics.get("detection")
+    scores = raw[method]  # (N,)
+    anomalous = np.array([c not in metrics["normal"] for c in classes], dtype=bool)  # (N,)
+    if rows := folder.read_results():
+        save_curves(rows, folder.path / "curves.png")
+    if block is not None:
+        positive = f"anomalous (not {', '.join(metrics['normal'])})"
+        points = curves(anomalous, scores)
+        save_roc_pr(points, {**block, "positive_class": positive}, folder.path / "roc_pr.png")
+    save_score_histogram(
+        scores,
+        anomalous,
+        metrics["calibration"]["threshold"],
+        f"raw {scoring.SCORE_NAMES[method]} score (higher: more anomalous)",
+        folder.path / "anomaly_scores.png",
+    )
 
 
 def normal_classes(spec: str | None, classes: list[str], where: str) -> list[str]:

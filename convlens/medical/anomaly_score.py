@@ -19,9 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from convlens.evaluation.detection import choose_threshold
 from convlens.medical import geom
+from convlens.training.optim import param_groups
 
 QUANTILE = 0.95  # without anomalies in val: flag what scores above 95% of normal val images
+SCORE_NAMES = {"geom": "GEOM", "mahalanobis": "Mahalanobis"}  # raw score name -> shown name
 
 
 class AnomalyNet(nn.Module):
@@ -45,8 +48,6 @@ class AnomalyNet(nn.Module):
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """The wrapped model's optimiser groups (fastnet's), else the default ones."""
-        from convlens.training.optim import param_groups
-
         return param_groups(self.net, weight_decay)
 
 
@@ -81,8 +82,6 @@ def fit_mahalanobis(model: AnomalyNet, images: torch.Tensor, meta: dict, **kw: A
 
 def calibrate(normal: torch.Tensor, anomalous: torch.Tensor, sensitivity: float | None) -> dict:
     """Threshold and spread from validation raw scores, with the rule that chose them."""
-    from convlens.evaluation.detection import choose_threshold
-
     spread = float(normal.std()) if len(normal) > 1 else 1.0
     spread = spread if math.isfinite(spread) and spread > 0 else 1.0
     if len(anomalous) == 0:

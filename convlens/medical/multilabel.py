@@ -21,15 +21,15 @@ from convlens.data import Dataset, Split
 from convlens.errors import ConfigError, ConvlensError
 from convlens.evaluation.detection import choose_threshold
 from convlens.evaluation.medmnist import write_scores
-from convlens.evaluation.plots import save_curves
+from convlens.evaluation.plots import save_curves, save_label_rocs
 from convlens.models.infer import map_batches, tta_views
 from convlens.runs.checks import Checker, validate_label_thresholds
 from convlens.runs.meta import WeightsMeta
-from convlens.tasks.base import Evaluation, Task, check_outputs_are_classes
-from convlens.tasks.loading import LoadedRun, read_side_file
+from convlens.tasks.base import Evaluation, LoadedRun, Task, check_outputs_are_classes
+from convlens.tasks.loading import read_side_file
 from convlens.tasks.registry import register_task
 
-OLD_FILE = "thresholds.json"  # where runs before 0.3 kept each label's threshold
+OLD_FILE = "thresholds.json"  # beside an older run's weights: each label's threshold
 MAX_POS_WEIGHT = 100.0  # a label seen once in 10,000 images should not dominate the loss
 
 
@@ -75,7 +75,7 @@ class MultilabelTask(Task):
 
     @classmethod
     def read_old_decisions(cls, meta: WeightsMeta, weights: Path) -> None:
-        """The thresholds.json beside the weights of a run before 0.3, checked."""
+        """The thresholds.json beside an older run's weights, checked."""
         path = weights.parent / OLD_FILE
         if meta.decisions.label_thresholds is not None or not path.is_file():
             return
@@ -213,15 +213,14 @@ def multilabel_metrics(
 
 def _write(run: LoadedRun, metrics: dict, points: list[dict], part: Split, scores: np.ndarray,
            data: str) -> None:  # fmt: skip
-    """metrics.json, the thresholds with the weights, figures, report.html and, for an .npz,
-    a MedMNIST score file."""
-    from convlens.medical.report import write_multilabel_report
-
+    """metrics.json, the thresholds with the weights, curves.png, roc_labels.png and, for an
+    .npz, a MedMNIST score file."""
     folder = run.folder
     folder.write_metrics(metrics)
     if rows := folder.read_results():
         save_curves(rows, folder.path / "curves.png")
-    write_multilabel_report(folder.path, metrics, part.labels.numpy(), scores)
+    names = [p["label"] for p in metrics["per_label"]]
+    save_label_rocs(part.labels.numpy(), scores, names, folder.path / "roc_labels.png")
     saved = {"labels": run.meta.classes, "thresholds": [p["threshold"] for p in points],
              "points": points, "chosen_on": "val"}  # fmt: skip
     decisions = dataclasses.replace(run.meta.decisions, label_thresholds=saved)

@@ -16,8 +16,8 @@ from convlens import reference
 from convlens.errors import ConvlensError
 from convlens.predict.onnx import OnnxModel
 from convlens.runs.meta import WeightsMeta
-from convlens.tasks.base import Task
-from convlens.tasks.loading import LoadedRun, load_checked, load_run
+from convlens.tasks.base import LoadedRun, Task
+from convlens.tasks.loading import load_checked, load_run
 from convlens.tasks.registry import task_class
 
 

@@ -70,7 +70,7 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
     if meta.get("data") is not None:
         check.kind(meta["data"], str, "data", "a dataset name or path")
 
-    if "thresholds" in meta:  # the per-label decisions of a multilabel export made before 0.3
+    if "thresholds" in meta:  # the per-label decisions of an older multilabel export
         check_label_thresholds(check, meta["thresholds"], classes, "thresholds")
     if "label_thresholds" in meta:
         saved = check.kind(meta["label_thresholds"], dict, "label_thresholds", "an object")
@@ -83,12 +83,12 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
 
 
 def validate_operating_point(point: Any, classes: list[str], source: str | Path) -> dict:
-    """A two-class run's operating point saved in a side file (threshold.json, before 0.3)."""
+    """A two-class run's operating point saved in a side file (threshold.json: older runs)."""
     return check_operating_point(Checker(source), point, classes, "")
 
 
 def validate_label_thresholds(saved: Any, classes: list[str], source: str | Path) -> list[float]:
-    """A multi-label run's thresholds saved in a side file (thresholds.json, before 0.3)."""
+    """A multi-label run's thresholds saved in a side file (thresholds.json: older runs)."""
     check = Checker(source)
     check.kind(saved, dict, "", "a JSON object")
     return check_label_thresholds(check, saved.get("thresholds"), classes, "thresholds")

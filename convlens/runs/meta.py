@@ -100,7 +100,7 @@ class WeightsMeta(Mapping):
             label_thresholds=d.pop("label_thresholds", None),
             threshold=d.pop("threshold", None),
         )
-        if decisions.label_thresholds is None and "thresholds" in d:  # an export before 0.3
+        if decisions.label_thresholds is None and "thresholds" in d:  # an older export
             decisions.label_thresholds = {"labels": d["classes"], "thresholds": d.pop("thresholds")}
         return cls(
             task=d.pop("task", "classify"),

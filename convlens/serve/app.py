@@ -23,7 +23,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from convlens.data.batches import normalize
+from convlens.data.images import decode_image
 from convlens.errors import ConvlensError
+from convlens.explain.figures import overlay, png_image
+from convlens.explain.gradcam import grad_cam
+from convlens.export import export_onnx
 from convlens.predict import Recogniser, load
 from convlens.predict.engines import OnnxEngine
 from convlens.serve.limits import BodyLimit, BodyRefused, Limits
@@ -219,8 +224,6 @@ def _onnx_twin(run: str | Path, engine: str) -> Recogniser | None:
     removed once the session holds the graph, so no file outlives start-up, failed or not."""
     import tempfile
 
-    from convlens.export import export_onnx
-
     try:
         with tempfile.TemporaryDirectory(prefix="convlens-serve-") as folder:
             return load(export_onnx(run, Path(folder) / "model.onnx")["onnx"])
@@ -232,8 +235,6 @@ def _onnx_twin(run: str | Path, engine: str) -> Recogniser | None:
 
 def _face(rec, data: bytes, name: str, detect: bool) -> tuple[torch.Tensor, dict]:
     """The face crop (C, H, W) uint8 of an uploaded photo and its box (detection as asked)."""
-    from convlens.data.images import decode_image
-
     image = decode_image(data, name=name)
     if not detect:
         return rec.preprocess(image), {"box": None, "faces_found": None}
@@ -242,11 +243,7 @@ def _face(rec, data: bytes, name: str, detect: bool) -> tuple[torch.Tensor, dict
 
 def _heatmap_png(rec: Recogniser, image: torch.Tensor) -> str | None:
     """Grad-CAM of the predicted class over the image, as base64 PNG (None if no conv map)."""
-    from convlens.data.batches import normalize
-    from convlens.explain.figures import overlay, png_image
-    from convlens.explain.gradcam import grad_cam
-
-    x = normalize(image[None], rec.meta["normalize"]["mean"], rec.meta["normalize"]["std"])
+    x = normalize(image[None], rec.meta.normalize.mean, rec.meta.normalize.std)
     try:
         heat, _ = grad_cam(rec.model, x)
     except ConvlensError:  # e.g. an MLP has no feature map

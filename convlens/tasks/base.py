@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from convlens.data import Dataset, Split
 from convlens.runs.checks import Checker
+from convlens.runs.folder import Run
 from convlens.runs.meta import WeightsMeta
-
-if TYPE_CHECKING:  # annotations only: loading imports this module
-    from convlens.tasks.loading import LoadedRun
+from convlens.runs.weights import save_weights
+from convlens.tasks.registry import task_class
 
 
 @dataclass
@@ -24,6 +24,36 @@ class Evaluation:
 
     metrics: dict
     details: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready to evaluate or predict with: the network (eval mode, on `device`),
+    its metadata and weights file, the run folder holding them (None for a loose file), that
+    run's settings (its config.yaml; {} for a loose file) and those the caller overrides."""
+
+    net: nn.Module
+    meta: WeightsMeta
+    weights: Path
+    folder: Run | None
+    device: torch.device
+    settings: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. evaluate's flags
+    digest: str = ""  # of the weights file as loaded (convlens.runs.weights.WeightsFile)
+
+    def setting(self, name: str) -> Any:
+        """A setting as the caller gives it, else as the run was trained with (None)."""
+        return self.overrides.get(name, self.settings.get(name))
+
+    @property
+    def task(self) -> type[Task]:
+        """The task its weights were trained for."""
+        return task_class(self.meta.task)
+
+    def save_meta(self, meta: WeightsMeta) -> None:
+        """Rewrite the weights file with new metadata (the same tensors), atomically."""
+        save_weights(self.weights, self.net.state_dict(), meta)
+        self.meta = meta
 
 
 class Task:
@@ -108,7 +138,7 @@ class Task:
 
     @classmethod
     def read_old_decisions(cls, meta: WeightsMeta, weights: Path) -> None:
-        """Fill meta.decisions from the side files runs before 0.3 wrote beside their weights."""
+        """Fill meta.decisions from the side files older runs wrote beside their weights."""
 
     @classmethod
     def evaluate(cls, run: LoadedRun, dataset: Dataset, split: str, write: bool) -> Evaluation:

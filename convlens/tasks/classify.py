@@ -26,9 +26,15 @@ from convlens.models.infer import predict_proba
 from convlens.runs.checks import Checker
 from convlens.runs.meta import WeightsMeta
 from convlens.runs.weights import save_weights
-from convlens.tasks.base import Evaluation, Task, check_outputs_are_classes, top_predictions
+from convlens.tasks.base import (
+    Evaluation,
+    LoadedRun,
+    Task,
+    check_outputs_are_classes,
+    top_predictions,
+)
 from convlens.tasks.detection import add_detection, flag, read_old_operating_point
-from convlens.tasks.loading import LoadedRun, load_model
+from convlens.tasks.loading import load_model
 from convlens.tasks.registry import register_task
 
 
@@ -87,7 +93,7 @@ class ClassifyTask(Task):
 
     @classmethod
     def read_old_decisions(cls, meta: WeightsMeta, weights: Path) -> None:
-        """A two-class run's threshold.json (before 0.3)."""
+        """A two-class run's threshold.json (older runs)."""
         read_old_operating_point(meta, weights)
 
     @classmethod
@@ -196,9 +202,7 @@ def check_compatible(meta: WeightsMeta, ds: Dataset, weights: Path) -> None:
 
 
 def _write_outputs(run: LoadedRun, metrics: dict, part: Split, probs: torch.Tensor) -> None:
-    """metrics.json, confusion_matrix.csv and .png, curves.png, reliability.png, report.html."""
-    from convlens.evaluation.report import write_report
-
+    """metrics.json, confusion_matrix.csv and .png, curves.png, reliability.png."""
     folder = run.folder
     folder.write_metrics(metrics)
     cm = metrics["confusion_matrix"]
@@ -213,4 +217,3 @@ def _write_outputs(run: LoadedRun, metrics: dict, part: Split, probs: torch.Tens
         save_curves(rows, folder.path / "curves.png")
     # the evaluated split's predictions: the same bins as metrics' ECE
     save_reliability(part.labels, probs, folder.path / "reliability.png")
-    write_report(folder.path, metrics, part, probs)

@@ -14,9 +14,10 @@ from convlens.evaluation.detection import curves, detection_block, positive_inde
 from convlens.evaluation.plots import save_roc_pr
 from convlens.runs.checks import validate_operating_point
 from convlens.runs.meta import WeightsMeta
-from convlens.tasks.loading import LoadedRun, read_side_file
+from convlens.tasks.base import LoadedRun
+from convlens.tasks.loading import read_side_file
 
-OLD_FILE = "threshold.json"  # where runs before 0.3 kept the operating point, beside the weights
+OLD_FILE = "threshold.json"  # beside the weights of older runs: the operating point
 
 
 def add_detection(
@@ -58,7 +59,7 @@ def add_detection(
 
 def read_old_operating_point(meta: WeightsMeta, weights: Path) -> None:
     """A two-class run's operating point from the threshold.json beside its weights (runs
-    before 0.3), checked, when its header holds none."""
+    older runs), checked, when its header holds none."""
     path = weights.parent / OLD_FILE
     if len(meta.classes) != 2 or meta.decisions.operating_point is not None or not path.is_file():
         return

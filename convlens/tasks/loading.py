@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from convlens.models.registry import create_model
 from convlens.runs.checks import Checker, one_line
 from convlens.runs.folder import Run, resolve_weights
 from convlens.runs.meta import WeightsMeta
-from convlens.runs.weights import WeightsFile, read_weights, save_weights
-from convlens.tasks.base import Task
+from convlens.runs.weights import WeightsFile, read_weights
+from convlens.tasks.base import LoadedRun, Task
 from convlens.tasks.registry import list_tasks, task_class
 
 
@@ -38,10 +37,17 @@ def task_of(meta: WeightsMeta, source: str | Path) -> type[Task]:
     return task
 
 
-def load_checked(run: str | Path) -> WeightsFile:
-    """The weights file of a run folder (or the file itself), read once, every check passed."""
+def read_run_weights(run: str | Path) -> WeightsFile:
+    """The weights file of a run folder (or the file itself), read once, its header checked:
+    the common fields, then the task's own."""
     f = read_weights(resolve_weights(run))  # common fields checked, weights finite
     task_of(f.meta, f.path)
+    return f
+
+
+def load_checked(run: str | Path) -> WeightsFile:
+    """The weights file of a run folder (or the file itself), read once, every check passed."""
+    f = read_run_weights(run)
     check_fit(f.tensors, f.meta, f.path)
     return f
 
@@ -58,38 +64,13 @@ def _built(f: WeightsFile) -> nn.Module:
     return model.eval()
 
 
-@dataclass
-class LoadedRun:
-    """A trained model ready to evaluate or predict with: the network (eval mode, on `device`),
-    its metadata and weights file, the run folder holding them (None for a loose file), that
-    run's settings (its config.yaml; {} for a loose file) and those the caller overrides."""
-
-    net: nn.Module
-    meta: WeightsMeta
-    weights: Path
-    folder: Run | None
-    device: torch.device
-    settings: dict[str, Any] = field(default_factory=dict)
-    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. evaluate's flags
-    digest: str = ""  # of the weights file as loaded (convlens.runs.weights.WeightsFile)
-
-    def setting(self, name: str) -> Any:
-        """A setting as the caller gives it, else as the run was trained with (None)."""
-        return self.overrides.get(name, self.settings.get(name))
-
-    @property
-    def task(self) -> type[Task]:
-        return task_class(self.meta.task)
-
-    def save_meta(self, meta: WeightsMeta) -> None:
-        """Rewrite the weights file with new metadata (the same tensors), atomically."""
-        save_weights(self.weights, self.net.state_dict(), meta)
-        self.meta = meta
-
-
-def load_run(run: str | Path, device: torch.device | str = "cpu", **overrides: Any) -> LoadedRun:
-    """A LoadedRun of a run folder or weights file; `overrides` replace run settings."""
-    f = load_checked(run)
+def load_run(
+    run: str | Path | WeightsFile, device: torch.device | str = "cpu", **overrides: Any
+) -> LoadedRun:
+    """A LoadedRun of a run folder or weights file (or one read already, read_run_weights);
+    `overrides` replace run settings."""
+    f = run if isinstance(run, WeightsFile) else read_run_weights(run)
+    check_fit(f.tensors, f.meta, f.path)
     device = torch.device(device)
     folder = Run.of_weights(f.path)
     settings = folder.settings() if folder else {}

@@ -6,6 +6,7 @@ loop trains a plain classifier head (one output per class, the data as loaded, n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,8 +50,11 @@ class NumpyHooks(TrainingHooks, Protocol):
     def probability_scores(self, probs: torch.Tensor, labels: torch.Tensor) -> dict: ...
 
 
+MakeHooks = Callable[[Any], TrainingHooks]  # the hooks of the task a (resolved) config asks for
+
+
 class Finish(Protocol):
     """What runs once training ends, on the main process, while the run folder is still held:
     calibration, test evaluation and the report, from the layer above (convlens.api.train)."""
 
-    def __call__(self, run_dir: Path, ds: Dataset, log: Any) -> None: ...
+    def __call__(self, hooks: Any, run_dir: Path, ds: Dataset, log: Any) -> None: ...

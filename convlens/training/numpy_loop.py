@@ -21,10 +21,10 @@ from convlens import reference
 from convlens.config import TrainConfig
 from convlens.data.batches import normalize
 from convlens.errors import ConfigError
+from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
-from convlens.training.hooks import Finish, NumpyHooks
-from convlens.training.loop import (
-    build_model,
+from convlens.training.hooks import Finish, MakeHooks, NumpyHooks
+from convlens.training.lifecycle import (
     check_loss,
     early_stop,
     end_epoch,
@@ -33,20 +33,20 @@ from convlens.training.loop import (
     lookahead,
     open_run,
     resolve_run,
-    weights_meta,
 )
 from convlens.training.optim import get_lr, param_groups, set_lr
 from convlens.training.progress import Progress
+from convlens.training.resume import RunState
 
 DEVICE = SimpleNamespace(type="cpu (numpy engine)")  # what the start line names as the device
 
 
-def fit(cfg: TrainConfig, hooks: NumpyHooks, finish: Finish | None = None) -> Path:
-    """Train as `cfg` says with the NumPy engine (a classifier's `hooks`); then `finish`, the
-    run folder still held. Returns the run folder."""
+def fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None = None) -> Path:
+    """Train as `cfg` says with the NumPy engine (a classifier's hooks, from `make_hooks`); then
+    `finish`, the run folder still held. Returns the run folder."""
     check_supported(cfg)
     with resolve_run(cfg) as (cfg, run_dir):
-        return _fit(cfg, run_dir, hooks, finish)
+        return _fit(cfg, run_dir, make_hooks(cfg), finish)
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | None) -> Path:
@@ -75,7 +75,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
-    state = {"epoch": 0, "rows": [], "best_acc": -1.0, "best_epoch": None, "stale": 0}
+    state = RunState()
     log.start(cfg, ds, run_dir, init, DEVICE, False)
     with threadpool_limits(cfg.threads or None):  # BLAS threads, as torch's for its engine
         for epoch in range(cfg.epochs):
@@ -113,13 +113,13 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
                 lr=lr,
                 seconds=seconds,
             )
-            log.epoch_end(row, best=state["stale"] == 0)
+            log.epoch_end(row, best=state.stale == 0)
             if early_stop(cfg, state, log):
                 break
 
     log.close()
     if finish is not None:  # the test metrics come from the torch engine, on these weights
-        finish(run_dir, ds, log)
+        finish(task, run_dir, ds, log)
     return run_dir
 
 

@@ -1,29 +1,30 @@
-"""report.html of multi-label and anomaly runs: headline metrics, tables, ROC curves, scores."""
+"""report.html of multi-label and anomaly runs: headline metrics, tables, ROC curves, scores.
+
+The figures are the task's (its evaluate wrote them into the run folder); these pages show them
+beside what the evaluation measured.
+"""
 
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from convlens.evaluation.report_html import cards, img, img_file, note, page, table
+from convlens.explain.figures import png_image, to_rgb
+from convlens.medical.anomaly_score import SCORE_NAMES as METHODS
+from convlens.medical.anomaly_score import to_unit
+from convlens.report.html import cards, img, img_file, note, page, settings_table, table
+from convlens.tasks.base import Evaluation, LoadedRun
 
 GALLERY = 8  # images per gallery: the normal images scored highest, the anomalies scored lowest
-METHODS = {"geom": "GEOM", "mahalanobis": "Mahalanobis"}  # raw score name -> shown name
 DETECTION = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV",
              "npv": "NPV", "f1": "F1", "pr_auc": "PR AUC (AP)"}  # fmt: skip
 
 
-def write_multilabel_report(
-    run_dir: Path, metrics: dict, labels: np.ndarray, scores: np.ndarray
-) -> Path:
-    """Write run_dir/report.html (and roc_labels.png) from the metrics and the (N, L) scores."""
-    from convlens.evaluation.plots import save_label_rocs
-
-    names = [p["label"] for p in metrics["per_label"]]
-    save_label_rocs(labels, scores, names, run_dir / "roc_labels.png")
+def multilabel_page(run: LoadedRun, ev: Evaluation) -> str:
+    """A multi-label run's page: the averaged metrics, each label's, and the ROC curves."""
+    metrics, run_dir = ev.metrics, run.folder.path
     shown = (("macro AUC", "macro_auc"), ("micro AUC", "micro_auc"), ("mAP", "map"))
     top = cards([(k, _num(metrics[key])) for k, key in shown])
     rows = [
@@ -43,44 +44,19 @@ def write_multilabel_report(
         "roc": ("ROC curves", img_file(run_dir / "roc_labels.png", "ROC per label")),
     }
     sub = _sub(metrics)
-    return _write(run_dir, page(run_dir.name, "convlens report · multi-label", sub, top, sections))
+    return page(run_dir.name, "convlens report · multi-label", sub, top, sections)
 
 
-def write_anomaly_report(
-    run_dir: Path,
-    metrics: dict,
-    raw: dict[str, np.ndarray],  # score name -> (N,) raw scores of the split, high = anomalous
-    classes: list[str],  # (N,) the class name of each image of the split
-    images: torch.Tensor | None = None,  # (N, C, H, W) uint8, the split's images for the gallery
-) -> Path:
-    """Write run_dir/report.html (and curves.png, roc_pr.png, anomaly_scores.png) of an anomaly
-    run from what AnomalyTask.evaluate measured."""
-    from convlens.evaluation.detection import curves
-    from convlens.evaluation.plots import save_curves, save_roc_pr, save_score_histogram
-    from convlens.evaluation.report import settings_table
-    from convlens.medical.anomaly_score import to_unit
-    from convlens.runs.folder import Run
-
-    method, calibration, block = metrics["method"], metrics["calibration"], metrics.get("detection")
+def anomaly_page(run: LoadedRun, ev: Evaluation) -> str:
+    """An anomaly run's page from what AnomalyTask.evaluate measured: its details hold "raw"
+    {score name: (N,) raw scores, high = anomalous}, "classes" (N,) each image's class name
+    and "images" (N, C, H, W) uint8, for the gallery."""
+    metrics, run_dir = ev.metrics, run.folder.path
+    raw, classes, images = ev.details["raw"], ev.details["classes"], ev.details.get("images")
+    method, calibration = metrics["method"], metrics["calibration"]
     scores = raw[method]  # (N,)
-    anomalous = np.array([c not in metrics["normal"] for c in classes], dtype=bool)  # (N,)
-    run = Run(run_dir)
-    if rows := run.read_results():
-        save_curves(rows, run_dir / "curves.png")
-    if block is not None:  # the split holds normal and anomalous images
-        positive = f"anomalous (not {', '.join(metrics['normal'])})"
-        save_roc_pr(
-            curves(anomalous, scores), {**block, "positive_class": positive}, run_dir / "roc_pr.png"
-        )
-    save_score_histogram(
-        scores,
-        anomalous,
-        calibration["threshold"],
-        f"raw {METHODS[method]} score (higher: more anomalous)",
-        run_dir / "anomaly_scores.png",
-    )
     unit = to_unit(torch.from_numpy(scores), calibration).numpy()  # (N,) what predict reports
-    cfg = run.settings()
+    cfg = run.folder.settings()
     top = [("AUROC", _num(metrics["auroc"]))]
     top += [(f"AUROC {name}", _num(v)) for name, v in _other_aurocs(metrics)]
     top += [(k, _num(metrics[k])) for k in ("sensitivity", "specificity")]
@@ -111,7 +87,7 @@ def write_anomaly_report(
         f"method: {METHODS[method]} score over GEOM's 72 transformations"
     )
     kicker = "convlens report · anomaly detection"
-    return _write(run_dir, page(run_dir.name, kicker, sub, cards(top), sections))
+    return page(run_dir.name, kicker, sub, cards(top), sections)
 
 
 def _anomaly_metrics(metrics: dict) -> str:
@@ -173,8 +149,6 @@ def _gallery(images, raw: np.ndarray, unit: np.ndarray, metrics: dict, classes) 
     """The normal images scored most anomalous and the anomalies scored most normal."""
     if images is None:
         return note("the split's images are not at hand: `convlens report RUN` draws this section")
-    from convlens.explain.figures import png_image, to_rgb
-
     anomalous = np.array([c not in metrics["normal"] for c in classes], dtype=bool)  # (N,)
     flagged = raw >= metrics["calibration"]["threshold"]  # (N,) as the metrics flag them
     normal, anomaly = np.flatnonzero(~anomalous), np.flatnonzero(anomalous)
@@ -213,12 +187,6 @@ def _sub(metrics: dict) -> str:
         f"{html.escape(str(metrics['data']))} &middot; {html.escape(metrics['split'])} split, "
         f"{metrics['n']:,} images"
     )
-
-
-def _write(run_dir: Path, text: str) -> Path:
-    out = run_dir / "report.html"
-    out.write_text(text)
-    return out
 
 
 def _row(label: str, value: float | None, ci: list | None) -> str:

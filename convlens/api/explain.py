@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from convlens.api.train import train
+from convlens.config import load_yaml, make_config
 from convlens.data.batches import normalize
 from convlens.errors import ConvlensError
 from convlens.explain import figures
@@ -34,10 +36,12 @@ from convlens.explain.invariance import (
     bare_predictor,
     invariance_curves,
     sample_split,
-    train_baseline,
 )
 from convlens.explain.sharing import parameter_sharing
+from convlens.predict import Recogniser, expand_inputs
 from convlens.runs.folder import Run
+from convlens.tasks.classify import check_compatible
+from convlens.training.data import load_run_data
 
 SUMMARY = "summary.json"
 
@@ -62,8 +66,6 @@ def explain_run(
     n_images: int = 2000,
 ) -> dict:
     """Write every figure for RUN into `out` and return the summary (also out/summary.json)."""
-    from convlens.predict import Recogniser, expand_inputs
-
     rec = Recogniser(run)
     model, meta = rec.model, rec.meta
     if not rec.task.explains:  # every measure here reads the outputs as class scores
@@ -87,7 +89,7 @@ def explain_run(
     summary: dict = {
         "run": str(run),
         "weights": str(rec.weights),
-        "model": meta["model"]["name"],
+        "model": meta.model.name,
         "data": ds.name,
         "input": list(shape),
         "classes": rec.classes,
@@ -159,8 +161,6 @@ def explain_images(rec, pictures, names, stages, layer, out: Path, summary: dict
 
 def baseline_for(rec, ds, home: Path, baseline=None, data: str | None = None):
     """(Recogniser, trained here?): `baseline`, or an mlp trained like the run (once, then kept)."""
-    from convlens.predict import Recogniser
-
     trained = baseline is None
     if trained:
         data = data or ds.name
@@ -184,16 +184,13 @@ def measure_invariance(rec, baseline, ds, *, max_shift=4, angles=ANGLES, n_image
     for key, who, where in (("model", rec, rec.weights), ("baseline", base, base.weights)):
         predict = bare_predictor(who.model, who.meta)
         curves = invariance_curves(predict, part, max_shift=max_shift, angles=angles)
-        result[key] = {"name": who.meta["model"]["name"], "weights": str(where), "curves": curves}
+        result[key] = {"name": who.meta.model.name, "weights": str(where), "curves": curves}
     result["baseline"]["trained_for_this"] = trained
     return result
 
 
 def load_data(rec, data: str | None, home: Path):
     """The run's dataset (or `data`), checked against the model's classes and input."""
-    from convlens.tasks.classify import check_compatible
-    from convlens.training.data import load_run_data
-
     run_dir = home if Run(home).is_run() else None
     ds = load_run_data(data, run_dir)
     check_compatible(rec.meta, ds, rec.weights)
@@ -201,7 +198,7 @@ def load_data(rec, data: str | None, home: Path):
 
 
 def _normalizer(meta: dict):
-    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
+    mean, std = meta.normalize.mean, meta.normalize.std
     return lambda images: normalize(images, mean, std)  # uint8 (N, C, H, W) -> float32
 
 
@@ -233,3 +230,20 @@ def _unique(names: list[str]) -> list[str]:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
     return out
+
+
+def train_baseline(home: Path, data: str, config: Path | None) -> Path:
+    """An `mlp` trained like the run (its config.yaml) into home/mlp-baseline, or the one there."""
+    target = home / "mlp-baseline"
+    if (target / "weights" / "best.safetensors").is_file():
+        return target
+    if target.exists():
+        raise ConvlensError(
+            f"{target} exists but holds no trained weights (an interrupted training?): "
+            "remove it, or pass --baseline RUN"
+        )
+    settings = load_yaml(config) if config and config.is_file() else {}
+    for key in ("model_args", "init", "pretrained", "resume"):
+        settings.pop(key, None)
+    settings.update(model="mlp", data=data, run=str(target))
+    return train(make_config(None, settings))

@@ -1,9 +1,9 @@
-"""A self-contained report.html for a run: images inline (base64), no script, no outside asset.
+"""A classifier's report.html: images inline (base64), no script, no outside asset.
 
 Sections: summary cards, training curves, per-class table, confusion matrix, reliability diagram,
 the most confident mistakes with their Grad-CAM, filters and feature maps, parameter sharing,
 translation invariance and settings. The explanation sections come from
-convlens.explain.sections; the costly ones (top-activating patches, invariance) only when
+convlens.report.explained; the costly ones (top-activating patches, invariance) only when
 `convlens explain` has written them into RUN/explain/, so the report takes seconds at the end
 of training.
 """
@@ -15,10 +15,10 @@ import html
 import json
 from pathlib import Path
 
-import torch
-
-from convlens.evaluation.report_html import STYLE, cards, img_file, note, table
-from convlens.runs.folder import Run, score_column
+from convlens.report import explained as explain
+from convlens.report.html import STYLE, cards, img_file, note, settings_table, table
+from convlens.runs.folder import score_column
+from convlens.tasks.base import Evaluation, LoadedRun
 from convlens.version import __version__
 
 SECTIONS = {  # id -> title, in page order
@@ -35,26 +35,14 @@ SECTIONS = {  # id -> title, in page order
 TITLES = {**SECTIONS, "detection": "Detection (threshold chosen on validation)"}  # + by run
 
 
-def write_report(
-    run_dir: Path,
-    metrics: dict,
-    split=None,  # the evaluated Split (uint8 images, labels), for the mistakes
-    probs: torch.Tensor | None = None,  # (N, K) predicted probabilities on that split
-) -> Path:
-    """Write run_dir/report.html from the run's files, `metrics` and the evaluated predictions."""
-    out = run_dir / "report.html"
-    out.write_text(build_report(run_dir, metrics, split, probs))
-    return out
-
-
-def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
-    """The report page as one HTML string."""
-    from convlens.explain import sections as explain
-
-    cfg = Run(run_dir).settings()
+def page(run: LoadedRun, ev: Evaluation) -> str:
+    """The report page as one HTML string, from the run's files, the model the caller holds and
+    what ClassifyTask.evaluate measured (the evaluated split and its probabilities)."""
+    metrics, split, probs = ev.metrics, ev.details.get("split"), ev.details.get("probs")
+    run_dir = run.folder.path
+    cfg = run.folder.settings()
     explained_dir = run_dir / "explain"
     explained = _read_json(explained_dir / "summary.json")
-    model = explain.RunModel(run_dir)
     body = {
         "curves": img_file(run_dir / "curves.png", "training curves")
         or note("no results.csv: this run has no per-epoch results"),
@@ -62,9 +50,9 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
         "per-class": _per_class(metrics),
         "confusion": img_file(run_dir / "confusion_matrix.png", "confusion matrix"),
         "calibration": _calibration(metrics, run_dir),
-        "mistakes": _guard(explain.mistakes, model, metrics, split, probs),
-        "hierarchy": _guard(explain.hierarchy, model, split, explained and explained_dir),
-        "sharing": _guard(explain.sharing, model),
+        "mistakes": _guard(explain.mistakes, run, metrics, split, probs),
+        "hierarchy": _guard(explain.hierarchy, run, split, explained and explained_dir),
+        "sharing": _guard(explain.sharing, run),
         "invariance": _guard(explain.invariance, explained),
         "settings": settings_table(cfg),
     }
@@ -73,7 +61,7 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
     sections = "".join(
         f'<section id="{k}"><h2>{html.escape(TITLES[k])}</h2>{v}</section>' for k, v in body.items()
     )
-    name = html.escape(str(cfg.get("model") or model.meta["model"]["name"]))
+    name = html.escape(str(cfg.get("model") or run.meta.model.name))
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -82,7 +70,7 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
 <h1>{html.escape(run_dir.name)}</h1>
 <p class="sub">{name} on {html.escape(str(metrics["data"]))} &middot;
 {html.escape(metrics["split"])} split, {metrics["n"]:,} images</p>
-{_cards(metrics, run_dir, model)}</div></header>
+{_cards(metrics, run)}</div></header>
 <nav><div class="wrap">{nav}</div></nav>
 <main class="wrap">{sections}</main>
 <footer class="wrap">convlens {html.escape(__version__)} &middot; {when} &middot;
@@ -99,7 +87,7 @@ def _guard(section, *args) -> str:
         return note(f"this section could not be drawn: {type(e).__name__}: {e}")
 
 
-def _cards(metrics: dict, run_dir: Path, model) -> str:
+def _cards(metrics: dict, run: LoadedRun) -> str:
     items = [("accuracy", f"{100 * metrics['accuracy']:.2f}%")]
     if len(metrics["per_class"]) > 5:
         items.append(("top-5 accuracy", f"{100 * metrics['top5']:.2f}%"))
@@ -110,14 +98,14 @@ def _cards(metrics: dict, run_dir: Path, model) -> str:
         cal = metrics["calibration"]
         ece = " &rarr; ".join(f"{100 * e:.1f}%" for e in cal["val_ece"])
         items.append(("temperature (val ECE)", f"{cal['temperature']:.3f} ({ece})"))
-    rows = Run(run_dir).read_results()
+    rows = run.folder.read_results()
     if rows:
         items += [
             ("best val accuracy", f"{100 * max(r[score_column(r)] for r in rows):.2f}%"),
             ("epochs", f"{int(rows[-1]['epoch'])}"),
             ("training time", _duration(rows[-1]["seconds"])),
         ]
-    items.append(("parameters", f"{sum(p.numel() for p in model.net.parameters()):,}"))
+    items.append(("parameters", f"{sum(p.numel() for p in run.net.parameters()):,}"))
     return cards(items)
 
 
@@ -199,20 +187,6 @@ def _detection(metrics: dict, run_dir: Path) -> str | None:
 def _bar(value: float) -> str:
     return (
         f'<div class="bar"><i style="width:{100 * value:.1f}%"></i><span>{value:.3f}</span></div>'
-    )
-
-
-def settings_table(cfg: dict) -> str:
-    """The run's resolved settings as a collapsed HTML table (every report shows it)."""
-    if not cfg:
-        return note("no config.yaml in this run folder")
-    rows = [
-        f'<tr><td>{html.escape(str(k))}</td><td class="left">{html.escape(str(v))}</td></tr>'
-        for k, v in cfg.items()
-    ]
-    return (
-        f"<details><summary>{len(cfg)} resolved settings (config.yaml)</summary>"
-        f"{table(['setting', 'value'], rows, cls='grid narrow', left=(1,))}</details>"
     )
 
 

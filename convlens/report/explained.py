@@ -1,8 +1,10 @@
-"""The explanation sections of report.html: mistakes with Grad-CAM, filters, sharing, invariance.
+"""The explanation sections of a classifier's report.html: mistakes with Grad-CAM, filters and
+feature maps, parameter sharing, translation invariance (convlens.explain's measures).
 
-Each function returns an HTML fragment; report.py puts them on the page. All are cheap (a few
-backward passes, one figure each) except top-activating patches and invariance, which are
-read from a previous `convlens explain` (RUN/explain/) instead of computed here.
+Each function returns an HTML fragment for the model the caller holds (convlens.report.classify
+puts them on the page). All are cheap (a few backward passes, one figure each) except
+top-activating patches and invariance, which are read from a previous `convlens explain`
+(RUN/explain/) instead of computed here.
 """
 
 from __future__ import annotations
@@ -12,47 +14,25 @@ from pathlib import Path
 
 import torch
 
-from convlens.evaluation.report_html import img, img_file, note, table
+from convlens.data.batches import normalize
 from convlens.explain import figures
+from convlens.explain.gradcam import grad_cam, has_feature_map, saliency
+from convlens.explain.hierarchy import find_stages, first_conv, stage_outputs
+from convlens.explain.sharing import parameter_sharing
+from convlens.report.html import img, img_file, note, table
+from convlens.tasks.base import LoadedRun
 
 MISTAKES = 8  # how many of the most confident mistakes to show
 
 
-class RunModel:
-    """A run's best model and its metadata, the model loaded on first use."""
-
-    def __init__(self, run_dir: Path) -> None:
-        from convlens.runs.folder import resolve_weights
-        from convlens.runs.weights import load_weights
-
-        self.run_dir = run_dir
-        self.meta = load_weights(resolve_weights(run_dir))[1]
-        self._net = None
-
-    @property
-    def net(self) -> torch.nn.Module:
-        if self._net is None:
-            from convlens.tasks.loading import load_model
-
-            self._net = load_model(self.run_dir)[0]
-        return self._net
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        i = self.meta["input"]
-        return int(i["channels"]), int(i["height"]), int(i["width"])
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> the float input the model was trained on."""
-        from convlens.data.batches import normalize
-
-        return normalize(images, self.meta["normalize"]["mean"], self.meta["normalize"]["std"])
+def _inputs(run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> the float input the model was trained on, where the model is."""
+    norm = run.meta.normalize
+    return normalize(images, norm.mean, norm.std).to(run.device)
 
 
-def mistakes(model: RunModel, metrics: dict, split, probs) -> str:
+def mistakes(run: LoadedRun, metrics: dict, split, probs) -> str:
     """The most confident wrong predictions, each with the heatmap of the class it chose."""
-    from convlens.explain.gradcam import grad_cam, has_feature_map, saliency
-
     if split is None or probs is None or len(split) == 0:
         return note("predictions are not at hand: `convlens report RUN` draws this section")
     pred = probs.argmax(1)  # (N,)
@@ -62,12 +42,12 @@ def mistakes(model: RunModel, metrics: dict, split, probs) -> str:
         return note(f"no mistakes on the {metrics['split']} split")
     pick = wrong[conf[wrong].argsort(descending=True)[:MISTAKES]]
     images = split.images[pick]  # (M, C, H, W) uint8
-    x = model.normalize(images)
-    has_map = has_feature_map(model.net, x)
+    x, net, target = _inputs(run, images), run.net, pred[pick].to(run.device)
+    has_map = has_feature_map(net, x)
     if has_map:
-        heat, how = grad_cam(model.net, x, pred[pick])[0], "Grad-CAM"
+        heat, how = grad_cam(net, x, target)[0].cpu(), "Grad-CAM"
     else:  # an MLP has no feature map to weigh: gradient saliency instead
-        heat, how = saliency(model.net, x, pred[pick]), "saliency"
+        heat, how = saliency(net, x, target).cpu(), "saliency"
     classes = [c["class"] for c in metrics["per_class"]]
     scale = max(1, 112 // max(images.shape[-2:]))
     tiles = []
@@ -89,24 +69,22 @@ def mistakes(model: RunModel, metrics: dict, split, probs) -> str:
     return lead + f'<div class="mistakes">{"".join(tiles)}</div>'
 
 
-def hierarchy(model: RunModel, split, explained_dir: Path | None) -> str:
+def hierarchy(run: LoadedRun, split, explained_dir: Path | None) -> str:
     """First-layer filters, one test image's feature maps per stage, top-activating patches."""
-    from convlens.explain.hierarchy import find_stages, first_conv, stage_outputs
-
-    shape = model.input_shape
-    conv = first_conv(model.net, shape)
+    shape = run.meta.input.shape
+    conv = first_conv(run.net, shape)
     if conv is None:
         return note("this model has no convolutional layers: no filters or feature maps")
     parts = [
         "<p>The first layer's filters respond to edges, blobs and colours; each later stage "
         "combines the one before it over a wider window, towards parts and whole objects.</p>",
         "<h3>First-layer filters</h3>",
-        img(figures.save(figures.filters_figure(conv[1].weight, conv[0])), "filters"),
+        img(figures.save(figures.filters_figure(conv[1].weight.cpu(), conv[0])), "filters"),
     ]
-    stages = find_stages(model.net, shape)
+    stages = find_stages(run.net, shape)
     if stages and split is not None and len(split):
         image = split.images[:1]  # (1, C, H, W)
-        maps = stage_outputs(model.net, model.normalize(image), stages)
+        maps = [m.cpu() for m in stage_outputs(run.net, _inputs(run, image), stages)]
         fig = figures.feature_maps_figure(image[0], stages, [m[0] for m in maps])
         parts += ["<h3>Feature maps of a test image, stage by stage</h3>",
                   img(figures.save(fig), "feature maps")]  # fmt: skip
@@ -119,11 +97,9 @@ def hierarchy(model: RunModel, split, explained_dir: Path | None) -> str:
     return "".join(parts)
 
 
-def sharing(model: RunModel) -> str:
+def sharing(run: LoadedRun) -> str:
     """Per conv layer: parameters as built, locally connected and fully connected."""
-    from convlens.explain.sharing import parameter_sharing
-
-    s = parameter_sharing(model.net, model.input_shape)
+    s = parameter_sharing(run.net, run.meta.input.shape)
     if not s["layers"]:
         return note(f"no convolutional layers: all {s['total']:,} parameters are unshared")
     rows = [

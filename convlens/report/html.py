@@ -114,3 +114,17 @@ def page(title: str, kicker: str, sub: str, top: str, sections: dict[str, tuple[
 <main class="wrap">{body}</main>
 </body></html>
 """
+
+
+def settings_table(cfg: dict) -> str:
+    """The run's resolved settings as a collapsed HTML table (every report shows it)."""
+    if not cfg:
+        return note("no config.yaml in this run folder")
+    rows = [
+        f'<tr><td>{html.escape(str(k))}</td><td class="left">{html.escape(str(v))}</td></tr>'
+        for k, v in cfg.items()
+    ]
+    return (
+        f"<details><summary>{len(cfg)} resolved settings (config.yaml)</summary>"
+        f"{table(['setting', 'value'], rows, cls='grid narrow', left=(1,))}</details>"
+    )

@@ -1,0 +1,168 @@
+"""A training run's life, shared by both engines (convlens.training.numpy_loop runs the NumPy
+one): its folder claimed and written, the state it reaches after each epoch (RunState), the
+epoch's batches, the checks that stop it, the weights and results saved at each epoch's end."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from convlens.config import TrainConfig, save_config
+from convlens.data import Dataset
+from convlens.data.badfiles import write_bad_files
+from convlens.data.batches import iterate_batches
+from convlens.errors import TrainingError
+from convlens.runs.folder import Run
+from convlens.runs.lock import claim_new_run_dir, claim_run_dir_to_resume
+from convlens.runs.weights import save_weights
+from convlens.training import distributed
+from convlens.training.ema import Lookahead
+from convlens.training.progress import Progress
+from convlens.training.resume import RunState, resumed_config
+
+
+@contextlib.contextmanager
+def resolve_run(cfg: TrainConfig) -> Iterator[tuple[TrainConfig, Path]]:
+    """The config to train with and its run folder (a fresh one, or the one to resume), which
+    this training holds until the block ends. torchrun's other ranks hold nothing and make
+    nothing: rank 0 holds the folder for them all."""
+    claim = claim_run_dir_to_resume if cfg.resume else claim_new_run_dir
+    if distributed.launched_rank() != 0:
+        claim = _unclaimed
+    with claim(cfg.run) as run_dir:
+        if cfg.resume:
+            yield resumed_config(run_dir, cfg), run_dir
+        else:
+            yield dataclasses.replace(cfg, run=str(run_dir)), run_dir
+
+
+@contextlib.contextmanager
+def _unclaimed(requested: str | None) -> Iterator[Path]:
+    yield Path(requested) if requested else Path("runs") / "train"
+
+
+def open_run(cfg: TrainConfig, run_dir: Path, ds: Dataset, log: Progress) -> None:
+    """Write config.yaml (of a fresh run) and bad_files.csv into the held run folder, once the
+    model is built."""
+    if not cfg.resume:
+        save_config(cfg, Run(run_dir).config)
+    if ds.bad_files:
+        write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
+        log.note(f"{len(ds.bad_files)} unreadable image(s) skipped, listed in bad_files.csv")
+
+
+def epoch_steps(cfg: TrainConfig, n_train: int) -> tuple[bool, int, int]:
+    """(drop_last, steps per epoch, total steps) for `n_train` training images."""
+    drop_last = n_train > cfg.batch_size  # keep BatchNorm away from a tiny last batch
+    steps_per_epoch = n_train // cfg.batch_size if drop_last else 1
+    return drop_last, steps_per_epoch, steps_per_epoch * cfg.epochs
+
+
+def lookahead(cfg: TrainConfig, steps_per_epoch: int) -> Lookahead | None:
+    """The weight average (or None), updated at least once an epoch: each epoch ends on the
+    average, so one not updated in a short epoch (8x8 digits: 2 steps) would undo its training."""
+    if not cfg.ema:
+        return None
+    return Lookahead(cfg.ema, cfg.ema_start, min(cfg.ema_every, steps_per_epoch))
+
+
+def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: str, drop_last: bool):
+    """One epoch's (uint8 images, labels) batches, order and augmentation seeded by the epoch."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    flips: bool | torch.Tensor = hflip == "random"
+    if hflip == "alternate":  # a fixed coin per image, inverted on odd epochs
+        coins = torch.rand(len(ds.train), generator=torch.Generator().manual_seed(cfg.seed))
+        flips = (coins < 0.5) ^ (epoch % 2 == 1)  # (N,) bool
+    return iterate_batches(
+        ds.train,
+        cfg.batch_size,
+        shuffle=True,
+        generator=gen,
+        translate=cfg.translate,
+        hflip=flips,
+        drop_last=drop_last,
+    )
+
+
+def check_loss(value: float, epoch: int, step: int | None, state: RunState, run_dir: Path) -> None:
+    """Stop on a non-finite loss (of a step, or the epoch's mean), saying what weights exist."""
+    if not math.isfinite(value):
+        where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+        raise TrainingError(
+            f"{where}: loss is {value}; training stopped; {saved_weights(state, run_dir)}; "
+            "try a lower --lr"
+        )
+
+
+def saved_weights(state: RunState, run_dir: Path) -> str:
+    """What the run folder holds after the epochs in `state`, for a stopped run's message."""
+    last = state.epoch
+    if not last:
+        return "no epoch ended with finite scores, so no weights were saved"
+    kept = f"the weights of epoch {last} (last.safetensors"
+    best = state.best_epoch if state.best_known else last  # saved before best_epoch was: not said
+    if best is None:
+        kept += "; no epoch had a finite score, so no best.safetensors"
+    elif best != last:
+        kept += f") and of epoch {best}, the best (best.safetensors"
+    return f"{kept}) are intact in {run_dir / 'weights'}"
+
+
+def end_epoch(
+    run_dir: Path,
+    state: RunState,
+    weights: dict[str, torch.Tensor],
+    meta: dict,
+    scores: dict,
+    score: str,
+    *,
+    epoch: int,
+    train_loss: float,
+    lr: float,
+    seconds: float,
+    write: bool = True,
+) -> dict:
+    """Record the epoch's validation `scores`; save last (and best by `score`) weights. Weights
+    whose validation loss is not finite have overflowed: training stops, saving nothing."""
+    if not math.isfinite(scores["val_loss"]):
+        raise TrainingError(
+            f"epoch {epoch}: validation loss is {scores['val_loss']} (the weights overflowed); "
+            f"training stopped; {saved_weights(state, run_dir)}; try a lower --lr"
+        )
+    prev = state.rows[-1]["seconds"] if state.rows else 0.0
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": scores["val_loss"],
+        score: scores[score],
+        "lr": lr,
+        "seconds": prev + seconds,  # cumulative training time, evaluation excluded
+    }
+    state.rows.append(row)
+    improved = math.isfinite(row[score]) and row[score] > state.best_score  # never a non-finite
+    if improved:
+        state.best_score, state.best_epoch, state.stale = row[score], epoch, 0
+        state.best_known = True
+    else:
+        state.stale += 1
+    if write:  # with torchrun, rank 0 alone writes
+        run = Run(run_dir)
+        save_weights(run.last, weights, meta)
+        if improved:
+            save_weights(run.best, weights, meta)
+        run.write_results(state.rows)
+    state.epoch = epoch
+    return row
+
+
+def early_stop(cfg: TrainConfig, state: RunState, log: Progress) -> bool:
+    """Whether --patience epochs passed without a better validation score (and say so)."""
+    if cfg.patience and state.stale >= cfg.patience:
+        log.note(f"early stop: no val improvement in {cfg.patience} epochs")
+        return True
+    return False
