@@ -319,6 +319,29 @@ def scenes(
 
 
 @cli.command()
+@click.argument("folder", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--maxcount", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="images per shard (a shard also ends at 1 GB)")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="seeds the order images are mixed in (and a held-out val split)")  # fmt: skip
+@click.option("--strict", is_flag=True, help="stop at the first unreadable file")
+def shards(folder: str, out: str, maxcount: int, seed: int, strict: bool) -> None:
+    """Write FOLDER (class folders, optionally in train/val/test) as WebDataset shards in OUT."""
+    from convlens.data.shards import write_shards
+
+    index = write_shards(folder, out, maxcount=maxcount, seed=seed, strict=strict)
+    total = sum(len(part) for part in index["shards"].values())
+    parts = ", ".join(f"{split} {index['counts'][split]} images in {len(part)}"
+                      for split, part in index["shards"].items())  # fmt: skip
+    click.echo(f"wrote {total} shards and dataset.json to {out}: {parts}")
+    if index["bad_files"]:
+        click.echo(f"skipped {index['bad_files']} unreadable files, listed in {out}/bad_files.csv")
+    for note in index["notes"]:
+        click.echo(f"note: {note}")
+
+
+@cli.command()
 @click.option("--channels", default=1, show_default=True, help="input channels")
 @click.option("--image-size", default=28, show_default=True, help="input height and width")
 @click.option("--classes", default=10, show_default=True, help="number of classes")
