@@ -139,6 +139,8 @@ epochs = []
 for epoch in range(2):
     data.set_epoch(epoch)
     epochs.append({"read": [list(x) for x in loader], "given": data.rank_counts()[rank]})
+val = open_shards(sys.argv[1]).samples("val", keys=True, by_rank=False)  # one rank reads all
+epochs.append(sorted(key for _, _, key in val))
 with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
     json.dump(epochs, f)
 dist.destroy_process_group()
@@ -169,6 +171,7 @@ def test_torchrun_ranks_and_workers_read_disjoint_shards_once_per_epoch(written,
             assert len(read[r]) == ranks[r][epoch]["given"]  # rank_counts says what each reads
         orders.append([key for key, _, _ in read[0]])
     assert orders[0] != orders[1]  # the shard order is drawn again each epoch
+    assert ranks[0][2] == ranks[1][2] == sorted(_tar_samples(written, "val"))  # by_rank=False
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from convlens.data.dataset import MAX_CLASSES, stratified_split
 from convlens.data.files import KINDS, read_regular
 from convlens.data.folder import WORKERS, list_folder
 from convlens.data.images import is_colour, open_image
-from convlens.data.shardsamples import INDEX, SHUFFLE, ShardSamples, open_shard, shard_error, wds
+from convlens.data.shardsamples import INDEX, ShardSamples, open_shard, shard_error, wds
 from convlens.errors import ConvlensError, DatasetFormatError
 
 FORMAT = "convlens-shards"
@@ -170,25 +170,18 @@ class ShardSet:
         self,
         split: str,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        *,
-        seed: int = 0,
-        epoch: int = 0,
-        strict: bool = False,
-        shuffle: int = SHUFFLE,
-        keys: bool = False,
-        bad_log: str | Path | None = None,
+        **options: Any,
     ) -> ShardSamples:
-        """(uint8 (C, H, W) image, label[, key]) of `split`: this rank's and worker's share.
+        """(uint8 (C, H, W) image, label) of `split`, this rank's and worker's share, per epoch.
 
         `transform` maps each decoded image (the photo pipeline's train transform, say);
-        skipped samples are listed in the folder `bad_log` (default: a temporary one) that
-        every rank and worker appends to, and read back by `.bad`.
+        `options` are ShardSamples' (seed, epoch, strict, shuffle, keys, by_rank, bad_log).
         """
         if split not in self.shards:
             raise ConvlensError(f"{self.source}: no {split!r} shards")
-        return ShardSamples(self.shards[split], self.channels, len(self.classes), transform,
-                            seed=seed, epoch=epoch, strict=strict, shuffle=shuffle, keys=keys,
-                            bad_log=bad_log)  # fmt: skip
+        return ShardSamples(
+            self.shards[split], self.channels, len(self.classes), transform, **options
+        )
 
 
 def is_shards(spec: str) -> bool:
@@ -225,14 +218,14 @@ def open_shards(spec: str | Path | list[str]) -> ShardSet:
     base = index_url[: -len(INDEX)]
     shards = {split: [(base + e["name"], e["count"]) for e in part]
               for split, part in index["shards"].items()}  # fmt: skip
-    listed = {Path(url).name: (split, url, n) for split, part in shards.items() for url, n in part}
+    listed = {Path(url).name: (split, n) for split, part in shards.items() for url, n in part}
     names = [Path(urlparse(url).path).name for url in urls or []]
     if len(set(names)) < len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise ConvlensError(f"{str(spec)[:200]}: names shard {twice} twice")
     named: dict[str, list[tuple[str, int]]] = {}
     for url in urls or []:
-        split, _, n = listed.get(Path(urlparse(url).path).name, (None, None, 0))
+        split, n = listed.get(Path(urlparse(url).path).name, (None, 0))
         if split is None:
             raise DatasetFormatError(f"{url}: not one of the shards {index_url} lists")
         named.setdefault(split, []).append((url, n))

@@ -44,19 +44,25 @@ FIELDS = frozenset(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)  # jpg, png, ...
 
 
 class ShardSamples(IterableDataset):
-    """One epoch of one split's shards, as this rank and DataLoader worker reads them."""
+    """One epoch of one split's shards, as this rank and DataLoader worker reads them.
+
+    `seed` and `epoch` draw the shard order; `shuffle` samples are mixed in each worker; `keys`
+    adds each sample's key to what it yields; `by_rank=False` reads every shard in this process
+    (rank 0 evaluating alone); skipped samples go to the folder `bad_log` (default: a temporary
+    one), which every rank and worker appends to and `.bad` reads.
+    """
 
     def __init__(
         self, shards: list[tuple[str, int]], channels: int, num_classes: int,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *, seed: int = 0,
         epoch: int = 0, strict: bool = False, shuffle: int = SHUFFLE, keys: bool = False,
-        bad_log: str | Path | None = None,
+        by_rank: bool = True, bad_log: str | Path | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.shards = shards  # [(url or path, samples)]
         self.channels, self.num_classes, self.transform = channels, num_classes, transform
-        self.seed, self.epoch, self.strict, self.shuffle, self.keys = (
-            seed, epoch, strict, shuffle, keys
+        self.seed, self.epoch, self.strict, self.shuffle, self.keys, self.by_rank = (
+            seed, epoch, strict, shuffle, keys, by_rank
         )  # fmt: skip
         if bad_log is None:  # removed with this object, by the process that made it
             bad_log = tempfile.mkdtemp(prefix="convlens-shards-")
@@ -74,7 +80,7 @@ class ShardSamples(IterableDataset):
 
     def rank_counts(self, world_size: int | None = None) -> list[int]:
         """Samples each rank is given this epoch (before bad ones are skipped)."""
-        world_size = world_size or wds.utils.pytorch_worker_info()[1]
+        world_size = world_size or (wds.utils.pytorch_worker_info()[1] if self.by_rank else 1)
         order = self.order()
         return [sum(n for _, n in order[rank::world_size]) for rank in range(world_size)]
 
@@ -87,7 +93,7 @@ class ShardSamples(IterableDataset):
         return iter(
             wds.DataPipeline(
                 wds.SimpleShardList([url for url, _ in self.order()]),
-                wds.split_by_node,  # torch.distributed's rank and world size (torchrun's env)
+                wds.split_by_node if self.by_rank else None,  # torchrun's RANK, WORLD_SIZE
                 wds.split_by_worker,
                 self._tar_samples,
                 shuffle,
@@ -177,10 +183,10 @@ def open_shard(url: str):
 
 
 def shard_error(e: Exception, url: str) -> str:
-    """One line for an error reading `url` (webdataset appends objects to e.args)."""
+    """One line for an error reading `url` (group_by_keys appends objects to e.args)."""
     if isinstance(e, DatasetFormatError):
         return str(e).removeprefix(f"{url}: ")
-    text = str(e.args[0]).split(" @ ")[0] if e.args else type(e).__name__
+    text = str(e.args[0]) if e.args else type(e).__name__
     if isinstance(e, tarfile.TarError):
         return (
             f"tar file cut short ({text})" if "end of data" in text else f"not a tar file ({text})"
