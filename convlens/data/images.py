@@ -87,19 +87,24 @@ def to_tensor(
     img: Image.Image, *, channels: int, size: tuple[int, int] | None = None
 ) -> torch.Tensor:
     """uint8 (C, H, W), `channels` 1 (L) or 3 (RGB), resized (antialiased bilinear) to (H, W)."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    mode = "L" if channels == 1 else "RGB"
-    try:
-        img = _to_8bit(img).convert(mode)
-    except ValueError as e:  # a few exotic modes (La, ...) have no conversion
-        raise DatasetFormatError(
-            f"cannot convert an image of mode {img.mode} to {mode}: {e}"
-        ) from None
+    img = to_mode(img, channels)
     if size is not None and (img.height, img.width) != tuple(size):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # PIL antialiases
     x = torch.from_numpy(np.array(img, dtype=np.uint8))  # (H, W) or (H, W, 3)
     return x[None] if channels == 1 else x.permute(2, 0, 1).contiguous()
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """`img` as 8-bit L (`channels` 1) or RGB (3): 16-bit, float and palette modes first."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        return _to_8bit(img).convert(mode)
+    except ValueError as e:  # a few exotic modes (La, ...) have no conversion
+        raise DatasetFormatError(
+            f"cannot convert an image of mode {img.mode} to {mode}: {e}"
+        ) from None
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
