@@ -32,7 +32,7 @@ from torch.utils.data import Dataset as TorchDataset
 from convlens.data.cache import RACY_SECONDS, cache_dir, stamp
 from convlens.data.dataset import stratified_split
 from convlens.data.files import read_regular
-from convlens.data.folder import MAX_BAD_FRACTION
+from convlens.data.folder import MAX_BAD_FRACTION, list_folder
 from convlens.data.images import decode_image
 from convlens.data.preprocess import Preprocess, check_photo
 from convlens.errors import ConvlensError, DatasetFormatError
@@ -315,21 +315,15 @@ def folder_items(
     Nothing is decoded. Without a val/ folder, a seeded stratified val_fraction of train is
     held out (dataset.stratified_split, as load_folder does after decoding).
     """
-    from convlens.data import folder  # its listing helpers: one way to read a folder tree
-
-    root, notes = Path(root), []
-    layout = folder._layout(root, notes)
-    classes = folder._class_dirs(layout["train"])
-    if not classes:
-        raise ConvlensError(f"{layout['train']}: no class subfolders (expected <class>/<image>)")
-    items, _ = folder._list_files(layout, classes)
+    notes: list[str] = []
+    _, classes, items = list_folder(Path(root), notes)
     if "val" not in items:
         labels = torch.tensor([y for _, y in items["train"]], dtype=torch.int64)
         rest, val = stratified_split(labels, [val_fraction], seed)
         train = items["train"]
         items["train"], items["val"] = [train[i] for i in rest], [train[i] for i in val]
         notes.append(f"no validation split: {val_fraction:.0%} of train held out (seed {seed})")
-    return folder._shown(layout["train"], classes), items, notes
+    return classes, items, notes
 
 
 def image_shapes(paths: list[str], *, limit: int = 2000, seed: int = 0) -> list[tuple[int, int]]:
