@@ -40,8 +40,8 @@ from convlens.faces.metrics import (
     verification_metrics,
 )
 from convlens.models.loading import load_model
+from convlens.runs.folder import Run
 from convlens.training import fit
-from convlens.training.runs import read_results
 
 SEEN, UNSEEN = range(0, 6), range(6, 10)
 KNOWN = (6, 7)  # enrolled in the open-set gallery; 8 and 9 are the unknown people
@@ -118,7 +118,7 @@ def main() -> None:
                 seconds = time.perf_counter() - t0
                 row = {"seed": seed, **judge(run, ds)}
                 row["train_seconds_incl_eval"] = round(seconds, 1)
-                row["val_auc_by_epoch"] = [r["val_auc"] for r in read_results(run / "results.csv")]
+                row["val_auc_by_epoch"] = [r["val_auc"] for r in Run(run).read_results()]
                 results["runs"].setdefault(loss, []).append(row)
                 print(loss, json.dumps(row, indent=1), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+from convlens.version import __version__ as __version__
+
 __all__ = ["create_model", "evaluate", "list_models", "load", "load_dataset", "train"]
 
 

@@ -93,8 +93,8 @@ def evaluate(
     device: str,
 ) -> None:
     """Accuracy, top-5, per-class precision/recall/F1 and confusion matrix of RUN."""
+    from convlens.device import resolve_device
     from convlens.evaluation import evaluate_run
-    from convlens.training.loop import resolve_device
 
     metrics = evaluate_run(run, data=data, split=split, target_sensitivity=target_sensitivity,
                            device=str(resolve_device(device)))  # fmt: skip
@@ -210,7 +210,7 @@ def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | Non
 def report(run: str, data: str | None) -> None:
     """Rewrite RUN/report.html (and metrics.json, figures) from the run's best weights."""
     from convlens.evaluation import evaluate_run
-    from convlens.training.checkpoint import resolve_weights
+    from convlens.runs.folder import resolve_weights
 
     weights = resolve_weights(run)
     if weights.parent.name != "weights":

@@ -119,7 +119,8 @@ class NumpyRecogniser(Recogniser):
     def _load(self, run: str | Path) -> tuple[object, dict, Path]:
         from convlens.models.loading import check_fit
         from convlens.reference import load_model as load_numpy_model
-        from convlens.training.checkpoint import load_weights, resolve_weights
+        from convlens.runs.folder import resolve_weights
+        from convlens.runs.weights import load_weights
 
         if self.device.type != "cpu":
             raise ConvlensError(f"the numpy engine runs on the CPU, not on {self.device}")
@@ -188,7 +189,8 @@ def load(run: str | Path, device: str = "cpu", engine: str = "torch") -> Recogni
 
 def run_task(run: str | Path) -> str:
     """The task a run folder or weights file was trained for (classify, anomaly, ...)."""
-    from convlens.training.checkpoint import load_weights, resolve_weights
+    from convlens.runs.folder import resolve_weights
+    from convlens.runs.weights import load_weights
 
     return load_weights(resolve_weights(run))[1].get("task", "classify")
 

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from convlens.data import load_dataset
 from convlens.medical import geom
 from convlens.medical.anomaly import AnomalyTask
-from convlens.training.checkpoint import load_weights
+from convlens.runs.weights import load_weights
 from tests.helpers import convlens
 
 TRAIN = ("--task", "anomaly", "--normal", "0", "--anomaly-method", "mahalanobis")

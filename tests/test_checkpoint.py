@@ -6,7 +6,10 @@ import torch
 from safetensors.torch import save_file
 
 from convlens.errors import ConvlensError, ModelError
-from convlens.training import checkpoint as ckpt
+from convlens.runs import weights as ckpt
+from convlens.runs.atomic import atomic_write_bytes
+from convlens.runs.folder import resolve_weights
+from convlens.training.optim import flatten_optimizer, unflatten_optimizer
 
 
 def test_weights_round_trip_with_metadata(tmp_path):
@@ -34,15 +37,15 @@ def test_foreign_and_corrupt_files_are_refused(tmp_path):
     with pytest.raises(ModelError, match="model.pt"):
         ckpt.load_weights(torch_pickle)
     with pytest.raises(ModelError, match="no such run"):
-        ckpt.resolve_weights(tmp_path / "missing")
+        resolve_weights(tmp_path / "missing")
 
 
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "state.safetensors"
-    ckpt.atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"old")
 
     with pytest.raises(TypeError):
-        ckpt.atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]  # write fails
+        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]  # write fails
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.safetensors"]  # no temp file left
 
@@ -53,9 +56,9 @@ def test_full_disk_gives_clear_error_and_keeps_old_file(tmp_path):
     if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=64k tmpfs {mnt} 2>/dev/null"):
         pytest.skip("cannot mount a small tmpfs here")
     try:
-        ckpt.atomic_write_bytes(mnt / "w.bin", b"old")
+        atomic_write_bytes(mnt / "w.bin", b"old")
         with pytest.raises(ConvlensError, match="No space left"):
-            ckpt.atomic_write_bytes(mnt / "w.bin", b"x" * 200_000)
+            atomic_write_bytes(mnt / "w.bin", b"x" * 200_000)
         assert (mnt / "w.bin").read_bytes() == b"old"
         assert [p.name for p in mnt.iterdir()] == ["w.bin"]
     finally:
@@ -70,10 +73,10 @@ def test_optimizer_state_round_trip(tmp_path):
     ):
         model(torch.randn(5, 3)).sum().backward()
         opt.step()
-        tensors, info = ckpt.flatten_optimizer(opt)
+        tensors, info = flatten_optimizer(opt)
         ckpt.save_state(tmp_path / "s.safetensors", tensors, {"optimizer": info})
         t2, i2 = ckpt.load_state(tmp_path / "s.safetensors")
-        rebuilt = ckpt.unflatten_optimizer(t2, json.loads(json.dumps(i2["optimizer"])))
+        rebuilt = unflatten_optimizer(t2, json.loads(json.dumps(i2["optimizer"])))
         want = opt.state_dict()
         assert rebuilt["param_groups"] == json.loads(json.dumps(want["param_groups"]))
         for idx, entry in want["state"].items():

@@ -8,7 +8,7 @@ import torch
 
 from convlens.export import OnnxModel, export_onnx
 from convlens.models import create_model, list_models
-from convlens.training.checkpoint import load_weights, save_weights
+from convlens.runs.weights import load_weights, save_weights
 from tests.helpers import convlens
 
 pytestmark = pytest.mark.xdist_group("export")

@@ -267,7 +267,7 @@ def faces(tmp_path_factory):
     """An untrained embed run (8-d embeddings of 1x16x16 images) and its face recogniser."""
     from convlens.faces.embed import EmbedTask
     from convlens.faces.recogniser import FaceRecogniser
-    from convlens.training.checkpoint import save_weights
+    from convlens.runs.weights import save_weights
 
     root = tmp_path_factory.mktemp("faces")
     torch.manual_seed(0)

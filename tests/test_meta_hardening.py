@@ -17,7 +17,7 @@ import convlens
 from convlens.config import TrainConfig, save_config
 from convlens.errors import ConvlensError, ModelError
 from convlens.models import create_model
-from convlens.training.checkpoint import load_state, load_weights, save_state, save_weights
+from convlens.runs.weights import load_state, load_weights, save_state, save_weights
 from tests.helpers import PEAK_RSS_CODE, start_server
 from tests.helpers import convlens as cli
 
@@ -411,8 +411,8 @@ def test_a_gallery_zip_bomb_is_refused_before_unpacking(faces, tmp_path):
 
 
 def test_metadata_task_names_are_the_training_tasks():
-    from convlens.metadata import TASKS, TTA_MODES
-    from convlens.models.infer import TTA_MODES as INFER_TTA
+    from convlens.runs.checks import TASKS, TTA_MODES
+    from convlens.runs.checks import TTA_MODES as INFER_TTA  # the one list models.infer follows
     from convlens.training.tasks import TASKS as TRAINING_TASKS
 
     assert set(TASKS) == set(TRAINING_TASKS) and TTA_MODES == INFER_TTA

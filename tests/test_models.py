@@ -248,7 +248,7 @@ def test_fastnet_weights_load_with_the_pooling_they_were_trained_with(tmp_path, 
     """Before 0.2 fastnet pooled three times at any size: 8x8 weights from then keep that."""
     from convlens.models.fastnet import pool_plan
     from convlens.models.loading import load_model
-    from convlens.training.checkpoint import save_weights
+    from convlens.runs.weights import save_weights
 
     torch.manual_seed(0)
     plan = pools or list(pool_plan((8, 8)))

@@ -21,7 +21,8 @@ from convlens.config import make_config
 from convlens.data.batches import normalize
 from convlens.models import create_model
 from convlens.predict import load
-from convlens.training import checkpoint as ckpt
+from convlens.runs import weights as ckpt
+from convlens.runs.folder import resolve_weights
 from convlens.training.loop import build_model, epoch_batches, epoch_steps, load_data
 from convlens.training.numpy_loop import build_sgd, train_step
 from convlens.training.optim import build_optimizer, get_lr, set_lr
@@ -202,7 +203,7 @@ def test_predict_numpy_equals_torch_probabilities(runs, tmp_path, capsys):
         path = tmp_path / f"digit{i}.png"
         Image.fromarray((digits.images[-1 - i] * 255 / 16).astype(np.uint8)).save(path)
         paths.append(str(path))
-    tensors, meta = ckpt.load_weights(ckpt.resolve_weights(runs / "numpy"))
+    tensors, meta = ckpt.load_weights(resolve_weights(runs / "numpy"))
     mirrored = tmp_path / "mirror.safetensors"  # the same weights, predicting with 6-view TTA
     ckpt.save_weights(mirrored, tensors, {**meta, "tta": "flip-shift"})
     probs = {}  # (run, engine) -> rows

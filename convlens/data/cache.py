@@ -33,7 +33,7 @@ import torch
 
 from convlens.data.dataset import Split
 from convlens.data.files import read_regular
-from convlens.tempfiles import temp_beside
+from convlens.runs.atomic import temp_beside
 
 FORMAT = 1
 DIR_NAME = ".convlens-cache"
@@ -92,7 +92,7 @@ def _listing(root: Path, items: dict[str, list[Item]], settings: dict) -> dict:
     """What the pixels depend on: files (path, label, bytes, mtime ns), settings, versions."""
     import PIL
 
-    import convlens
+    from convlens.version import __version__
 
     files = {}
     for split, part in items.items():
@@ -103,7 +103,7 @@ def _listing(root: Path, items: dict[str, list[Item]], settings: dict) -> dict:
             except OSError:  # a dangling symlink: decoding lists it as a bad file
                 size, mtime = -1, 0
             files[split].append([os.path.relpath(path, root), label, size, mtime])
-    versions = {"convlens": convlens.__version__, "pillow": PIL.__version__}
+    versions = {"convlens": __version__, "pillow": PIL.__version__}
     return {"format": FORMAT, "settings": settings, "versions": versions, "files": files}
 
 
@@ -169,7 +169,7 @@ def _write(root: Path, folder: Path, listing: dict, decoded: Decoded) -> None:
 def _atomic(path: Path, data: np.ndarray | bytes) -> None:
     """Write bytes, or an array as .npy, to a temporary file; fsync; rename it over `path`.
 
-    (checkpoint.atomic_write_bytes wants the whole file as bytes in memory; a dataset-sized
+    (runs.atomic.atomic_write_bytes wants the whole file as bytes in memory; a dataset-sized
     array should not be copied for that.)
     """
     fd, tmp = temp_beside(path)

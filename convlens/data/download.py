@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from convlens.errors import ConvlensError
-from convlens.tempfiles import temp_beside
+from convlens.runs.atomic import temp_beside
 
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60  # seconds without data before giving up

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from convlens.config import make_config
@@ -13,6 +12,7 @@ from convlens.errors import ConvlensError
 from convlens.evaluation.metrics import classification_metrics
 from convlens.models.infer import predict_proba
 from convlens.models.loading import load_model
+from convlens.runs.folder import Run
 
 __all__ = ["check_compatible", "classification_metrics", "evaluate_run", "load_run_data"]
 
@@ -34,7 +34,8 @@ def evaluate_run(
     """
     model, meta, weights = load_model(run)
     model = model.to(device)
-    run_dir = weights.parent.parent if weights.parent.name == "weights" else None
+    run = Run.of_weights(weights)
+    run_dir = run.path if run else None
     if dataset is None:
         dataset = load_run_data(data, run_dir)
     if split == "test" and dataset.test is None:
@@ -87,9 +88,10 @@ def load_run_data(data: str | None, run_dir: Path | None, download: bool = True)
 
     The default comes from the run folder's own config.yaml, never from the weights header: a
     weights file is data, and must not choose what is read, written or downloaded."""
-    config = run_dir / "config.yaml" if run_dir else None
-    cfg = make_config(config) if config and config.is_file() else make_config()
-    spec = data or (cfg.data if config and config.is_file() else None)
+    run = Run(run_dir) if run_dir else None
+    own = run is not None and run.is_run()
+    cfg = make_config(run.config) if own else make_config()
+    spec = data or (cfg.data if own else None)
     if not spec:
         raise ConvlensError("a weights file outside its run folder: pass --data")
     return load_dataset(
@@ -121,9 +123,9 @@ def check_compatible(meta: dict, ds: Dataset, weights: Path) -> None:
 def _write_outputs(run_dir: Path, metrics: dict, part=None, probs=None) -> None:
     from convlens.evaluation.plots import save_confusion_matrix, save_curves, save_reliability
     from convlens.evaluation.report import write_report
-    from convlens.training.runs import read_results
 
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    run = Run(run_dir)
+    run.write_metrics(metrics)
     cm = metrics["confusion_matrix"]
     classes = [c["class"] for c in metrics["per_class"]]
     buf = io.StringIO()
@@ -132,8 +134,8 @@ def _write_outputs(run_dir: Path, metrics: dict, part=None, probs=None) -> None:
     writer.writerows([c, *row] for c, row in zip(classes, cm, strict=True))
     (run_dir / "confusion_matrix.csv").write_text(buf.getvalue())
     save_confusion_matrix(cm, classes, run_dir / "confusion_matrix.png")
-    if (run_dir / "results.csv").is_file():
-        save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
+    if rows := run.read_results():
+        save_curves(rows, run_dir / "curves.png")
     if probs is not None:  # the evaluated split's predictions: the same bins as metrics' ECE
         save_reliability(part.labels, probs, run_dir / "reliability.png")
     write_report(run_dir, metrics, part, probs)

@@ -125,12 +125,12 @@ def calibrate_run(run_dir: Path, ds: Dataset, device: str = "cpu") -> str:
     """Calibrate a run's best weights in place (rewriting weights/best.safetensors with the
     temperature in its metadata); the note for the console."""
     from convlens.models.loading import load_model
-    from convlens.training.checkpoint import save_weights
+    from convlens.runs.weights import save_weights
 
     model, meta, path = load_model(run_dir)
     if "calibration" in meta:  # a resumed run killed after calibrating: never fold T twice
         return f"calibration: {path} already holds its temperature"
     entry, note = calibrate(model.to(device), meta, ds, device)
     if entry:
-        save_weights(path, model.state_dict(), {**meta, "calibration": entry})
+        save_weights(path, model.state_dict(), meta.replace(calibration=entry))
     return note

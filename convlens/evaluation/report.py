@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 
 from convlens.evaluation.report_html import STYLE, cards, img_file, note, table
+from convlens.runs.folder import Run
+from convlens.version import __version__
 
 SECTIONS = {  # id -> title, in page order
     "curves": "Training curves",
@@ -48,10 +49,9 @@ def write_report(
 
 def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
     """The report page as one HTML string."""
-    import convlens
     from convlens.explain import sections as explain
 
-    cfg = read_config(run_dir / "config.yaml")
+    cfg = Run(run_dir).settings()
     explained_dir = run_dir / "explain"
     explained = _read_json(explained_dir / "summary.json")
     model = explain.RunModel(run_dir)
@@ -85,7 +85,7 @@ def build_report(run_dir: Path, metrics: dict, split=None, probs=None) -> str:
 {_cards(metrics, run_dir, model)}</div></header>
 <nav><div class="wrap">{nav}</div></nav>
 <main class="wrap">{sections}</main>
-<footer class="wrap">convlens {html.escape(convlens.__version__)} &middot; {when} &middot;
+<footer class="wrap">convlens {html.escape(__version__)} &middot; {when} &middot;
 {html.escape(str(metrics.get("weights", "")))}</footer>
 </body></html>
 """
@@ -110,17 +110,15 @@ def _cards(metrics: dict, run_dir: Path, model) -> str:
         cal = metrics["calibration"]
         ece = " &rarr; ".join(f"{100 * e:.1f}%" for e in cal["val_ece"])
         items.append(("temperature (val ECE)", f"{cal['temperature']:.3f} ({ece})"))
-    if (run_dir / "results.csv").is_file():
+    rows = Run(run_dir).read_results()
+    if rows:
         from convlens.training.progress import score_column
-        from convlens.training.runs import read_results
 
-        rows = read_results(run_dir / "results.csv")
-        if rows:
-            items += [
-                ("best val accuracy", f"{100 * max(r[score_column(r)] for r in rows):.2f}%"),
-                ("epochs", f"{int(rows[-1]['epoch'])}"),
-                ("training time", _duration(rows[-1]["seconds"])),
-            ]
+        items += [
+            ("best val accuracy", f"{100 * max(r[score_column(r)] for r in rows):.2f}%"),
+            ("epochs", f"{int(rows[-1]['epoch'])}"),
+            ("training time", _duration(rows[-1]["seconds"])),
+        ]
     items.append(("parameters", f"{sum(p.numel() for p in model.net.parameters()):,}"))
     return cards(items)
 
@@ -224,11 +222,6 @@ def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.1f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def read_config(path: Path) -> dict:
-    """A run's config.yaml as a mapping ({} when the folder has none)."""
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _read_json(path: Path) -> dict | None:

@@ -37,15 +37,15 @@ from convlens.explain.invariance import (
     train_baseline,
 )
 from convlens.explain.sharing import parameter_sharing
+from convlens.runs.folder import Run
 
 SUMMARY = "summary.json"
 
 
 def run_home(weights: Path) -> Path:
     """The run folder of a weights file, or (for a loose file) a folder named after the file."""
-    if weights.parent.name == "weights" and (weights.parent.parent / "config.yaml").is_file():
-        return weights.parent.parent
-    return weights.parent / weights.stem
+    run = Run.of_weights(weights)
+    return run.path if run and run.is_run() else weights.parent / weights.stem
 
 
 def explain_run(
@@ -165,7 +165,7 @@ def baseline_for(rec, ds, home: Path, baseline=None, data: str | None = None):
     trained = baseline is None
     if trained:
         data = data or ds.name
-        baseline = train_baseline(home, data, home / "config.yaml")
+        baseline = train_baseline(home, data, Run(home).config)
     base = Recogniser(baseline)
     if base.classes != rec.classes or (base.channels, base.size) != (rec.channels, rec.size):
         raise ConvlensError(f"baseline {baseline} was trained for other classes or image sizes")
@@ -194,7 +194,7 @@ def load_data(rec, data: str | None, home: Path):
     """The run's dataset (or `data`), checked against the model's classes and input."""
     from convlens.evaluation import check_compatible, load_run_data
 
-    run_dir = home if (home / "config.yaml").is_file() else None
+    run_dir = home if Run(home).is_run() else None
     ds = load_run_data(data, run_dir)
     check_compatible(rec.meta, ds, rec.weights)
     return ds

@@ -22,7 +22,8 @@ class RunModel:
     """A run's best model and its metadata, the model loaded on first use."""
 
     def __init__(self, run_dir: Path) -> None:
-        from convlens.training.checkpoint import load_weights, resolve_weights
+        from convlens.runs.folder import resolve_weights
+        from convlens.runs.weights import load_weights
 
         self.run_dir = run_dir
         self.meta = load_weights(resolve_weights(run_dir))[1]

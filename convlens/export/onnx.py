@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from pathlib import Path
 
@@ -17,10 +16,13 @@ import numpy as np
 import torch
 
 from convlens.errors import ConvlensError, ModelError
-from convlens.metadata import one_line, validate_meta
 from convlens.reference.losses import softmax
 from convlens.reference.model import normalize, tta_views
-from convlens.training.checkpoint import META_KEY, atomic_write_bytes, resolve_weights
+from convlens.runs.atomic import atomic_write_bytes
+from convlens.runs.checks import one_line
+from convlens.runs.folder import Run, resolve_weights
+from convlens.runs.meta import WeightsMeta
+from convlens.runs.weights import META_KEY, header_json, header_meta
 
 TOLERANCE = 1e-4  # largest allowed |onnx - torch| over the check images: probability, score or
 # embedding entry (unit embeddings: 1 - cosine <= TOLERANCE**2 / 2 * D)
@@ -71,8 +73,8 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
         )
     proto = program.model_proto
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps({**meta, **_decisions(rec, task),
-                                                   "exported_from": str(weights)})  # fmt: skip
+    entry.key, entry.value = META_KEY, header_json({**meta, **_decisions(rec, task),
+                                                    "exported_from": str(weights)})  # fmt: skip
     onnx.checker.check_model(proto)
     atomic_write_bytes(out, proto.SerializeToString())
 
@@ -125,11 +127,11 @@ def _own_data(weights: Path):
     RUN/config.yaml), as that run split it, if it is on disk; None otherwise. Never downloads."""
     from convlens.evaluation import load_run_data
 
-    run_dir = weights.parent.parent
-    if weights.parent.name != "weights" or not (run_dir / "config.yaml").is_file():
+    run = Run.of_weights(weights)
+    if run is None or not run.is_run():
         return None
     try:
-        return load_run_data(None, run_dir, download=False)
+        return load_run_data(None, run.path, download=False)
     except ConvlensError:
         return None
 
@@ -147,16 +149,13 @@ class OnnxModel:
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: not a loadable ONNX model ({one_line(e)})") from None
         props = self.session.get_modelmeta().custom_metadata_map
-        if META_KEY not in props:
-            raise ModelError(f"{path}: not a convlens model (no convlens metadata)")
-        try:
-            meta = json.loads(props[META_KEY])
-        except (json.JSONDecodeError, RecursionError):
-            raise ModelError(f"{path}: convlens metadata is not valid JSON") from None
-        self.meta = validate_meta(meta, path)
+        missing = "not a convlens model (no convlens metadata)"
+        self.meta = WeightsMeta.from_header(
+            header_meta(props, path, missing, "convlens metadata"), path
+        )
         self.task: str = self.meta.get("task", "classify")
-        self.thresholds: list[float] | None = self.meta.get("thresholds")  # multilabel, per label
-        self.threshold: float | None = self.meta.get("threshold")  # embed: same at cosine >= this
+        self.thresholds = self.meta.decisions.thresholds  # multilabel: per label
+        self.threshold = self.meta.decisions.threshold  # embed: the same face at cosine >= this
         self.input = self._check_graph()
 
     def _check_graph(self) -> str:

@@ -19,8 +19,8 @@ from convlens.data.names import class_name
 from convlens.errors import ConvlensError
 from convlens.faces.metrics import identity_scores
 from convlens.faces.recogniser import FaceRecogniser
-from convlens.metadata import one_line
-from convlens.training.checkpoint import atomic_write_bytes
+from convlens.runs.atomic import atomic_write_bytes
+from convlens.runs.checks import one_line
 
 UNKNOWN = "unknown"
 MAX_GALLERY_BYTES = 256 << 20  # unpacked arrays: half a million 128-d float32 embeddings

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 
 from convlens.evaluation.plots import _pyplot, save_curves
-from convlens.evaluation.report import read_config, settings_table
+from convlens.evaluation.report import settings_table
 from convlens.evaluation.report_html import STYLE, img_file, table
 from convlens.faces.metrics import FARS, roc
+from convlens.runs.folder import Run
 
 
 def save_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
@@ -38,9 +38,8 @@ def save_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title
 
 def write_outputs(run_dir: Path, metrics: dict, scores: np.ndarray, same: np.ndarray) -> None:
     """Write the run's metrics.json, ROC (PNG and CSV), curves.png and report.html."""
-    from convlens.training.runs import read_results
-
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    run = Run(run_dir)
+    run.write_metrics(metrics)
     far, tar, thresholds = roc(scores, same)
     rows = "\n".join(
         f"{t:.6g},{f:.6g},{r:.6g}" for t, f, r in zip(thresholds, far, tar, strict=True)
@@ -48,8 +47,8 @@ def write_outputs(run_dir: Path, metrics: dict, scores: np.ndarray, same: np.nda
     (run_dir / "roc.csv").write_text("threshold,far,tar\n" + rows + "\n")
     save_roc({f"AUC {metrics['auc']:.4f}": (far, tar)}, run_dir / "roc.png",
              f"verification ROC, {metrics['split']} pairs")  # fmt: skip
-    if (run_dir / "results.csv").is_file():
-        save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
+    if rows := run.read_results():
+        save_curves(rows, run_dir / "curves.png")
     (run_dir / "report.html").write_text(build_report(run_dir, metrics))
 
 
@@ -67,7 +66,7 @@ def build_report(run_dir: Path, metrics: dict) -> str:
         for key, label in names.items()
         if key in metrics
     ]
-    cfg = read_config(run_dir / "config.yaml")
+    cfg = Run(run_dir).settings()
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>convlens report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>
 <header><div class="wrap"><div class="kicker">convlens face embedding report</div>

@@ -10,7 +10,6 @@ a threshold chosen on validation. The test split is never used for any choice.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from convlens.errors import ConfigError, ConvlensError, ModelError
 from convlens.medical import anomaly_score as scoring
 from convlens.medical import geom
 from convlens.predict import ImageLike, Recogniser
+from convlens.runs.folder import Run
 from convlens.training.tasks import Classify
 
 FIT_IMAGES = 1000  # normal train images fitting the Mahalanobis statistics; anomalous val images
@@ -100,7 +100,7 @@ class AnomalyTask(Classify):
         """Fit scoring on the best weights (train, val only), save it with them; test metrics."""
         from convlens.evaluation import evaluate_run
         from convlens.models.loading import load_model
-        from convlens.training.checkpoint import save_weights
+        from convlens.runs.weights import save_weights
 
         model, meta, weights = load_model(run_dir)
         kw = score_settings(self.cfg.device)
@@ -111,7 +111,7 @@ class AnomalyTask(Classify):
         val = self.calibration_images(ds.classes)
         raw = scoring.raw_scores(model, val.images, meta, **kw)[meta["method"]]
         is_normal = normal_mask(val, ds.classes, self.normal)
-        meta["calibration"] = scoring.calibrate(
+        meta.calibration = scoring.calibrate(
             raw[is_normal], raw[~is_normal], self.cfg.target_sensitivity
         )
         save_weights(weights, model.state_dict(), meta)
@@ -179,7 +179,7 @@ class AnomalyTask(Classify):
         if write and run_dir is not None:
             from convlens.medical.report import write_anomaly_report
 
-            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            Run(run_dir).write_metrics(metrics)
             names = [dataset.classes[i] for i in part.labels.tolist()]  # (N,)
             scores = {k: v.numpy() for k, v in raws.items()}
             write_anomaly_report(run_dir, metrics, scores, names, part.images)
@@ -261,7 +261,7 @@ def normal_mask(split: Split, classes: list[str], normal: list[str]) -> torch.Te
 
 def score_settings(device: str) -> dict:
     """Where and how scores are computed: the same rule in finish, evaluate and predict."""
-    from convlens.training.loop import resolve_amp, resolve_device
+    from convlens.device import resolve_amp, resolve_device
 
     dev = resolve_device(device)
     return {"device": dev, "amp": resolve_amp("auto", dev), "channels_last": True}

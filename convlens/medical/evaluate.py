@@ -11,7 +11,8 @@ import torch
 from convlens.data import Split
 from convlens.errors import ConfigError, ConvlensError
 from convlens.medical.metrics import curves, detection_block, positive_index
-from convlens.metadata import validate_operating_point
+from convlens.runs.checks import validate_operating_point
+from convlens.runs.folder import Run
 
 THRESHOLD_FILE = "threshold.json"  # beside the weights: what predict needs to flag a case
 
@@ -54,11 +55,11 @@ def add_detection(
 
 def run_setting(run_dir: Path | None, given: float | None) -> float | None:
     """The target sensitivity: as given, else the run's `target_sensitivity` setting."""
-    if given is not None or run_dir is None or not (run_dir / "config.yaml").is_file():
+    if given is not None or run_dir is None or not Run(run_dir).is_run():
         return given
     from convlens.config import make_config
 
-    return make_config(run_dir / "config.yaml").target_sensitivity
+    return make_config(Run(run_dir).config).target_sensitivity
 
 
 def save_threshold(folder: Path, block: dict) -> Path:

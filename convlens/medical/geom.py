@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from convlens.data.batches import normalize
+from convlens.device import autocast
 from convlens.errors import ConfigError
-from convlens.models.infer import autocast
 
 COUNT = 72  # 2 flips x 3 x 3 translations x 4 rotations
 

@@ -21,9 +21,9 @@ from convlens.data import Dataset, Split
 from convlens.errors import ConfigError, ConvlensError
 from convlens.medical.evaluate import read_json
 from convlens.medical.metrics import choose_threshold
-from convlens.metadata import validate_label_thresholds
 from convlens.models.infer import map_batches, tta_views
 from convlens.predict import Recogniser
+from convlens.runs.checks import validate_label_thresholds
 from convlens.training.tasks import Classify
 
 THRESHOLDS_FILE = "thresholds.json"  # beside the weights: each label's threshold, for predict
@@ -198,11 +198,12 @@ def _write(run_dir, metrics, names, points, part, scores, data: str) -> None:
     score file."""
     from convlens.evaluation.plots import save_curves
     from convlens.medical.report import write_multilabel_report
-    from convlens.training.runs import read_results
+    from convlens.runs.folder import Run
 
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if (run_dir / "results.csv").is_file():
-        save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
+    run = Run(run_dir)
+    run.write_metrics(metrics)
+    if rows := run.read_results():
+        save_curves(rows, run_dir / "curves.png")
     write_multilabel_report(run_dir, metrics, part.labels.numpy(), scores)
     saved = {"labels": names, "thresholds": [p["threshold"] for p in points],
              "points": points, "chosen_on": "val"}  # fmt: skip

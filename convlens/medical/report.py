@@ -56,16 +56,17 @@ def write_anomaly_report(
     """Write run_dir/report.html (and curves.png, roc_pr.png, anomaly_scores.png) of an anomaly
     run from what AnomalyTask.evaluate measured."""
     from convlens.evaluation.plots import save_curves, save_roc_pr, save_score_histogram
-    from convlens.evaluation.report import read_config, settings_table
+    from convlens.evaluation.report import settings_table
     from convlens.medical.anomaly_score import to_unit
     from convlens.medical.metrics import curves
-    from convlens.training.runs import read_results
+    from convlens.runs.folder import Run
 
     method, calibration, block = metrics["method"], metrics["calibration"], metrics.get("detection")
     scores = raw[method]  # (N,)
     anomalous = np.array([c not in metrics["normal"] for c in classes], dtype=bool)  # (N,)
-    if (run_dir / "results.csv").is_file():
-        save_curves(read_results(run_dir / "results.csv"), run_dir / "curves.png")
+    run = Run(run_dir)
+    if rows := run.read_results():
+        save_curves(rows, run_dir / "curves.png")
     if block is not None:  # the split holds normal and anomalous images
         positive = f"anomalous (not {', '.join(metrics['normal'])})"
         save_roc_pr(
@@ -79,7 +80,7 @@ def write_anomaly_report(
         run_dir / "anomaly_scores.png",
     )
     unit = to_unit(torch.from_numpy(scores), calibration).numpy()  # (N,) what predict reports
-    cfg = read_config(run_dir / "config.yaml")
+    cfg = run.settings()
     top = [("AUROC", _num(metrics["auroc"]))]
     top += [(f"AUROC {name}", _num(v)) for name, v in _other_aurocs(metrics)]
     top += [(k, _num(metrics[k])) for k in ("sensitivity", "specificity")]

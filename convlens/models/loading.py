@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from convlens.errors import ModelError
-from convlens.metadata import one_line
 from convlens.models.registry import create_model
-from convlens.training.checkpoint import load_weights, resolve_weights
+from convlens.runs.checks import one_line
+from convlens.runs.folder import resolve_weights
+from convlens.runs.weights import load_weights
 from convlens.training.tasks import task_class
 
 

@@ -14,7 +14,6 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from convlens.errors import ModelError
-from convlens.metadata import one_line, validate_meta
 from convlens.reference.layers import (
     Conv2d,
     Dropout,
@@ -26,6 +25,8 @@ from convlens.reference.layers import (
     ReLU,
 )
 from convlens.reference.losses import softmax
+from convlens.runs.checks import one_line
+from convlens.runs.meta import WeightsMeta
 
 
 class Sequential:
@@ -228,7 +229,7 @@ def build_model(
     )
 
 
-def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], WeightsMeta]:
     """Arrays and convlens metadata of a .safetensors weights file, read with NumPy."""
     path = Path(path)
     if not path.is_file():
@@ -248,10 +249,10 @@ def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     bad = [k for k, t in tensors.items() if t.dtype.kind == "f" and not np.isfinite(t).all()]
     if bad:  # as checkpoint.load_weights refuses them
         raise ModelError(f"{path}: weights hold NaN or infinite values (first in {bad[0]!r})")
-    return tensors, validate_meta(meta, path)
+    return tensors, WeightsMeta.from_header(meta, path)
 
 
-def load_model(path: str | Path, dtype=np.float32) -> tuple[Sequential, dict]:
+def load_model(path: str | Path, dtype=np.float32) -> tuple[Sequential, WeightsMeta]:
     """(model in eval mode, metadata) for a convlens weights file."""
     tensors, meta = load_weights(path)
     size, spec = meta["input"], meta["model"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,21 +17,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import convlens
 from convlens.config import TrainConfig, make_config, save_config, to_dict
 from convlens.data import Dataset, load_dataset
 from convlens.data.badfiles import write_bad_files
 from convlens.data.batches import channel_stats, iterate_batches, normalize, to_device
+from convlens.device import autocast, resolve_amp, resolve_device, sync_debug
 from convlens.errors import ConfigError, ConvlensError, TrainingError
 from convlens.models import create_model
-from convlens.models.infer import autocast
-from convlens.training import checkpoint as ckpt
+from convlens.runs.checks import one_line
+from convlens.runs.folder import Run, resolve_weights
+from convlens.runs.lock import claim_new_run_dir, claim_run_dir_to_resume
+from convlens.runs.weights import load_state, read_safetensors, save_state, save_weights
 from convlens.training import distributed
 from convlens.training.ema import Lookahead
-from convlens.training.optim import build_optimizer, get_lr, set_lr
+from convlens.training.optim import (
+    build_optimizer,
+    flatten_optimizer,
+    get_lr,
+    set_lr,
+    unflatten_optimizer,
+)
 from convlens.training.progress import Progress
-from convlens.training.runs import claim_new_run_dir, claim_run_dir_to_resume, write_results
 from convlens.training.tasks import Classify, make_task
+from convlens.version import __version__
 
 RESUMABLE_CHANGES = {"device", "threads", "run", "resume"}  # settings a resume may change
 
@@ -84,7 +91,7 @@ def _train(cfg: TrainConfig, run_dir: Path, group: distributed.Group, device) ->
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
     state = {"epoch": 0, "rows": [], "best_acc": -1.0, "best_epoch": None, "stale": 0}
-    state_path = run_dir / "state" / "last.safetensors"
+    state_path = Run(run_dir).state
     if cfg.resume:
         state = _load_state(state_path, model, opt, ema)
         log.note(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.epochs}")
@@ -216,7 +223,7 @@ def open_run(cfg: TrainConfig, run_dir: Path, ds: Dataset, log: Progress) -> Non
     """Write config.yaml (of a fresh run) and bad_files.csv into the held run folder, once the
     model is built."""
     if not cfg.resume:
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, Run(run_dir).config)
     if ds.bad_files:
         write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
         log.note(f"{len(ds.bad_files)} unreadable image(s) skipped, listed in bad_files.csv")
@@ -317,10 +324,11 @@ def end_epoch(
     else:
         state["stale"] += 1
     if write:  # with torchrun, rank 0 alone writes
-        ckpt.save_weights(run_dir / "weights" / "last.safetensors", weights, meta)
+        run = Run(run_dir)
+        save_weights(run.last, weights, meta)
         if improved:
-            ckpt.save_weights(run_dir / "weights" / "best.safetensors", weights, meta)
-        write_results(run_dir / "results.csv", state["rows"])
+            save_weights(run.best, weights, meta)
+        run.write_results(state["rows"])
     state["epoch"] = epoch
     return row
 
@@ -342,43 +350,6 @@ def finish(run_dir: Path, ds: Dataset, log: Progress, task: Classify) -> None:
     log.final(task.summary(metrics), run_dir)
 
 
-@contextlib.contextmanager
-def sync_debug(device: torch.device):
-    """With CONVLENS_SYNC_DEBUG=warn (or error) on a GPU, torch warns about (or refuses) every
-    wait of the CPU for the GPU inside the training steps: a check that none is left there."""
-    mode = os.environ.get("CONVLENS_SYNC_DEBUG", "")
-    if device.type != "cuda" or not mode:
-        yield
-        return
-    torch.cuda.set_sync_debug_mode(mode)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is cuda when a GPU is there, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConvlensError(f"--device {name}: no CUDA GPU is available here")
-    return torch.device(name)
-
-
-def resolve_amp(mode: str, device: torch.device) -> bool:
-    """bf16 autocast: on when asked, or (auto) where the hardware computes bf16 natively."""
-    if mode == "off":
-        return False
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if mode == "bf16" and not supported:
-        raise ConvlensError(f"--amp bf16: this {device.type} has no native bf16 support")
-    return supported
-
-
 def weights_meta(
     cfg: TrainConfig, ds: Dataset, mean: list[float], std: list[float], hflip: str, task: Classify
 ) -> dict:
@@ -395,7 +366,7 @@ def weights_meta(
         "tta": tta,
         "model": {"name": cfg.model, "args": cfg.model_args},
         "data": cfg.data,
-        "versions": {"convlens": convlens.__version__, "torch": torch.__version__},
+        "versions": {"convlens": __version__, "torch": torch.__version__},
         **task.meta(ds),
     }
 
@@ -431,7 +402,7 @@ def build_model(
 
 def init_from_file(model: nn.Module, path: str) -> str:
     """Copy every tensor whose name and shape match from a weights file; say what was kept."""
-    tensors, _ = ckpt.read_safetensors(ckpt.resolve_weights(path))
+    tensors, _ = read_safetensors(resolve_weights(path))
     own = model.state_dict()
     taken = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
     if not taken:
@@ -446,23 +417,21 @@ def _save_state(path: Path, state: dict, model: nn.Module, opt, ema: Lookahead |
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    opt_tensors, opt_info = ckpt.flatten_optimizer(opt)
+    opt_tensors, opt_info = flatten_optimizer(opt)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
-    ckpt.save_state(path, tensors, {**state, "optimizer": opt_info})
+    save_state(path, tensors, {**state, "optimizer": opt_info})
 
 
 def _load_state(path: Path, model: nn.Module, opt, ema: Lookahead | None) -> dict:
     if not path.is_file():
         raise ConvlensError(f"{path}: no saved state; the run stopped before its first epoch ended")
-    from convlens.metadata import one_line
-
-    tensors, info = ckpt.load_state(path)
+    tensors, info = load_state(path)
     try:  # a state saved by another model or another convlens, or a crafted one
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if ema:
             ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        opt.load_state_dict(ckpt.unflatten_optimizer(tensors, info.pop("optimizer")))
+        opt.load_state_dict(unflatten_optimizer(tensors, info.pop("optimizer")))
         torch.set_rng_state(tensors["rng.torch"])
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise ConvlensError(
@@ -473,7 +442,7 @@ def _load_state(path: Path, model: nn.Module, opt, ema: Lookahead | None) -> dic
 
 def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:
     """The run's saved config; flags may change only where and how it runs."""
-    saved = make_config(run_dir / "config.yaml")
+    saved = make_config(Run(run_dir).config)
     defaults = TrainConfig()
     asked = {k: v for k, v in to_dict(given).items() if v != getattr(defaults, k)}
     changed = [k for k, v in asked.items() if k not in RESUMABLE_CHANGES and v != getattr(saved, k)]

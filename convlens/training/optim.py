@@ -1,8 +1,10 @@
-"""Optimisers and learning-rate schedules (a schedule is a pure function of the step)."""
+"""Optimisers and learning-rate schedules (a schedule is a pure function of the step), and an
+optimiser's state split into tensors and JSON for the resume state."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,3 +63,29 @@ def set_lr(opt, lr: float, progress: float = 0.0) -> None:
     for group in opt.param_groups:
         active = progress < group.get("until", 1.0)
         group["lr"] = lr * group.get("lr_scale", 1.0) if active else 0.0
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state_dict into tensors and JSON (no pickle)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict) -> dict:
+    """Rebuild the state_dict that `flatten_optimizer` split."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, entry in info["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    return {"state": state, "param_groups": info["param_groups"]}

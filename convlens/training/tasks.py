@@ -124,7 +124,7 @@ class Classify:
 
     def device(self) -> str:
         """Where the run's own evaluation runs: where it trained (a GPU, if it did)."""
-        from convlens.training.loop import resolve_device
+        from convlens.device import resolve_device
 
         return str(resolve_device(self.cfg.device))
 

@@ -1,9 +1,8 @@
-"""The convlens metadata of a weights or ONNX file, checked once, field by field, with limits.
+"""The checks every field of a weights or ONNX header passes, once, with limits.
 
-Every loader (torch, the NumPy reference engine, onnxruntime) passes the header through
-`validate_meta` before building anything from it, so a crafted file gives one line naming the
-file and the field, never a traceback or a huge allocation. No torch here: the reference engine
-uses it too.
+Every loader (torch, the NumPy reference engine, onnxruntime) builds its WeightsMeta through
+`validate_meta`, so a crafted file gives one line naming the file and the field, never a
+traceback or a huge allocation. No torch here: the reference engine uses it too.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ MAX_SIDE = 8192  # pixels per side of the model input
 MAX_PIXELS = 4096 * 4096  # height x width: a (4, 4096, 4096) uint8 input is 64 MiB per image
 MAX_EMBEDDING = 8192  # an embed run's embedding length
 TASKS = ("classify", "multilabel", "anomaly", "embed")  # convlens.training.tasks.TASKS (torch)
-TTA_MODES = ("none", "flip", "flip-shift")  # convlens.models.infer.TTA_MODES (torch)
+TTA_MODES = ("none", "flip", "flip-shift")  # test-time views (convlens.models.infer.tta_views)
 ANOMALY_METHODS = ("mahalanobis", "geom")
 
 
@@ -31,9 +30,10 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
     area); classes (1..MAX_CLASSES unique strings); outputs (as many as classes where each output
     is a class); normalize (finite means, finite stds > 0, one or one per channel); tta; versions;
     data; the task's own fields (embed: identities, embedding_size, threshold, scale; anomaly:
-    method, normal, calibration); a multilabel export's per-label thresholds.
+    method, normal, calibration); the decisions (a two-class operating point, per-label
+    thresholds).
     """
-    check = _Checker(source)
+    check = Checker(source)
     check.kind(meta, dict, "", "a JSON object")
     task = meta.get("task", "classify")
     check.choice(task, TASKS, "task")
@@ -95,37 +95,51 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
             cal = check.kind(meta["calibration"], dict, "calibration", "an object")
             check.number(cal.get("threshold"), "calibration.threshold")
             check.number(cal.get("spread"), "calibration.spread", positive=True)
-    if "thresholds" in meta:  # a multilabel export's per-label decisions
-        values = check.kind(meta["thresholds"], list, "thresholds", "a list of numbers")
-        if len(values) != len(classes):
-            check.fail("thresholds", f"holds {len(values)} values for {len(classes)} labels")
-        for v in values:
-            check.number(v, "thresholds")
+    if "thresholds" in meta:  # the per-label decisions of a multilabel export made before 0.3
+        check_label_thresholds(check, meta["thresholds"], classes, "thresholds")
+    if "label_thresholds" in meta:
+        saved = check.kind(meta["label_thresholds"], dict, "label_thresholds", "an object")
+        check_label_thresholds(check, saved.get("thresholds"), classes, "label_thresholds")
+    if "operating_point" in meta:
+        check_operating_point(check, meta["operating_point"], classes, "operating_point")
     return meta
 
 
 def validate_operating_point(point: Any, classes: list[str], source: str | Path) -> dict:
-    """A two-class run's saved operating point (threshold.json): its positive class and a
-    finite threshold."""
-    check = _Checker(source)
-    check.kind(point, dict, "", "a JSON object")
-    check.choice(point.get("positive_class"), tuple(classes), "positive_class")
-    check.number(point.get("threshold"), "threshold")
-    return point
+    """A two-class run's operating point saved in a side file (threshold.json, before 0.3)."""
+    return check_operating_point(Checker(source), point, classes, "")
 
 
 def validate_label_thresholds(saved: Any, classes: list[str], source: str | Path) -> list[float]:
-    """A multi-label run's saved per-label thresholds (thresholds.json): one finite number per
-    label."""
-    check = _Checker(source)
+    """A multi-label run's thresholds saved in a side file (thresholds.json, before 0.3)."""
+    check = Checker(source)
     check.kind(saved, dict, "", "a JSON object")
-    values = check.kind(saved.get("thresholds"), list, "thresholds", "a list of numbers")
+    return check_label_thresholds(check, saved.get("thresholds"), classes, "thresholds")
+
+
+def check_operating_point(check: Checker, point: Any, classes: list[str], field: str) -> dict:
+    """A two-class run's operating point: its positive class and a finite threshold."""
+    check.kind(point, dict, field, "a JSON object")
+    check.choice(point.get("positive_class"), tuple(classes), _sub(field, "positive_class"))
+    check.number(point.get("threshold"), _sub(field, "threshold"))
+    return point
+
+
+def check_label_thresholds(
+    check: Checker, values: Any, classes: list[str], field: str
+) -> list[float]:
+    """A multi-label run's per-label thresholds: one finite number per label."""
+    values = check.kind(values, list, field, "a list of numbers")
     if len(values) != len(classes):
-        check.fail("thresholds", f"holds {len(values)} values for {len(classes)} labels")
-    return [check.number(v, "thresholds") for v in values]
+        check.fail(field, f"holds {len(values)} values for {len(classes)} labels")
+    return [check.number(v, field) for v in values]
 
 
-class _Checker:
+def _sub(field: str, key: str) -> str:
+    return f"{field}.{key}" if field else key
+
+
+class Checker:
     """Type and range checks whose errors name the file and the field."""
 
     def __init__(self, source: str | Path) -> None:
@@ -137,12 +151,12 @@ class _Checker:
 
     def kind(self, value: Any, tp: type, field: str, what: str) -> Any:
         if not isinstance(value, tp):
-            self.fail(field, f"must be {what}, not {_show(value)}")
+            self.fail(field, f"must be {what}, not {show(value)}")
         return value
 
     def integer(self, value: Any, lo: int, hi: int, field: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            self.fail(field, f"must be an integer from {lo} to {hi}, not {_show(value)}")
+            self.fail(field, f"must be an integer from {lo} to {hi}, not {show(value)}")
         return value
 
     def number(self, value: Any, field: str, positive: bool = False) -> float:
@@ -151,16 +165,16 @@ class _Checker:
             x = float(value) if abs(value) < 1e300 else math.inf  # float(10**400) overflows
         if not math.isfinite(x) or (positive and x <= 0):
             what = "a finite number > 0" if positive else "a finite number"
-            self.fail(field, f"must be {what}, not {_show(value)}")
+            self.fail(field, f"must be {what}, not {show(value)}")
         return x
 
     def choice(self, value: Any, choices: tuple[str, ...], field: str) -> str:
         if value not in choices:
-            self.fail(field, f"must be one of {', '.join(choices)}, not {_show(value)}")
+            self.fail(field, f"must be one of {', '.join(choices)}, not {show(value)}")
         return value
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A short repr for an error line (a crafted value can be megabytes long)."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -1,5 +1,5 @@
-"""Run folders: never overwritten (runs/train, runs/train2, ...), each held by one training at a
-time, results.csv one row per epoch.
+"""Run folders are never overwritten (runs/train, runs/train2, ...) and each is held by one
+training at a time.
 
 A training holds its folder with an exclusive flock on the folder itself from the moment it
 chooses it until it ends; the kernel drops the lock when the process dies, however it dies, so
@@ -9,17 +9,14 @@ a killed run's folder is free to resume and no lock file is left behind.
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from convlens.errors import ConvlensError
-from convlens.training.checkpoint import atomic_write_bytes
+from convlens.runs.folder import Run
 
-RESULT_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]  # classify
 _HELD: set[int] = set()  # descriptors of the folders this process holds
 
 
@@ -79,7 +76,7 @@ def claim_run_dir_to_resume(requested: str | Path | None) -> Iterator[Path]:
     if not requested:
         raise ConvlensError("--resume needs --run DIR: the run folder to continue")
     path = Path(requested)
-    if not (path / "config.yaml").is_file():
+    if not Run(path).is_run():
         raise ConvlensError(f"{path}: not a convlens run folder (no config.yaml) to resume")
     fd = _lock(path)
     if fd is None:
@@ -129,24 +126,3 @@ def _missing_dirs(path: Path) -> list[Path]:
             break
         missing.append(folder)
     return missing
-
-
-def write_results(path: Path, rows: list[dict]) -> None:
-    """Rewrite results.csv from the epoch rows (the training state holds the same rows)."""
-    buf = io.StringIO()
-    columns = list(rows[0]) if rows else RESULT_COLUMNS  # other tasks name their own score
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row[k]) for k in columns})
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def read_results(path: Path) -> list[dict]:
-    """Rows of a results.csv as numbers."""
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _fmt(value: float | int) -> str:
-    return str(value) if isinstance(value, int) else f"{value:.6g}"
