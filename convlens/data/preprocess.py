@@ -22,7 +22,7 @@ from convlens.errors import ConfigError, ConvlensError, DatasetFormatError, Mode
 if TYPE_CHECKING:
     import torch
 
-MAX_SIDE = 8192  # as convlens.metadata: pixels per side of the model input
+MAX_SIDE = 8192  # as convlens.runs.checks: pixels per side of the model input
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # torchvision InterpolationMode
 SMALL_SIDE = 64  # images up to this side keep the old squash-to-size path (28x28, 8x8, 64x64)
 GPU_SIDE = 224  # pretrained weights and GPU runs: torchvision's and timm's default input

@@ -36,7 +36,7 @@ from convlens.data.folder import MAX_BAD_FRACTION, list_folder
 from convlens.data.images import decode_image
 from convlens.data.preprocess import Preprocess, check_photo
 from convlens.errors import ConvlensError, DatasetFormatError
-from convlens.tempfiles import temp_beside
+from convlens.runs.atomic import temp_beside
 
 Item = tuple[str, int]  # (path, class index)
 SOURCES = ("auto", "ram", "cache", "decode")
