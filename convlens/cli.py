@@ -310,12 +310,36 @@ def scenes(
     data_dir: str | None,
 ) -> None:  # fmt: skip
     """Write a fashion-scenes tree (Fashion-MNIST items on real photos, JPEG) to new folder OUT."""
+    from convlens.data.named import fashion_items
     from convlens.data.scenes import PER_CLASS, generate
 
-    manifest = generate(out, seed=seed, per_class=per_class or PER_CLASS, workers=workers,
-                        data_dir=data_dir)  # fmt: skip
+    items = fashion_items(data_dir)
+    manifest = generate(out, items, seed=seed, per_class=per_class or PER_CLASS, workers=workers)
     counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())
     click.echo(f"wrote {counts} images to {out}/{{train,val,test}}/<class>/")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--maxcount", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="images per shard (a shard also ends at 1 GB)")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="seeds the order images are mixed in (and a held-out val split)")  # fmt: skip
+@click.option("--strict", is_flag=True, help="stop at the first unreadable file")
+def shards(folder: str, out: str, maxcount: int, seed: int, strict: bool) -> None:
+    """Write FOLDER (class folders, optionally in train/val/test) as WebDataset shards in OUT."""
+    from convlens.data.shards import write_shards
+
+    index = write_shards(folder, out, maxcount=maxcount, seed=seed, strict=strict)
+    total = sum(len(part) for part in index["shards"].values())
+    parts = ", ".join(f"{split} {index['counts'][split]} images in {len(part)}"
+                      for split, part in index["shards"].items())  # fmt: skip
+    click.echo(f"wrote {total} shards and dataset.json to {out}: {parts}")
+    if index["bad_files"]:
+        click.echo(f"skipped {index['bad_files']} unreadable files, listed in {out}/bad_files.csv")
+    for note in index["notes"]:
+        click.echo(f"note: {note}")
 
 
 @cli.command()

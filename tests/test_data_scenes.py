@@ -32,6 +32,12 @@ SMALL = (3, 2, 2)  # images per class in train, val, test
 FOLDERS = sorted(scenes.folder_name(c) for c in named.DATASETS["fashion-mnist"].classes)
 
 
+@functools.cache
+def fashion() -> tuple:
+    """Fashion-MNIST's items, read once for the module's generate calls."""
+    return named.fashion_items()
+
+
 @pytest.fixture
 def isolated(tmp_path, monkeypatch) -> Path:
     """A home of its own: no ~/.cache/convlens or $CONVLENS_DATA but Debian's Fashion-MNIST."""
@@ -44,7 +50,7 @@ def isolated(tmp_path, monkeypatch) -> Path:
 def tree(tmp_path_factory) -> Path:
     """One small tree, made by two processes."""
     out = tmp_path_factory.mktemp("scenes") / "set"
-    scenes.generate(out, seed=0, per_class=SMALL, workers=2)
+    scenes.generate(out, fashion(), seed=0, per_class=SMALL, workers=2)
     return out
 
 
@@ -53,8 +59,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_same_bytes_whatever_the_workers(tree, tmp_path):
-    scenes.generate(tmp_path / "again", seed=0, per_class=SMALL, workers=0)
-    scenes.generate(tmp_path / "other", seed=1, per_class=SMALL, workers=0)
+    scenes.generate(tmp_path / "again", fashion(), seed=0, per_class=SMALL, workers=0)
+    scenes.generate(tmp_path / "other", fashion(), seed=1, per_class=SMALL, workers=0)
     first, again, other = (_files(p) for p in (tree, tmp_path / "again", tmp_path / "other"))
     assert len(first) == 10 * sum(SMALL) and first == again
     assert first.keys() == other.keys()
@@ -83,7 +89,7 @@ def test_a_class_folder_tree_of_mixed_size_jpegs(tree):
 
 
 def test_test_items_and_backgrounds_are_never_seen_in_training(tmp_path, monkeypatch):
-    train, test, _ = scenes.fashion_items()
+    train, test, _ = fashion()
     key = {
         name: {bytes(x) for x in np.asarray(part.images)}
         for name, part in zip(("train", "test"), (train, test), strict=True)
@@ -104,7 +110,7 @@ def test_test_items_and_backgrounds_are_never_seen_in_training(tmp_path, monkeyp
         write(task)
 
     monkeypatch.setattr(scenes, "_write", watched_write)
-    scenes.generate(tmp_path / "t", seed=0, per_class=(4, 2, 6), workers=0)
+    scenes.generate(tmp_path / "t", fashion(), seed=0, per_class=(4, 2, 6), workers=0)
     assert set(now) == set(scenes.SPLITS)
     assert used["train"] | used["val"] <= set(scenes.TRAIN_PHOTOS)
     assert used["test"] <= set(scenes.TEST_PHOTOS) and len(used["test"]) > 3
@@ -115,10 +121,10 @@ def test_generate_refuses_a_folder_in_use(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(ConvlensError, match="mine: already exists and is not an empty folder"):
-        scenes.generate(tmp_path / "mine", per_class=SMALL, workers=0)
+        scenes.generate(tmp_path / "mine", fashion(), per_class=SMALL, workers=0)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     with pytest.raises(ConvlensError, match="per_class"):
-        scenes.generate(tmp_path / "x", per_class=(1, 0, 1), workers=0)
+        scenes.generate(tmp_path / "x", fashion(), per_class=(1, 0, 1), workers=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no half tree
 
 

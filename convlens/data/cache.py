@@ -106,6 +106,12 @@ def _listing(root: Path, items: dict[str, list[Item]], settings: dict) -> dict:
     return {"format": FORMAT, "settings": settings, "versions": versions, "files": files}
 
 
+def stamp(root: Path, items: dict[str, list[Item]], settings: dict) -> tuple[dict, str]:
+    """What pixels made from `items` depend on (a manifest's listing), and its short key."""
+    listing = _listing(root, items, settings)
+    return listing, _key(listing)
+
+
 def _key(listing: dict) -> str:
     return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
 

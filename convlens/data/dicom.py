@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from convlens.data.images import minmax_uint8
+from convlens.data.levels import minmax_uint8, window_uint8
 from convlens.errors import DatasetFormatError
 
 GREY = ("MONOCHROME1", "MONOCHROME2")
@@ -73,7 +73,7 @@ def _to_8bit(ds, name: str) -> np.ndarray:
     values += _number(ds.get("RescaleIntercept"), 0.0)
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     has_window = center is not None and width is not None and width > 1
-    out = to_uint8(values, center, width) if has_window else minmax_uint8(values)
+    out = window_uint8(values, center, width) if has_window else minmax_uint8(values)
     return 255 - out if kind == "MONOCHROME1" else out
 
 
@@ -146,12 +146,6 @@ def check_pixel_count(header, name: str, max_pixels: int) -> int:
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" + ("s" if n != 1 else "")
-
-
-def to_uint8(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """The DICOM linear window: center - width/2 .. center + width/2 -> 0..255, clipped."""
-    scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255  # PS3.3 C.11.2.1.2.1
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def _number(value, default: float) -> float:

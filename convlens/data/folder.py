@@ -46,21 +46,7 @@ def load_folder(
     """
     root = Path(root)
     notes: list[str] = []
-    layout = _layout(root, notes)  # {"train": dir, "val": dir?, "test": dir?}
-    classes = _class_dirs(layout["train"])
-    if not classes and _images_in(root):  # a plain folder of images (e.g. normal cases only)
-        classes, items, ignored = [root.name], {"train": [(p, 0) for p in _images_in(root)]}, None
-        notes.append(f"no class subfolders: every image is of one class, {root.name!r}")
-    elif not classes:
-        raise ConvlensError(
-            f"{layout['train']}: no class subfolders (expected <class>/<image> inside)"
-        )
-    else:
-        items, ignored = _list_files(layout, classes)
-    if ignored:
-        kinds = ", ".join(f"{ext or 'no extension'}: {n}" for ext, n in ignored.most_common())
-        notes.append(f"ignored {sum(ignored.values())} files that are not images ({kinds})")
-
+    train_dir, shown, items = list_folder(root, notes)
     splits, bad, more = load_or_decode(
         root,
         items,
@@ -70,12 +56,11 @@ def load_folder(
         enabled=cache,
     )
     notes += more
-    shown = _shown(layout["train"], classes)
     for name, part in splits.items():
-        missing = sorted(set(range(len(classes))) - set(part.labels.tolist()))
+        missing = sorted(set(range(len(shown))) - set(part.labels.tolist()))
         if name == "train" and missing:
             raise DatasetFormatError(
-                f"{layout['train']}: class folder {shown[missing[0]]!r} holds no readable images"
+                f"{train_dir}: class folder {shown[missing[0]]!r} holds no readable images"
             )
         if missing:
             notes.append(f"{name} split has no images of {', '.join(shown[i] for i in missing)}")
@@ -90,6 +75,25 @@ def load_folder(
         notes=notes,
         bad_files=bad,
     )
+
+
+def list_folder(root: Path, notes: list[str]) -> tuple[Path, list[str], dict[str, list[Item]]]:
+    """(train folder, class names as shown, image files per split) of `root`; nothing is read."""
+    layout = _layout(root, notes)  # {"train": dir, "val": dir?, "test": dir?}
+    classes = _class_dirs(layout["train"])
+    if not classes and _images_in(root):  # a plain folder of images (e.g. normal cases only)
+        classes, items, ignored = [root.name], {"train": [(p, 0) for p in _images_in(root)]}, None
+        notes.append(f"no class subfolders: every image is of one class, {root.name!r}")
+    elif not classes:
+        raise ConvlensError(
+            f"{layout['train']}: no class subfolders (expected <class>/<image> inside)"
+        )
+    else:
+        items, ignored = _list_files(layout, classes)
+    if ignored:
+        kinds = ", ".join(f"{ext or 'no extension'}: {n}" for ext, n in ignored.most_common())
+        notes.append(f"ignored {sum(ignored.values())} files that are not images ({kinds})")
+    return layout["train"], _shown(layout["train"], classes), items
 
 
 def _decode(

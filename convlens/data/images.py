@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
+from convlens.data.dicom import dicom_image
 from convlens.data.files import read_regular
+from convlens.data.levels import minmax_uint8
 from convlens.errors import DatasetFormatError
 
 MAX_PIXELS = 64_000_000  # refuse images over 64 megapixels: decompression bombs
@@ -48,8 +50,6 @@ def open_image(
     if not data:
         raise DatasetFormatError(f"{name}: empty file (0 bytes)")
     if data[128:132] == b"DICM":  # DICOM: pydicom decodes and windows it to 8 bits
-        from convlens.data.dicom import dicom_image
-
         return dicom_image(data, name, max_pixels=limit)  # its header is checked first
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
@@ -87,19 +87,24 @@ def to_tensor(
     img: Image.Image, *, channels: int, size: tuple[int, int] | None = None
 ) -> torch.Tensor:
     """uint8 (C, H, W), `channels` 1 (L) or 3 (RGB), resized (antialiased bilinear) to (H, W)."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    mode = "L" if channels == 1 else "RGB"
-    try:
-        img = _to_8bit(img).convert(mode)
-    except ValueError as e:  # a few exotic modes (La, ...) have no conversion
-        raise DatasetFormatError(
-            f"cannot convert an image of mode {img.mode} to {mode}: {e}"
-        ) from None
+    img = to_mode(img, channels)
     if size is not None and (img.height, img.width) != tuple(size):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # PIL antialiases
     x = torch.from_numpy(np.array(img, dtype=np.uint8))  # (H, W) or (H, W, 3)
     return x[None] if channels == 1 else x.permute(2, 0, 1).contiguous()
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """`img` as 8-bit L (`channels` 1) or RGB (3): 16-bit, float and palette modes first."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        return _to_8bit(img).convert(mode)
+    except ValueError as e:  # a few exotic modes (La, ...) have no conversion
+        raise DatasetFormatError(
+            f"cannot convert an image of mode {img.mode} to {mode}: {e}"
+        ) from None
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -113,14 +118,6 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode == "LAB":  # PIL converts LAB to RGB only
         return img.convert("RGB")
     return img
-
-
-def minmax_uint8(values: np.ndarray) -> np.ndarray:
-    """Linear min..max -> 0..255 uint8 (all zeros for a constant image)."""
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(values.shape, np.uint8)
-    return np.round((values - lo) * (255 / (hi - lo))).astype(np.uint8)
 
 
 def is_colour(img: Image.Image) -> bool:

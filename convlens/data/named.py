@@ -17,7 +17,7 @@ import torch
 from convlens.data import archives, scenes
 from convlens.data.dataset import Dataset, Split, stratified_split
 from convlens.data.download import download as fetch
-from convlens.data.idx import find_idx_folder, load_idx
+from convlens.data.idx import find_idx_folder, load_idx, read_idx_split
 from convlens.errors import ConvlensError
 
 IDX_FILES = (
@@ -341,8 +341,17 @@ def _make_tree(name: str, d: Named, root: Path, data_dir: str | None, download: 
         shutil.rmtree(root)  # another version or size of ours: made again below
     n = sum(d.scenes) * len(d.classes)
     print(f"{name}: generating {n} JPEGs into {root} (once)", file=sys.stderr, flush=True)
-    scenes.generate(root, seed=SCENES_SEED, per_class=d.scenes, workers=SCENES_WORKERS,
-                    download=download)  # fmt: skip
+    scenes.generate(root, fashion_items(download=download), seed=SCENES_SEED, per_class=d.scenes,
+                    workers=SCENES_WORKERS)  # fmt: skip
+
+
+def fashion_items(data_dir: str | None = None, download: bool = True) -> tuple[Split, Split, list]:
+    """Fashion-MNIST's train and test items (N, 1, 28, 28) in file order, and its class names:
+    what convlens.data.scenes composites."""
+    ds = load_named("fashion-mnist", data_dir=data_dir, download=download)  # found or fetched
+    pairs = find_idx_folder(ds.source)  # read again in file order: no split's seed shapes the set
+    train, test = (read_idx_split(*pairs[split]) for split in ("train", "test"))
+    return train, test, ds.classes
 
 
 @contextmanager

@@ -21,7 +21,6 @@ import io
 import json
 import os
 import re
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image, ImageChops
 
 from convlens.data.dataset import Split
 from convlens.errors import ConvlensError
+from convlens.runs.atomic import check_new_folder, new_tree
 
 VERSION = 1  # bump whenever a change alters any output byte: cached trees are then regenerated
 SPLITS = ("train", "val", "test")
@@ -64,25 +64,13 @@ def folder_name(label: str) -> str:
     return re.sub(r"[^\w .-]+", "-", label).strip(" .-") or "class"
 
 
-def fashion_items(data_dir: str | None = None, download: bool = True) -> tuple[Split, Split, list]:
-    """Fashion-MNIST's train and test items (N, 1, 28, 28) in file order, and its class names."""
-    from convlens.data.idx import find_idx_folder, read_idx_split
-    from convlens.data.named import load_named
-
-    ds = load_named("fashion-mnist", data_dir=data_dir, download=download)  # found or fetched
-    pairs = find_idx_folder(ds.source)  # read again in file order: no split's seed shapes the set
-    train, test = (read_idx_split(*pairs[split]) for split in ("train", "test"))
-    return train, test, ds.classes
-
-
 def generate(
     out: str | Path,
+    items: tuple[Split, Split, list],
     *,
     seed: int = 0,
     per_class: tuple[int, int, int] = PER_CLASS,
     workers: int | None = None,
-    data_dir: str | None = None,
-    download: bool = True,
 ) -> dict:
     """Write `out/{train,val,test}/<class>/<n>.jpg` and its manifest; returns the manifest.
 
@@ -95,17 +83,13 @@ def generate(
         raise ConvlensError(f"fashion-scenes: per_class {per_class} needs 3 counts of at least 1")
     if seed < 0:
         raise ConvlensError(f"fashion-scenes: seed {seed} must be at least 0")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConvlensError(f"{out}: already exists and is not an empty folder; choose a new one")
+    check_new_folder(out)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    train, test, classes = fashion_items(data_dir, download)
+    train, test, classes = items
     jobs = _jobs(train, test, len(classes), seed, per_class)
     names = [folder_name(c) for c in classes]
     manifest = _manifest(seed, per_class, names)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with new_tree(out) as tmp:
         for split in SPLITS:
             for name in names:
                 (tmp / split / name).mkdir(parents=True)
@@ -116,12 +100,6 @@ def generate(
         ]
         _run(tasks, workers)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.is_dir():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

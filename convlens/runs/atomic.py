@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from convlens.errors import ConvlensError
@@ -49,3 +52,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def check_new_folder(out: Path) -> None:
+    """Refuse an `out` that exists and is not an empty folder."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConvlensError(f"{out}: already exists and is not an empty folder; choose a new one")
+
+
+@contextmanager
+def new_tree(out: str | Path) -> Iterator[Path]:
+    """A temporary folder beside `out` to build a tree in, renamed to `out` when the block ends
+    without error (an interrupted build leaves no half tree); `out` must be new or empty."""
+    out = Path(out)
+    check_new_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

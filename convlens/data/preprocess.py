@@ -1,0 +1,228 @@
+"""Aspect-true preprocessing: resize the shorter side, centre-crop to the model's input size.
+
+torchvision's classification presets are the model (`weights.transforms()`, i.e.
+`torchvision.transforms._presets.ImageClassification`): resize the shorter side to 256 with
+antialiased bilinear, centre-crop 224; `apply` gives the same uint8 pixels as the preset given
+the same PIL image, before its float conversion and normalisation. Small images (<= 64 px) keep
+the old path bit for bit: `resize=None` squashes the whole image to the input size with
+`images.to_tensor`. A `Preprocess` is saved in the weights' metadata (`to_dict` / `from_dict`)
+so evaluation, predict, serve, ONNX and the NumPy engine all cut images the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from PIL import ExifTags, Image, ImageOps
+
+from convlens.data.images import to_mode, to_tensor
+from convlens.errors import ConfigError, ConvlensError, DatasetFormatError, ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_SIDE = 8192  # as convlens.runs.checks: pixels per side of the model input
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # torchvision InterpolationMode
+SMALL_SIDE = 64  # images up to this side keep the old squash-to-size path (28x28, 8x8, 64x64)
+GPU_SIDE = 224  # pretrained weights and GPU runs: torchvision's and timm's default input
+# A CPU from scratch: fastnet trains 180/85/64/50/31/14 images/s at 64/96/112/128/160/224 px
+# on this 2-core Xeon (no AMX; bf16 autocast, batch 32, best of 3, a fairly quiet machine;
+# benchmarks/photo_pipeline.py --sizes). 96 px trains 1.7x the images of 128 and 6x those of
+# 224 in the same time, and a subject filling half the frame still spans ~48 px (a
+# Fashion-MNIST item has 28).
+CPU_SIDE = 96
+MIN_PHOTO_SIDE = 16  # a photo's shorter side under this is an icon or a broken file, not a photo
+MAX_ASPECT = 10.0  # longer / shorter side: a 20000x100 strip centre-cropped shows 0.5 % of it
+CROP_RATIO = 256 / 224  # resize side / model side in torchvision's presets (crop_pct 0.875)
+FIELDS = ("size", "channels", "resize", "interpolation", "antialias")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How one decoded image becomes the model's uint8 (C, H, W) input."""
+
+    size: tuple[int, int]  # model input (H, W): the centre crop
+    channels: int  # 1 (8-bit grey, PIL "L") or 3 (RGB), converted as images.to_tensor does
+    resize: int | None = None  # shorter side before the crop, px; None: squash to `size` (old)
+    interpolation: str = "bilinear"  # torchvision InterpolationMode name
+    antialias: bool = True  # False: resize the uint8 tensor without antialiasing
+
+    def __post_init__(self) -> None:
+        _check(self.to_dict(), "Preprocess")
+
+    @classmethod
+    def photo(cls, side: int, channels: int, **kwargs: Any) -> Preprocess:
+        """Square `side` input from a shorter side of `storage_size(side)` (256 for 224)."""
+        return cls((side, side), channels, resize=storage_size(side), **kwargs)
+
+    @property
+    def legacy(self) -> bool:
+        """Whether this is the old squash-to-size path (small images)."""
+        return self.resize is None
+
+    def apply(self, image: Image.Image) -> torch.Tensor:
+        """uint8 (C, H, W) model input from a PIL image (EXIF-rotated first if it still says so)."""
+        image = upright(image)
+        if self.resize is None:
+            return to_tensor(image, channels=self.channels, size=self.size)
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        mode = InterpolationMode(self.interpolation)
+        crop = list(self.size)
+        img = to_mode(image, self.channels)
+        if self.antialias:  # on a PIL image, as the presets given one: PIL always antialiases
+            img = F.center_crop(F.resize(img, [self.resize], interpolation=mode), crop)
+            return F.pil_to_tensor(img).contiguous()
+        x = F.pil_to_tensor(img)  # (C, H, W) uint8
+        x = F.resize(x, [self.resize], interpolation=mode, antialias=False)
+        return F.center_crop(x, crop).contiguous()
+
+    def to_dict(self) -> dict:
+        """JSON-safe fields for the weights' metadata."""
+        out = asdict(self)
+        out["size"] = list(self.size)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "preprocess") -> Preprocess:
+        """A Preprocess from `to_dict`'s output, or ModelError naming `source` and the field."""
+        _check(data, source)
+        return cls(**{**data, "size": tuple(data["size"])})
+
+
+def storage_size(side: int) -> int:
+    """The side decoded training images are kept at, so random crops have room: 256 for 224.
+
+    About side x 256/224, rounded so that the margin is a multiple of 4 px: centre-cropping
+    `side` from a stored image then gives exactly `Preprocess.photo(side, c).apply` (torchvision
+    rounds half crop offsets to even; an even half-margin keeps that rounding the same).
+    """
+    return side + 4 * round(side * (CROP_RATIO - 1) / 4)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation says (decode_image has done it already)."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as e:  # untrusted bytes: a broken EXIF block raises many kinds
+        raise DatasetFormatError(f"unreadable EXIF data ({e})") from None
+    return image if orientation in (1, None) else ImageOps.exif_transpose(image)
+
+
+def check_photo(width: int, height: int, name: str) -> None:
+    """DatasetFormatError naming `name` unless a width x height image can be a photo input."""
+    short, long = sorted((width, height))
+    if short < MIN_PHOTO_SIDE:
+        raise DatasetFormatError(
+            f"{name}: {width}x{height} pixels, too small for a photo input (shorter side under "
+            f"{MIN_PHOTO_SIDE} px)"
+        )
+    if long > MAX_ASPECT * short:
+        raise DatasetFormatError(
+            f"{name}: {width}x{height} pixels, aspect {long / short:.0f}:1 is over "
+            f"{MAX_ASPECT:g}:1 (a centre crop would show a sliver of it)"
+        )
+
+
+class InputSize(NamedTuple):
+    """The model input chosen for a set of images, and why (one line to print)."""
+
+    size: tuple[int, int]  # (H, W)
+    photo: bool  # aspect-true resize and crop (Preprocess.photo); False: the small-image path
+    reason: str
+
+    def preprocess(self, channels: int) -> Preprocess:
+        """The Preprocess this choice means for images of `channels`."""
+        if self.photo:
+            return Preprocess.photo(self.size[0], channels)
+        return Preprocess(self.size, channels)
+
+
+def choose_input_size(
+    shapes: list[tuple[int, int]],
+    *,
+    image_size: int | None = None,
+    device: str = "cpu",
+    pretrained: bool = False,
+) -> InputSize:
+    """The input size for images of `shapes` (H, W): small ones kept, photos by device and model.
+
+    Images whose (median) size is at most SMALL_SIDE keep the old path: the one size they share,
+    else the median height x width, squashed (data/folder.py's rule below its 64 px cap).
+    Photos get GPU_SIDE for pretrained weights or a GPU run, else CPU_SIDE, never more than
+    their median shorter side (rounded down to 8 px) unless the weights are pretrained.
+    `image_size` (--image-size) wins; the images still decide small path or photo path.
+    """
+    if not shapes:
+        raise ConvlensError("no readable images to choose an input size from")
+    import numpy as np
+
+    if len(set(shapes)) == 1:
+        h, w = shapes[0]
+        seen = f"images of {h}x{w}"
+    else:
+        h, w = np.median(np.array(shapes), axis=0).round().astype(int).tolist()
+        seen = f"images of {len(set(shapes))} sizes (median {h}x{w})"
+    small = max(h, w) <= SMALL_SIDE
+    if image_size is not None:
+        if not isinstance(image_size, int) or not 1 <= image_size <= MAX_SIDE:
+            raise ConfigError(f"image_size must be a whole number of pixels 1-{MAX_SIDE}")
+        how = "squashed to it (small images)" if small else "shorter side resized, centre-cropped"
+        reason = f"{seen}: --image-size {image_size}, {how}"
+        return InputSize((image_size, image_size), not small, reason)
+    if small:
+        reason = f"{seen}: kept at {h}x{w} (small images, squashed as before)"
+        return InputSize((h, w), False, reason)
+    short = int(np.median([min(s) for s in shapes]))
+    gpu = not str(device).startswith("cpu")
+    if pretrained:
+        side, why = GPU_SIDE, "pretrained weights"
+    else:
+        side, why = (GPU_SIDE, f"a {device} run") if gpu else (CPU_SIDE, "a CPU run from scratch")
+        if short < side:
+            side, why = max(8, short // 8 * 8), f"{why}, not above the median shorter side {short}"
+    reason = (
+        f"{seen}: {side}x{side} for {why}, shorter side resized and centre-cropped "
+        "(--image-size chooses)"
+    )
+    return InputSize((side, side), True, reason)
+
+
+def _check(data: Any, source: str) -> None:
+    """ModelError naming `source` and the field unless `data` is a valid Preprocess dict."""
+
+    def fail(field: str, why: str) -> None:
+        raise ModelError(f"{source}: {field} {why}")
+
+    def whole(value: Any, lo: int, hi: int, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            fail(field, f"must be a whole number {lo}-{hi}, got {value!r:.40}")
+        return value
+
+    if not isinstance(data, dict):
+        fail("preprocess", f"must be an object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(FIELDS), key=str)
+    if unknown:
+        fail(f"preprocess.{unknown[0]!s:.40}", f"is not a field ({', '.join(FIELDS)})")
+    for field in ("size", "channels"):
+        if field not in data:
+            fail(f"preprocess.{field}", "is missing")
+    size = data["size"]
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        fail("preprocess.size", f"must be [height, width], got {size!r:.40}")
+    h, w = (whole(v, 1, MAX_SIDE, "preprocess.size") for v in size)
+    if whole(data["channels"], 1, 3, "preprocess.channels") == 2:
+        fail("preprocess.channels", "must be 1 (grey) or 3 (RGB), got 2")
+    resize = data.get("resize")
+    if resize is not None and whole(resize, 1, MAX_SIDE, "preprocess.resize") < max(h, w):
+        fail("preprocess.resize", f"{resize} is under the {h}x{w} crop (it would pad)")
+    interpolation = data.get("interpolation", "bilinear")
+    if interpolation not in INTERPOLATIONS:
+        fail("preprocess.interpolation", f"must be one of {', '.join(INTERPOLATIONS)}")
+    antialias = data.get("antialias", True)
+    if not isinstance(antialias, bool):
+        fail("preprocess.antialias", f"must be true or false, got {antialias!r:.40}")
+    if interpolation == "lanczos" and not antialias and resize is not None:
+        fail("preprocess.antialias", "must be true for lanczos (torchvision has no other)")
