@@ -112,7 +112,7 @@ class TrainConfig:
     # machine
     engine: str = "torch"  # torch | numpy (the NumPy reference engine: textbook, lenet5, mlp)
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # bf16 autocast: auto (where it helps) | bf16 | off
+    amp: str = "auto"  # autocast: auto (bf16 where the hardware has it) | bf16 | fp16 | off
     channels_last: bool = True  # NHWC memory layout (1.2-1.75x faster with bf16 on this CPU)
     threads: int = within(0, "[0, 1024]")  # torch CPU threads (0 = torch's default)
     compile: bool = False  # torch.compile the model (pays a start-up cost; helps on GPUs)
@@ -231,7 +231,7 @@ _CHOICES = {
     "calibrate": ("temperature", "none"),
     "class_weights": ("none", "auto"),
     "device": ("auto", "cpu", "cuda"),
-    "amp": ("auto", "bf16", "off"),
+    "amp": ("auto", "bf16", "fp16", "off"),  # device.AMP_MODES, without importing torch here
     "engine": ("torch", "numpy"),
     "anomaly_method": ("geom", "mahalanobis"),
     "embed_loss": ("arcface", "softmax"),

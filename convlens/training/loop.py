@@ -14,7 +14,7 @@ import torch
 
 from convlens.config import TrainConfig
 from convlens.data.batches import normalize, to_device
-from convlens.device import autocast, resolve_amp, resolve_device, sync_debug
+from convlens.device import autocast, choose_amp, resolve_device, sync_debug
 from convlens.runs.folder import Run
 from convlens.training import distributed
 from convlens.training.build import build_model, weights_meta
@@ -68,7 +68,8 @@ def _train(
     task: TrainingHooks,
     finish: Finish | None,
 ) -> Path:
-    amp = resolve_amp(cfg.amp, device)
+    amp, precision = choose_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16's underflow
     log = Progress(enabled=group.main)
     with distributed.local_main_first(group):  # one process per machine builds a folder cache
         ds, mean, std, hflip = load_data(cfg, log, task)
@@ -94,7 +95,7 @@ def _train(
     if cfg.resume:
         state = load_run_state(state_path, model, opt, ema)
         log.note(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
-    log.start(cfg, ds, run_dir, model, device, amp)
+    log.start(cfg, ds, run_dir, model, device, precision)
     trained = distributed.wrap(model, group)  # DDP when torchrun started several processes
     if cfg.compile:  # `model` itself stays plain: its state_dict names carry no _orig_mod.
         trained = torch.compile(trained)
@@ -125,8 +126,9 @@ def _train(
                     logits = trained(x)  # (B, K)
                 loss = task.loss(model, logits, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()  # as loss.backward() when fp16 is off
+                scaler.step(opt)
+                scaler.update()
                 if ema:
                     ema.step(model, step + 1, total_steps)
                 loss_sum += loss.detach() * len(y)

@@ -76,7 +76,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
     state = RunState()
-    log.start(cfg, ds, run_dir, init, DEVICE, False)
+    log.start(cfg, ds, run_dir, init, DEVICE, "float32, the NumPy engine")
     with threadpool_limits(cfg.threads or None):  # BLAS threads, as torch's for its engine
         for epoch in range(cfg.epochs):
             model.train()
