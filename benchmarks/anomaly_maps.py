@@ -95,7 +95,7 @@ def fashion(args: argparse.Namespace, workdir: Path) -> dict:
 
     from convlens.data import load_dataset
     from convlens.models import create_model
-    from convlens.models.loading import load_model
+    from convlens.tasks.loading import load_model
 
     ds = load_dataset("fashion-mnist", seed=args.seed)
     geom_args = argparse.Namespace(method="mahalanobis", epochs=args.epochs, seed=args.seed,
@@ -175,7 +175,7 @@ def geom_backbone(train: torch.Tensor, workdir: Path, args) -> tuple:
     from PIL import Image
 
     import convlens
-    from convlens.models.loading import load_model
+    from convlens.tasks.loading import load_model
 
     data = workdir / f"geom-data-{time.monotonic_ns()}"
     cut = max(1, len(train) // 6)  # a sixth of the normal images picks the best epoch
