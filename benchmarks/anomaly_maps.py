@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from convlens.medical import defects, masks, mvtec, synthetic
+from convlens.data import mvtec
+from convlens.medical import defects, masks, synthetic
 from convlens.medical.padim import PaDiM
 from convlens.medical.patchcore import (
     PatchCore,

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from convlens.data import mvtec
 from convlens.errors import ConvlensError, DatasetFormatError
-from convlens.medical import defects, masks, mvtec, synthetic
+from convlens.medical import defects, masks, synthetic
 from convlens.medical.anomaly_maps import Smooth, export_scorer
 from convlens.medical.padim import PaDiM
 from convlens.medical.patchcore import (

@@ -8,7 +8,7 @@ alpha and masked where the alpha reaches 0.5:
 - stain: a soft-edged ellipse (5-10% of the side) that darkens or tints what is under it;
 - hole: a rotated rectangle (8-18% of the side) of flat dark fill, sharp-edged: a missing part.
 Sizes scale with the image side (64-128 px in the benchmarks). `write_defects` writes the
-MVTec AD-style tree of convlens.medical.mvtec.
+MVTec AD-style tree of convlens.data.mvtec.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def write_defects(
 ) -> Path:
     """Write `counts` (train, val, test) images of `category` in MVTec AD's layout: train all
     good, val and test half defective; returns the folder."""
-    from convlens.medical.mvtec import write_mask_set
+    from convlens.data.mvtec import write_mask_set
 
     n_train, n_val, n_test = counts
     good, _, _ = defect_images(n_train, category, size, seed, prevalence=0.0)

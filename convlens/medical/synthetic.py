@@ -123,9 +123,9 @@ def write_lesions(folder: str | Path, n: int = 300, size: int = 32, seed: int = 
 def write_lesion_masks(
     folder: str | Path, n: int = 300, size: int = 32, seed: int = 0, sigma=(1.2, 2.0)
 ) -> Path:
-    """Write `lesion_masks` in MVTec AD's layout (convlens.medical.mvtec): train/good holds the
+    """Write `lesion_masks` in MVTec AD's layout (convlens.data.mvtec): train/good holds the
     normal images of the train split, val and test their normal and lesion images with masks."""
-    from convlens.medical.mvtec import write_mask_set
+    from convlens.data.mvtec import write_mask_set
 
     images, labels, masks = lesion_masks(n, size, seed, sigma=sigma)
     splits = split_names(n, seed)
