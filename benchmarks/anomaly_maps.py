@@ -1,27 +1,29 @@
-"""Anomaly maps (PatchCore, PaDiM) next to GEOM: one-class Fashion-MNIST image AUROC, pixel
-AUROC and PRO on generated sets with known masks, and the bank-size sweep of the search.
+"""Anomaly maps (PatchCore, PaDiM) of `convlens train --task anomaly --method M`: one-class
+Fashion-MNIST image AUROC, pixel AUROC and PRO on generated sets with known masks, and the
+bank-size sweep of PatchCore's search.
 
-fashion: each class in turn is normal. A GEOM run (`convlens train --task anomaly --normal
-CLASS`, as benchmarks/anomaly_fashion_mnist.py trains it: fastnet from scratch on that class's
-5,400 training images) is the backbone; PatchCore and PaDiM are fitted on the same normal
-training images, their thresholds chosen on validation (the other classes' val images are the
-anomalies there, as in the GEOM runs), and the 10,000 test images give the image AUROC, next to
-the run's own Mahalanobis and GEOM scores (BENCHMARKS.md: GEOM-Mahalanobis mean 94.61).
+fashion: each class in turn is normal: `convlens train --data fashion-mnist --task anomaly
+--normal CLASS --method M`, trained as benchmarks/anomaly_fashion_mnist.py trains its GEOM runs
+(fastnet from scratch on the class's 5,400 training images, 30 epochs, translate 2, label
+smoothing 0.2; the same seed gives the same backbone), then M is fitted on the normal training
+images and its threshold chosen on validation (the other classes' val images are the anomalies
+there); the 10,000 test images give the image AUROC, next to the run's GEOM score of the same
+network (auroc_geom) and the GEOM-Mahalanobis mean in BENCHMARKS.md (94.61).
 maps: generated sets in MVTec AD's layout with exact masks (convlens.medical.defects: brick,
 grass, gravel, coffee with scratches, stains and holes; convlens.medical.synthetic: the
-synthetic lesions), backbones with random weights (no training at all), a GEOM-trained fastnet
-("geom": fitted on the set's normal train and val images) and torchvision ones ("tv-resnet18",
-"tv-resnet18:pretrained" for ImageNet weights, downloaded by torchvision): image AUROC, pixel
-AUROC, PRO (FPR <= 0.3), and test sensitivity/specificity at the validation threshold.
+synthetic lesions), each trained on with every model of --models and every method: image AUROC,
+pixel AUROC, PRO (FPR <= 0.3) and test sensitivity/specificity at the validation threshold, all
+from the run's metrics.json.
 sweep: seconds per search of Q query patches against banks of 1e3..1e6 patches of D dimensions
 (torch's chunked matmul; FAISS's exact index too when faiss-cpu is installed), and the greedy
 coreset's seconds.
 
     .venv/bin/python benchmarks/anomaly_maps.py                          # all three parts
     .venv/bin/python benchmarks/anomaly_maps.py --parts fashion --classes 0 6 --epochs 30
-    .venv/bin/python benchmarks/anomaly_maps.py --parts maps --size 128 --backbones fastnet geom
+    .venv/bin/python benchmarks/anomaly_maps.py --parts maps --size 64 --models fastnet resnet8
     .venv/bin/python benchmarks/anomaly_maps.py --parts sweep --threads 2
-    .venv/bin/python benchmarks/anomaly_maps.py --smoke                  # seconds: runs, no figures
+    .venv/bin/python benchmarks/anomaly_maps.py --smoke                  # maps, sweep: no figures
+    .venv/bin/python benchmarks/anomaly_maps.py --smoke --parts fashion  # one class, one epoch
 """
 
 from __future__ import annotations
@@ -37,103 +39,56 @@ from pathlib import Path
 
 import torch
 
-from convlens.data import mvtec
-from convlens.medical import defects, masks, synthetic
-from convlens.medical.padim import PaDiM
+import convlens
+from convlens.data import load_dataset
+from convlens.medical import defects, synthetic
 from convlens.medical.patchcore import (
-    PatchCore,
     faiss_available,
     faiss_search,
     greedy_coreset,
     nearest_chunked,
 )
+from convlens.runs.weights import load_weights
 
 GEOM_MEAN = 94.61  # BENCHMARKS.md: GEOM transformations + Mahalanobis, fastnet, 30 epochs
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+KEPT = ("auroc", "auroc_geom", "sensitivity", "specificity", "pixel_auroc", "pro")
 
 
-def methods(args: argparse.Namespace) -> dict:
-    """name -> (class, its settings) for every method measured."""
-    table = {
-        "patchcore": (PatchCore, {"coreset": args.coreset}),
-        "padim": (PaDiM, {"dim": args.padim_dim}),
-    }
-    return {k: table[k] for k in args.methods}
-
-
-def measure(method, train: torch.Tensor, val: tuple, test: tuple, test_masks=None) -> dict:
-    """Fit on normal train images; threshold on val (images, anomalous); image AUROC, the
-    flags' sensitivity and specificity (and pixel AUROC and PRO given masks) on test."""
+def train(args: argparse.Namespace, method: str, run: Path, **settings) -> dict:
+    """One anomaly run of `method`; what its metrics.json says, with its seconds."""
     t0 = time.perf_counter()
-    method.fit(train)
-    fit_s = time.perf_counter() - t0
-    (val_images, val_bad), (test_images, test_bad) = val, test
-    val_scores, _ = method.score(val_images)
-    calibration = method.calibrate(val_scores[~val_bad], val_scores[val_bad])
-    t0 = time.perf_counter()
-    scores, maps = method.score(test_images)
-    score_s = time.perf_counter() - t0
-    flagged = scores >= calibration["threshold"]
-    row = {
-        "image_auroc": masks.image_auroc(test_bad.numpy(), scores.numpy()),
-        "sensitivity": float(flagged[test_bad].float().mean()),
-        "specificity": float((~flagged[~test_bad]).float().mean()),
-        "fit_seconds": fit_s,
-        "score_ms_per_image": 1000 * score_s / len(test_images),
-        "settings": method.settings(),
-    }
-    if test_masks is not None:
-        row["pixel_auroc"] = masks.pixel_auroc(test_masks.numpy(), maps.numpy())
-        row["pro"] = masks.pro_auc(test_masks.numpy(), maps.numpy())
-    return row
+    out = convlens.train(task="anomaly", method=method, seed=args.seed, coreset=args.coreset,
+                         patch_dim=args.patch_dim, device=args.device, run=str(run),
+                         **settings)  # fmt: skip
+    total = time.perf_counter() - t0
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    train_s = sum(float(r.split(",")[-1]) for r in rows)  # the epochs' seconds
+    row = {k: metrics[k] for k in KEPT if k in metrics}
+    _, meta = load_weights(out / "weights" / "best.safetensors")
+    return {**row, "train_seconds": train_s, "total_seconds": total,
+            "patch": meta["patch"]["settings"]}  # fmt: skip
 
 
 # --- fashion -----------------------------------------------------------------------------------
 def fashion(args: argparse.Namespace, workdir: Path) -> dict:
-    """One-class Fashion-MNIST, each class's GEOM run as the backbone (and untrained fastnet)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from anomaly_fashion_mnist import one_class
-
-    from convlens.data import load_dataset
-    from convlens.models import create_model
-    from convlens.tasks.loading import load_model
-
-    ds = load_dataset("fashion-mnist", seed=args.seed)
-    geom_args = argparse.Namespace(method="mahalanobis", epochs=args.epochs, seed=args.seed,
-                                   translate=2, label_smoothing=0.2, model_args=None)  # fmt: skip
-    pick = torch.randperm(len(ds.test), generator=torch.Generator().manual_seed(args.seed))
-    test_images, test_labels = (
-        t[pick[: args.test_images]] for t in (ds.test.images, ds.test.labels)
-    )
+    """One-class Fashion-MNIST: a run per class and method."""
+    classes = load_dataset("fashion-mnist").classes
     rows = []
     for c in args.classes:
-        row = {"class": c, "name": ds.classes[c]}
-        train = ds.train.images[ds.train.labels == c][: args.fit_images]
-        val = (ds.val.images, ds.val.labels != c)
-        test = (test_images, test_labels != c)
-        for spec in args.fashion_backbones:
-            if spec == "geom":  # the GEOM run: its own AUROC (whole test set) and its backbone
-                run = one_class(c, ds.classes[c], geom_args, workdir)
-                row["geom_mahalanobis"], row["geom_score"] = run["auroc"], run["auroc_geom"]
-                model, meta, _ = load_model(workdir / f"class{c}")
-                norm = meta["normalize"]
-            else:  # untrained: what the GEOM training adds
-                torch.manual_seed(args.seed)
-                model = create_model("fastnet", in_channels=1, num_classes=10, image_size=28)
-                norm = {"mean": [0.2860], "std": [0.3530]}  # Fashion-MNIST's
-            kw = dict(input_shape=(1, 28, 28), mean=norm["mean"], std=norm["std"], seed=args.seed)
-            for name, (cls, extra) in methods(args).items():
-                row[f"{name}_{spec}"] = measure(cls(model, **kw, **extra), train, val, test)
+        row = {"class": c, "name": classes[c]}
+        for method in args.methods:
+            row[method] = train(args, method, workdir / f"fashion-{method}-{c}",
+                                data="fashion-mnist", normal=classes[c], epochs=args.epochs,
+                                translate=2, label_smoothing=0.2)  # fmt: skip
         rows.append(row)
-        print(f"class {c} {row['name']:<12} "
-              + "  ".join(f"{k} {100 * (v['image_auroc'] if isinstance(v, dict) else v):.2f}"
-                          for k, v in row.items() if k not in ("class", "name")),
-              flush=True)  # fmt: skip
-    keys = [k for k in rows[0] if k not in ("class", "name")]
-    means = {k: statistics.mean(r[k]["image_auroc"] if isinstance(r[k], dict) else r[k]
-                                for r in rows) for k in keys}  # fmt: skip
-    return {"classes": rows, "mean_image_auroc": means, "geom_reported_mean": GEOM_MEAN,
-            "test_images": len(test_images)}  # fmt: skip
+        print(f"class {c} {row['name']:<12} " + "  ".join(
+            f"{m} {100 * row[m]['auroc']:.2f} (GEOM score {100 * row[m]['auroc_geom']:.2f})"
+            for m in args.methods), flush=True)  # fmt: skip
+    means = {m: statistics.mean(r[m]["auroc"] for r in rows) for m in args.methods}
+    geom = statistics.mean(r[args.methods[0]]["auroc_geom"] for r in rows)
+    return {"classes": rows, "mean_image_auroc": means, "mean_geom_score_auroc": geom,
+            "geom_mahalanobis_reported_mean": GEOM_MEAN}  # fmt: skip
 
 
 # --- maps --------------------------------------------------------------------------------------
@@ -153,72 +108,21 @@ def generated_sets(args: argparse.Namespace, workdir: Path) -> dict[str, Path]:
     return out
 
 
-def backbone(spec: str, channels: int, size: int, train, workdir: Path, args) -> tuple:
-    """(model, mean, std) for a backbone spec: a registry name (random weights, the training
-    images' mean and std), "geom", or "tv-NAME:pretrained" (ImageNet's weights and statistics)."""
-    from convlens.models import create_model
-
-    if spec == "geom":
-        return geom_backbone(train, workdir, args)
-    name, _, flag = spec.partition(":")
-    torch.manual_seed(args.seed)
-    model = create_model(name, in_channels=channels, num_classes=10, image_size=size,
-                         **({"pretrained": True} if flag == "pretrained" else {}))  # fmt: skip
-    if flag == "pretrained":
-        stats = {k: v if channels == 3 else [sum(v) / 3] for k, v in IMAGENET.items()}
-        return model.eval(), stats["mean"], stats["std"]
-    x = train.float() / 255
-    return model.eval(), x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp_min(1e-3).tolist()
-
-
-def geom_backbone(train: torch.Tensor, workdir: Path, args) -> tuple:
-    """fastnet trained on GEOM's 72 transformations of the set's normal images (train/val)."""
-    from PIL import Image
-
-    import convlens
-    from convlens.tasks.loading import load_model
-
-    data = workdir / f"geom-data-{time.monotonic_ns()}"
-    cut = max(1, len(train) // 6)  # a sixth of the normal images picks the best epoch
-    for split, part in (("val", train[:cut]), ("train", train[cut:])):
-        (data / split / "good").mkdir(parents=True)
-        for i, img in enumerate(part):
-            arr = img.permute(1, 2, 0).numpy()
-            Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(
-                data / split / "good" / f"{i:04d}.png"
-            )
-    run = convlens.train(data=str(data), task="anomaly", normal="good",
-                         anomaly_method="mahalanobis", epochs=args.epochs, seed=args.seed,
-                         run=str(workdir / f"geom-run-{time.monotonic_ns()}"))  # fmt: skip
-    model, meta, _ = load_model(run)
-    return model, meta["normalize"]["mean"], meta["normalize"]["std"]
-
-
 def maps(args: argparse.Namespace, workdir: Path) -> dict:
-    """Pixel AUROC, PRO and image AUROC of every method x backbone on every generated set."""
+    """Pixel AUROC, PRO and image AUROC of every model x method on every generated set."""
     rows = []
     for category, root in generated_sets(args, workdir).items():
-        split = {s: mvtec.read_mask_set(root, s) for s in mvtec.SPLITS}
-        train = split["train"].images
-        channels, size = train.shape[1], train.shape[-1]
-        for spec in args.backbones:
-            try:
-                model, mean, std = backbone(spec, channels, size, train, workdir, args)
-            except Exception as e:  # e.g. no network for pretrained weights: say so, go on
-                print(f"{category:8s} {spec}: skipped ({str(e).splitlines()[0][:120]})")
-                continue
-            for name, (cls, extra) in methods(args).items():
-                method = cls(model, input_shape=(channels, size, size), mean=mean, std=std,
-                             seed=args.seed, **extra)  # fmt: skip
-                val, test = split["val"], split["test"]
-                got = measure(method, train, (val.images, val.anomalous),
-                              (test.images, test.anomalous), test.masks)  # fmt: skip
-                row = {"set": category, "backbone": spec, "method": name, **got}
+        for model in args.models:
+            for method in args.methods:
+                run = workdir / f"maps-{category}-{model}-{method}"
+                got = train(args, method, run, data=str(root), model=model,
+                            epochs=args.map_epochs)  # fmt: skip
+                row = {"set": category, "model": model, "method": method, **got}
                 rows.append(row)
-                print(f"{category:8s} {spec:24s} {name:9s} image {row['image_auroc']:.3f}  "
-                      f"pixel {row['pixel_auroc']:.3f}  PRO {row['pro']:.3f}  fit "
-                      f"{row['fit_seconds']:.1f} s", flush=True)  # fmt: skip
-    return {"rows": rows, "size": args.size, "counts": args.counts}
+                print(f"{category:8s} {model:10s} {method:9s} image {row['auroc']:.3f}  pixel "
+                      f"{row['pixel_auroc']:.3f}  PRO {row['pro']:.3f}  "
+                      f"{row['total_seconds']:.0f} s", flush=True)  # fmt: skip
+    return {"rows": rows, "size": args.size, "counts": args.counts, "epochs": args.map_epochs}
 
 
 # --- sweep -------------------------------------------------------------------------------------
@@ -263,21 +167,16 @@ def main() -> None:
                     choices=["fashion", "maps", "sweep"])  # fmt: skip
     ap.add_argument("--methods", nargs="*", default=["patchcore", "padim"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--coreset", type=float, default=0.01, help="PatchCore's bank fraction")
-    ap.add_argument("--padim-dim", type=int, default=100, help="PaDiM's random channels")
+    ap.add_argument("--coreset", type=float, default=0.1, help="PatchCore's bank fraction")
+    ap.add_argument("--patch-dim", type=int, default=None, help="patch features kept")
+    ap.add_argument("--device", default="auto", help="where the runs train and score")
     ap.add_argument("--classes", type=int, nargs="*", default=list(range(10)))
-    ap.add_argument("--epochs", type=int, default=30, help="GEOM backbone epochs")
-    ap.add_argument("--fit-images", type=int, default=100_000, help="normal images fitted, at most")
-    ap.add_argument("--fashion-backbones", nargs="*", default=["geom", "random"])
-    ap.add_argument("--test-images", type=int, default=10_000, help="Fashion-MNIST test images")
+    ap.add_argument("--epochs", type=int, default=30, help="GEOM epochs of a Fashion-MNIST run")
     ap.add_argument("--categories", nargs="*", default=[*defects.CATEGORIES, "lesions"])
     ap.add_argument("--size", type=int, default=64, help="generated image side, px")
     ap.add_argument("--counts", type=int, nargs=3, default=[200, 60, 200], help="train val test")
-    ap.add_argument(
-        "--backbones",
-        nargs="*",
-        default=["textbook", "resnet8", "fastnet", "geom", "tv-resnet18:pretrained"],
-    )
+    ap.add_argument("--models", nargs="*", default=["fastnet", "resnet8", "textbook"])
+    ap.add_argument("--map-epochs", type=int, default=10, help="GEOM epochs of a generated set's")
     ap.add_argument("--banks", type=float, nargs="*", default=[1e3, 1e4, 1e5, 3e5, 1e6])
     ap.add_argument("--dim", type=int, default=192, help="patch dimensions (fastnet's: 64 + 128)")
     ap.add_argument("--queries", type=int, default=784, help="query patches (28x28: 224 px)")
@@ -287,11 +186,12 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: proves the script runs")
     ap.add_argument("--out", default="benchmarks/results/anomaly_maps.json")
     args = ap.parse_args()
-    if args.smoke:
-        args.classes, args.epochs, args.fit_images = args.classes[:1], 1, 200
-        args.fashion_backbones, args.test_images = ["random"], 500
+    if args.smoke:  # tiny sets, one epoch; fashion only when named (a whole class: minutes)
+        if "--parts" not in sys.argv:
+            args.parts = ["maps", "sweep"]
+        args.classes, args.epochs, args.map_epochs, args.coreset = args.classes[:1], 1, 1, 0.01
         args.categories, args.size, args.counts = ["brick", "lesions"], 32, [20, 10, 12]
-        args.backbones, args.banks, args.queries = ["textbook", "geom"], [1e3, 1e4], 64
+        args.models, args.banks, args.queries = ["fastnet"], [1e3, 1e4], 64
         args.repeats, args.coreset_n = 1, [2e3]
         args.out = str(Path(tempfile.gettempdir()) / "anomaly_maps_smoke.json")
     if args.threads:
@@ -300,7 +200,7 @@ def main() -> None:
         "command": "benchmarks/anomaly_maps.py " + " ".join(sys.argv[1:]),
         "settings": vars(args),
         "machine": f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}",
+        f"torch {torch.__version__}, cuda {torch.cuda.is_available()}",
     }
     parts = {"fashion": fashion, "maps": maps, "sweep": lambda a, _: sweep(a)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -213,10 +213,10 @@ class AnomalyTask(Task):
         part = dataset.split(split)
         geom.check_square(*dataset.image_size, where=dataset.name)
         raws = scoring.raw_scores(run.net, part.images, meta, **score_settings(str(run.device)))
-        maps = None
+        maps = raw_maps = None
         if meta["method"] in patch_run.METHODS:  # GEOM's score too: the same network's
-            raws[meta["method"]], raw_maps = run.net.maps(part.images)
-            maps = scoring.to_unit(raw_maps, calibration).numpy()  # (N, H, W)
+            raws[meta["method"]], raw_maps = run.net.maps(part.images)  # (N,), (N, H, W)
+            maps = scoring.to_unit(raw_maps, calibration).numpy()
         anomalous = (~normal_mask(part, dataset.classes, meta["normal"])).numpy()
         metrics = {
             "task": cls.name,
@@ -245,7 +245,7 @@ class AnomalyTask(Task):
             metrics["detection"] = block  # with bootstrap 95% CIs; thresholds on the raw score
         masks = part.masks.numpy() if isinstance(part, MaskedSplit) and maps is not None else None
         if masks is not None:
-            metrics.update(patch_run.localisation(maps, masks))
+            metrics.update(patch_run.localisation(raw_maps.numpy(), masks))  # no sigmoid ties
         names = [dataset.classes[i] for i in part.labels.tolist()]  # (N,)
         scores = {k: v.numpy() for k, v in raws.items()}
         if write and run.folder is not None:
@@ -298,14 +298,17 @@ class AnomalyTask(Task):
 
     @staticmethod
     def summary(metrics: dict) -> str:
-        """AUROC and the flags' sensitivity and specificity, one line."""
+        """AUROC and the flags' sensitivity and specificity (pixel AUROC and PRO), one line."""
 
         def fmt(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.4f}"
 
+        where = ""  # a patch run on a mask set: how well its maps find the defects
+        if "pixel_auroc" in metrics:
+            where = f"  pixel AUROC {fmt(metrics['pixel_auroc'])}  PRO {fmt(metrics['pro'])}"
         return (
             f"{metrics['split']}: AUROC {fmt(metrics['auroc'])}  sensitivity "
-            f"{fmt(metrics['sensitivity'])}  specificity {fmt(metrics['specificity'])}  "
+            f"{fmt(metrics['sensitivity'])}  specificity {fmt(metrics['specificity'])}{where}  "
             f"(normal {metrics['n_normal']}, anomalous {metrics['n_anomalous']})"
         )
 
