@@ -135,13 +135,29 @@ def evaluate(
 @click.option("--csv", "csv_file", type=click.Path(), help="write rows to this CSV file")
 @click.option("--engine", default="torch", show_default=True, type=click.Choice(["torch", "numpy"]),
               help="numpy: the NumPy reference engine (textbook, lenet5, mlp)")  # fmt: skip
+@click.option("--maps", "maps_dir", type=click.Path(file_okay=False),
+              help="anomaly maps (patchcore, padim runs): folder for their PNG files, written "
+              "with --json, --csv or this [default: maps/ beside the CSV file, else "
+              "./maps]")  # fmt: skip
 def predict(
-    run: str, inputs: tuple[str, ...], top_k: int, as_json: bool, csv_file: str | None, engine: str
-):
+    run: str, inputs: tuple[str, ...], top_k: int, as_json: bool, csv_file: str | None, engine: str,
+    maps_dir: str | None,
+):  # fmt: skip
     """Top-k classes of each image (files, folders or globs) with probabilities."""
     from convlens.predict import expand_inputs, load
 
     rows = load(run, engine=engine).predict_files(expand_inputs(list(inputs)), top_k=top_k)
+    # anomaly maps (issue 19): PNG files in a folder, each row naming its own
+    if any("map_png" in row for row in rows):
+        from pathlib import Path
+
+        from convlens.predict.maps import FOLDER, save_maps
+
+        if as_json or csv_file or maps_dir:
+            beside = Path(csv_file).parent / FOLDER if csv_file else Path(FOLDER)
+            save_maps(rows, maps_dir or beside)
+        for row in rows:
+            row.pop("map_png", None)
     if csv_file:
         with open(csv_file, "w", newline="") as f:
             writer = csv.writer(f)
@@ -163,7 +179,8 @@ def predict(
                 continue
             if "anomaly" in row:  # anomaly run: a score in [0, 1], flagged at the val threshold
                 flag = "ANOMALOUS" if row["anomaly"] else "normal"
-                click.echo(f"{row['file']}: anomaly score {row['score']:.3f} {flag}")
+                where = f"  map {row['map']}" if "map" in row else ""
+                click.echo(f"{row['file']}: anomaly score {row['score']:.3f} {flag}{where}")
                 continue
             tops = ", ".join(
                 f"{p['label']} {p['score']:.3f}{' +' if p.get('positive') else ''}"

@@ -82,6 +82,10 @@ class TrainConfig:
     embed_loss: str = "arcface"  # embed: arcface (additive angular margin) | softmax
     margin: float = within(0.5, "[0, 1.5]")  # embed: ArcFace angular margin m (radians)
     scale: float = within(30.0, "(0, 1000]")  # embed: ArcFace logit scale s
+    # anomaly maps (issue 19): a patch-feature scorer fitted on the trained anomaly backbone
+    method: str = "geom"  # anomaly: geom (GEOM's 72 views; see anomaly_method) | patchcore | padim
+    coreset: float = within(0.1, "(0, 1]")  # patchcore: share of normal patches kept in its bank
+    patch_dim: int | None = within(None, "[1, 65536]")  # patch features kept (all; padim: 100)
     # model
     model: str = "fastnet"  # a name from `convlens models`
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
@@ -234,6 +238,7 @@ _CHOICES = {
     "amp": ("auto", "bf16", "fp16", "off"),  # device.AMP_MODES, without importing torch here
     "engine": ("torch", "numpy"),
     "anomaly_method": ("geom", "mahalanobis"),
+    "method": ("geom", "patchcore", "padim"),  # anomaly maps
     "embed_loss": ("arcface", "softmax"),
 }
 

@@ -13,6 +13,7 @@ from convlens.data.folder import IMAGE_EXTENSIONS, load_folder
 from convlens.data.idx import find_idx_folder, find_idx_prefix, load_idx, read_idx, write_idx
 from convlens.data.images import decode_image, to_tensor
 from convlens.data.labelcsv import is_label_csv, load_label_csv
+from convlens.data.mvtec import is_mask_set, load_mask_set
 from convlens.data.named import DATASETS, list_datasets, load_named
 from convlens.data.npz import load_npz
 from convlens.errors import ConvlensError
@@ -46,7 +47,8 @@ def load_dataset(
     download: bool = True,
     workers: int = 0,
 ) -> Dataset:
-    """A dataset name, a folder of class folders, an .npz, a label .csv or an IDX prefix."""
+    """A dataset name, a folder of class folders (or of MVTec AD's defects and masks), an .npz,
+    a label .csv or an IDX prefix."""
     split_args = {"seed": seed, "val_fraction": val_fraction}
     path = Path(spec).expanduser()
     is_file = path.exists() and not path.is_dir()  # FIFOs too: their loader names what they are
@@ -54,6 +56,8 @@ def load_dataset(
         ds = load_named(spec, data_dir=data_dir, download=download, **split_args)
     elif path.is_dir() and (pairs := find_idx_folder(path)):
         ds = load_idx(pairs, name=spec, **split_args)
+    elif path.is_dir() and is_mask_set(path):  # MVTec AD's layout: defect masks beside train/
+        return load_mask_set(path, image_size=image_size, **split_args)
     elif path.is_dir():
         folder_args = {"strict": strict, "image_size": image_size, "workers": workers}
         return load_folder(path, **folder_args, **split_args)

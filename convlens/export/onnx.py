@@ -1,6 +1,7 @@
 """ONNX export: the graph (dynamic batch) with the run's metadata, checked against torch.
 
-The runs whose task has an ONNX output (classify, multilabel, embed) export; each export is
+The runs whose task has an ONNX graph (classify, multilabel, embed; anomaly runs with a patch
+method, whose graph gives a score and a map) export; each export is
 compared, on validation images, with the torch recogniser that `convlens predict` uses,
 through onnxruntime (convlens.predict.onnx.OnnxModel). onnx is imported when a run exports.
 """
@@ -38,12 +39,13 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
 
     read = read_run_weights(run)  # the header says whether the task exports: no model built
     task = task_class(read.meta.task)
-    if task.onnx_output is None:
+    graph = task.onnx_graph(read.meta)  # output name -> one image's shape
+    if not graph:
         raise ModelError(f"{read.path}: {task.name} runs do not export to ONNX "
                          f"({task.onnx_refusal}); they predict in torch")  # fmt: skip
     loaded = load_run(read)
     rec = recogniser_for(TorchEngine(loaded))  # what `convlens predict` uses: the parity oracle
-    model, meta, weights = rec.model.float().eval(), rec.meta, rec.weights
+    model, meta, weights = task.onnx_module(loaded).float().eval(), rec.meta, rec.weights
     c, h, w = meta.input.shape
     out = Path(out) if out else weights.with_suffix(".onnx")
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -54,7 +56,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
             (torch.zeros(2, c, h, w),),
             dynamo=True,
             input_names=["images"],
-            output_names=[task.onnx_output],
+            output_names=list(graph),
             dynamic_shapes=({0: batch},),
         )
     proto = program.model_proto

@@ -24,7 +24,12 @@ from convlens.medical import geom
 from convlens.training.optim import param_groups
 
 QUANTILE = 0.95  # without anomalies in val: flag what scores above 95% of normal val images
-SCORE_NAMES = {"geom": "GEOM", "mahalanobis": "Mahalanobis"}  # raw score name -> shown name
+SCORE_NAMES = {
+    "geom": "GEOM",
+    "mahalanobis": "Mahalanobis",
+    "patchcore": "PatchCore",
+    "padim": "PaDiM",
+}  # raw score name -> shown name
 
 
 class AnomalyNet(nn.Module):

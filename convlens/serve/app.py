@@ -1,5 +1,6 @@
 """The HTTP API: POST /predict (micro-batched), POST /verify (face embedding runs), GET /model,
-GET /health, and the page at GET /. Anomaly runs answer /predict with a score and a flag.
+GET /health, and the page at GET /. Anomaly runs answer /predict with a score and a flag (and
+a PatchCore or PaDiM run with its anomaly map, "map_png", which the page shows).
 
 Fails closed: bodies over the limit get 413 before they are read whole, bodies slower than the
 body timeout 408, undecodable or oversized images 422, malformed multipart 400, and more requests
