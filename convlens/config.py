@@ -87,6 +87,11 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
     init: str | None = None  # start from the weights in this .safetensors file or run
     pretrained: bool = False  # torchvision's published weights (tv-* models, needs internet)
+    # transfer learning (issue 16): fine-tune trains the head alone first (the body and its
+    # BatchNorm statistics frozen), then every layer with the body at a lower lr (fastai)
+    transfer: str = "auto"  # auto (fine-tune when weights are given, else full) | fine-tune | full
+    freeze_epochs: int | None = within(None, "[0, 100000]")  # head-only epochs (default: 1/4)
+    body_lr_mult: float = within(0.1, "(0, 1]")  # fine-tune: body lr / head lr after them
     # optimisation
     epochs: int = within(8, "[1, 100000]")  # passes over the training split
     batch_size: int = within(512, "[1, 1048576]")  # images per step (512 is fastest per image here)
@@ -235,6 +240,7 @@ _CHOICES = {
     "engine": ("torch", "numpy"),
     "anomaly_method": ("geom", "mahalanobis"),
     "embed_loss": ("arcface", "softmax"),
+    "transfer": ("auto", "fine-tune", "full"),  # transfer learning (issue 16)
 }
 
 

@@ -29,14 +29,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (Nesterov optional) or AdamW, at the schedule's starting rate."""
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, body: set[int] | None = None
+) -> torch.optim.Optimizer:
+    """SGD with momentum (Nesterov optional) or AdamW, at the schedule's starting rate; with
+    `body` (parameter ids), each group split into its head and body parts (`split_groups`)."""
     groups = param_groups(model, cfg.weight_decay)
+    if body is not None:
+        groups = split_groups(groups, body)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(
         groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
     )
+
+
+def split_groups(groups: list[dict], body: set[int]) -> list[dict]:
+    """Each group as its head part and its body part ("body": True), empty parts left out, so
+    that `set_lr` can give the body its own share of the lr."""
+    out = []
+    for group in groups:
+        for is_body in (False, True):
+            params = [p for p in group["params"] if (id(p) in body) == is_body]
+            if params:
+                out.append({**group, "params": params, "body": is_body})
+    return out
 
 
 def get_lr(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -56,8 +73,10 @@ def get_lr(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) 
     return cfg.lr * (1 - (1 - end) * (t - cfg.warmup) / (1 - cfg.warmup))
 
 
-def set_lr(opt, lr: float, progress: float = 0.0) -> None:
-    """Give each group `lr` times its `lr_scale`, or 0 once `progress` reaches its `until`."""
+def set_lr(opt, lr: float, progress: float = 0.0, body_scale: float = 1.0) -> None:
+    """Give each group `lr` times its `lr_scale` (and a body group's times `body_scale`), or 0
+    once `progress` reaches its `until`."""
     for group in opt.param_groups:
         active = progress < group.get("until", 1.0)
-        group["lr"] = lr * group.get("lr_scale", 1.0) if active else 0.0
+        scale = group.get("lr_scale", 1.0) * (body_scale if group.get("body") else 1.0)
+        group["lr"] = lr * scale if active else 0.0
