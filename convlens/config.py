@@ -88,10 +88,11 @@ class TrainConfig:
     init: str | None = None  # start from the weights in this .safetensors file or run
     pretrained: bool = False  # torchvision's published weights (tv-* models, needs internet)
     # transfer learning (issue 16): fine-tune trains the head alone first (the body and its
-    # BatchNorm statistics frozen), then every layer with the body at a lower lr (fastai)
+    # BatchNorm statistics frozen), then every layer, the body's stages at lrs rising from
+    # body_lr_mult x the head's (fastai's discriminative lrs; convlens.training.finetune)
     transfer: str = "auto"  # auto (fine-tune when weights are given, else full) | fine-tune | full
     freeze_epochs: int | None = within(None, "[0, 100000]")  # head-only epochs (default: 1/4)
-    body_lr_mult: float = within(0.1, "(0, 1]")  # fine-tune: body lr / head lr after them
+    body_lr_mult: float = within(0.1, "(0, 1]")  # fine-tune: 1st body stage's lr / the head's
     # optimisation
     epochs: int = within(8, "[1, 100000]")  # passes over the training split
     batch_size: int = within(512, "[1, 1048576]")  # images per step (512 is fastest per image here)

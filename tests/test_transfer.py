@@ -273,10 +273,14 @@ def test_the_body_trains_at_a_share_of_the_head_lr_once_unfrozen(data, source_ru
     run = convlens.train(data=str(data["grey"]), model="resnet8", epochs=2, body_lr_mult=0.25,
                          init=str(source_run), run=str(tmp_path / "c"), **SMALL)  # fmt: skip
     groups = load_state(run / "state" / "last.safetensors")[1]["optimizer"]["param_groups"]
-    head = [g["lr"] for g in groups if not g["body"]]
-    body = [g["lr"] for g in groups if g["body"]]
-    assert head and body and max(head) > 0
-    assert body == [pytest.approx(0.25 * lr) for lr in head]  # default groups: the same order
+    head = {g["weight_decay"]: g["lr"] for g in groups if "body_share" not in g}
+    assert len(head) == 2 and min(head.values()) > 0  # decayed weights, and biases and norms
+    body = [g for g in groups if "body_share" in g]
+    for g in body:  # the head's lr (same weight decay: the same default group) x the share
+        assert g["lr"] == pytest.approx(g["body_share"] * head[g["weight_decay"]])
+    # resnet8's 5 body stages (conv1, bn1, layer1-3) rise geometrically from 0.25x towards 1x
+    assert sorted({g["body_share"] for g in body}) == pytest.approx([0.25 ** (k / 5) for k in
+                                                                      (5, 4, 3, 2, 1)])  # fmt: skip
     start = load_file(source_run / "weights" / "best.safetensors")
     after = load_file(run / "weights" / "last.safetensors")
     assert not torch.equal(after["layer1.0.conv1.weight"], start["layer1.0.conv1.weight"])
@@ -288,14 +292,19 @@ def test_recipe_phases_each_run_their_own_schedule_and_freeze_the_body():
     assert resolve(make_config(None, {"model": "resnet8", "epochs": 4})).transfer == "full"
     model = create_model("resnet8", in_channels=1, num_classes=3, image_size=16)
     recipe = Recipe(cfg, model)
-    opt = build_optimizer(model, cfg, recipe.body_ids)
-    assert recipe.lr(0, 10) == (pytest.approx(0.1 * 0.2), 0.0)  # onecycle starts at 20%
-    assert recipe.lr(10, 10) == (pytest.approx(0.1 * 0.2), 0.1)  # and again when unfrozen
+    shares = recipe.body_shares
+    assert shares[id(model.conv1.weight)] == pytest.approx(0.1)  # the first stage: body_lr_mult
+    assert shares[id(model.layer3[0].conv1.weight)] == pytest.approx(0.1**0.2)
+    assert id(model.fc.weight) not in shares  # the head: the full lr
+    opt = build_optimizer(model, cfg, shares)
+    assert recipe.lr(0, 10) == (pytest.approx(0.1 * 0.2), True)  # onecycle starts at 20%
+    assert recipe.lr(10, 10) == (pytest.approx(0.1 * 0.2), False)  # and again when unfrozen
     recipe.begin_epoch(model, 0)
     assert not model.conv1.weight.requires_grad and model.fc.weight.requires_grad
     assert not model.bn1.training and model.training
-    set_lr(opt, *recipe.lr(5, 10)[:1], 0.5, recipe.lr(5, 10)[1])
-    assert {g["lr"] for g in opt.param_groups if g["body"]} == {0.0}
+    set_lr(opt, 0.1, progress=0.5, body_frozen=recipe.lr(5, 10)[1])  # step 5: frozen
+    assert {g["lr"] for g in opt.param_groups if "body_share" in g} == {0.0}
+    assert {g["lr"] for g in opt.param_groups if "body_share" not in g} == {0.1}
     assert recipe.begin_epoch(model, 1)  # what trains changed: DDP must be made again
     assert model.conv1.weight.requires_grad and model.bn1.training
 

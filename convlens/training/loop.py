@@ -92,7 +92,7 @@ def _train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     recipe = Recipe(cfg, model)  # before the optimiser: its groups split head from body
-    opt = build_optimizer(model, cfg, recipe.body_ids)
+    opt = build_optimizer(model, cfg, recipe.body_shares)
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
     state = RunState()
@@ -123,8 +123,8 @@ def _train(
             for i, (xb, yb) in enumerate(batches):
                 xb, yb = task.batch(xb, yb, aug)
                 step = epoch * steps_per_epoch + i
-                lr, body_scale = recipe.lr(step, steps_per_epoch)
-                set_lr(opt, lr, step / total_steps, body_scale)
+                lr, body_frozen = recipe.lr(step, steps_per_epoch)
+                set_lr(opt, lr, step / total_steps, body_frozen)
                 xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
                 x = normalize(xb.to(device, non_blocking=True), *norm)  # (B, C, H, W) float32
                 if cfg.channels_last:

@@ -18,7 +18,7 @@ import torch
 
 from convlens.config import TrainConfig
 from convlens.data.files import open_regular
-from convlens.errors import ConvlensError, ModelError
+from convlens.errors import ModelError
 from convlens.models.pretrained import BackboneDefaults, pretrained_defaults
 from convlens.runs.folder import resolve_weights
 from convlens.runs.meta import WeightsMeta
@@ -101,10 +101,3 @@ def _find_state_dict(obj: object, depth: int = 0) -> dict[str, torch.Tensor] | N
         if found:
             return found
     return None
-
-
-def require_tensors(start: StartWeights) -> dict[str, torch.Tensor]:
-    """The start file's tensors, or one line saying there are none."""
-    if not start.tensors:
-        raise ConvlensError(f"--init {start.path}: the file holds no tensors")
-    return start.tensors
