@@ -269,6 +269,17 @@ def test_the_frozen_phase_moves_the_head_alone(data, source_run, tmp_path):
     assert "fine-tune" in (run / "report.html").read_text()
 
 
+def test_an_explain_baseline_of_a_fine_tuned_run_trains_from_scratch(data, tmp_path):
+    from convlens.api.explain import train_baseline
+
+    config = tmp_path / "config.yaml"  # a fine-tuned run's resolved settings
+    config.write_text(f"data: {data['grey']}\nmodel: resnet8\nepochs: 1\nbatch_size: 16\n"
+                      "init: elsewhere\ntransfer: fine-tune\nfreeze_epochs: 1\n")  # fmt: skip
+    baseline = train_baseline(tmp_path, str(data["grey"]), config)
+    settings = (baseline / "config.yaml").read_text()
+    assert "model: mlp" in settings and "transfer: full" in settings
+
+
 def test_the_body_trains_at_a_share_of_the_head_lr_once_unfrozen(data, source_run, tmp_path):
     run = convlens.train(data=str(data["grey"]), model="resnet8", epochs=2, body_lr_mult=0.25,
                          init=str(source_run), run=str(tmp_path / "c"), **SMALL)  # fmt: skip
