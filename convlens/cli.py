@@ -382,6 +382,9 @@ def models(channels: int, image_size: int, classes: int) -> None:
         table.add_row(name, f"{info['params']:,}", flops, escape(info["description"]))
     Console().print(table)
     Console().print("and any torchvision classification model as tv-<name>, e.g. tv-resnet18")
+    # transfer learning (issue 16): timm's models by name
+    Console().print("and any timm model as timm-<name>, e.g. timm-convnext_atto "
+                    "(pip install convlens[timm])", markup=False)  # fmt: skip
 
 
 from convlens.faces.cli import COMMANDS as FACE_COMMANDS  # noqa: E402 (click only; fast)

@@ -91,6 +91,12 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
     init: str | None = None  # start from the weights in this .safetensors file or run
     pretrained: bool = False  # torchvision's published weights (tv-* models, needs internet)
+    # transfer learning (issue 16): fine-tune trains the head alone first (the body and its
+    # BatchNorm statistics frozen), then every layer, the body's stages at lrs rising from
+    # body_lr_mult x the head's (fastai's discriminative lrs; convlens.training.finetune)
+    transfer: str = "auto"  # auto (fine-tune when weights are given, else full) | fine-tune | full
+    freeze_epochs: int | None = within(None, "[0, 100000]")  # head-only epochs (default: 1/4)
+    body_lr_mult: float = within(0.1, "(0, 1]")  # fine-tune: 1st body stage's lr / the head's
     # optimisation
     epochs: int = within(8, "[1, 100000]")  # passes over the training split
     batch_size: int = within(512, "[1, 1048576]")  # images per step (512 is fastest per image here)
@@ -240,6 +246,7 @@ _CHOICES = {
     "anomaly_method": ("geom", "mahalanobis"),
     "method": ("geom", "patchcore", "padim"),  # anomaly maps
     "embed_loss": ("arcface", "softmax"),
+    "transfer": ("auto", "fine-tune", "full"),  # transfer learning (issue 16)
 }
 
 

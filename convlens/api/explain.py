@@ -243,7 +243,7 @@ def train_baseline(home: Path, data: str, config: Path | None) -> Path:
             "remove it, or pass --baseline RUN"
         )
     settings = load_yaml(config) if config and config.is_file() else {}
-    for key in ("model_args", "init", "pretrained", "resume"):
+    for key in ("model_args", "init", "pretrained", "resume", "transfer", "freeze_epochs"):
         settings.pop(key, None)
     settings.update(model="mlp", data=data, run=str(target))
     return train(make_config(None, settings))

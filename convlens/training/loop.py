@@ -19,6 +19,7 @@ from convlens.runs.folder import Run
 from convlens.training import distributed
 from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
+from convlens.training.finetune import Recipe, resolve
 from convlens.training.hooks import Finish, MakeHooks, TrainingHooks
 from convlens.training.lifecycle import (
     check_loss,
@@ -30,9 +31,10 @@ from convlens.training.lifecycle import (
     open_run,
     resolve_run,
 )
-from convlens.training.optim import build_optimizer, get_lr, set_lr
+from convlens.training.optim import build_optimizer, set_lr
 from convlens.training.progress import Progress
 from convlens.training.resume import RunState, load_run_state, save_run_state
+from convlens.training.start import start_weights
 
 
 def fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None = None) -> Path:
@@ -68,15 +70,18 @@ def _train(
     task: TrainingHooks,
     finish: Finish | None,
 ) -> Path:
+    cfg = resolve(cfg)  # transfer: auto -> fine-tune or full, as config.yaml records it
     amp, precision = choose_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16's underflow
     log = Progress(enabled=group.main)
     with distributed.local_main_first(group):  # one process per machine builds a folder cache
         ds, mean, std, hflip = load_data(cfg, log, task)
-    meta = weights_meta(cfg, ds, mean, std, hflip, task)
+    start = start_weights(cfg)  # --init's tensors and the preprocessing the weights expect
+    meta = weights_meta(cfg, ds, mean, std, hflip, task, start)
+    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]  # the weights' own, if given
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, ds, log, mean, std, task, meta).to(device)
+    model = build_model(cfg, ds, log, mean, std, task, meta, start).to(device)
     if device.type == "cuda":  # fixed batch shapes: let cuDNN time its kernels once, keep the best
         torch.backends.cudnn.benchmark = not cfg.deterministic
     if device.type == "cuda" and task.gpu_batches:
@@ -87,7 +92,8 @@ def _train(
         open_run(cfg, run_dir, ds, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg)
+    recipe = Recipe(cfg, model)  # before the optimiser: its groups split head from body
+    opt = build_optimizer(model, cfg, recipe.body_shares)
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
     state = RunState()
@@ -96,9 +102,9 @@ def _train(
         state = load_run_state(state_path, model, opt, ema)
         log.note(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
     log.start(cfg, ds, run_dir, model, device, precision)
-    trained = distributed.wrap(model, group)  # DDP when torchrun started several processes
-    if cfg.compile:  # `model` itself stays plain: its state_dict names carry no _orig_mod.
-        trained = torch.compile(trained)
+    if note := recipe.describe():
+        log.note(note)
+    trained = None
 
     # Reading the loss back each step would make the CPU wait for the GPU at every step; on a
     # GPU it is summed there and read (and checked) once an epoch.
@@ -106,7 +112,10 @@ def _train(
     norm = [torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std)]
     for epoch in range(state.epoch, cfg.epochs):
         batches = epoch_batches(cfg, ds, epoch, hflip, drop_last)
-        model.train()
+        if recipe.begin_epoch(model, epoch) or trained is None:  # model.train(), body frozen or not
+            trained = distributed.wrap(model, group)  # DDP (torchrun): of what trains now
+            if cfg.compile:  # `model` itself stays plain: its state_dict names carry no _orig_mod.
+                trained = torch.compile(trained)
         t0 = time.perf_counter()
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
@@ -115,8 +124,8 @@ def _train(
             for i, (xb, yb) in enumerate(batches):
                 xb, yb = task.batch(xb, yb, aug)
                 step = epoch * steps_per_epoch + i
-                lr = get_lr(step, total_steps, steps_per_epoch, cfg)
-                set_lr(opt, lr, step / total_steps)
+                lr, body_frozen = recipe.lr(step, steps_per_epoch)
+                set_lr(opt, lr, step / total_steps, body_frozen)
                 xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
                 x = normalize(xb.to(device, non_blocking=True), *norm)  # (B, C, H, W) float32
                 if cfg.channels_last:
