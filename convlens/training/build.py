@@ -9,6 +9,7 @@ from torch import nn
 from convlens.config import TrainConfig
 from convlens.data import Dataset
 from convlens.data.batches import normalize
+from convlens.data.photoset import init_images, streamed
 from convlens.errors import ConvlensError
 from convlens.models import create_model
 from convlens.runs.folder import resolve_weights
@@ -35,6 +36,7 @@ def weights_meta(
         "classes": ds.classes,
         "outputs": task.outputs(ds),
         "input": {"channels": ds.channels, "height": ds.image_size[0], "width": ds.image_size[1]},
+        **preprocess_meta(ds),
         "normalize": {"mean": mean, "std": std},
         "tta": tta,
         "model": {"name": cfg.model, "args": cfg.model_args},
@@ -42,6 +44,11 @@ def weights_meta(
         "versions": {"convlens": __version__, "torch": torch.__version__},
         **task.meta(ds),
     }
+
+
+def preprocess_meta(ds: Dataset) -> dict:
+    """{"preprocess": how a photo run cuts its images}; {} for images squashed to the input."""
+    return {"preprocess": ds.train.prep.to_dict()} if streamed(ds.train) else {}
 
 
 def build_model(
@@ -66,7 +73,7 @@ def build_model(
         **kwargs,
     )
     if not cfg.init and hasattr(model, "init_from_data"):  # e.g. fastnet's whitening layer
-        model.init_from_data(normalize(ds.train.images[:5000], mean, std))
+        model.init_from_data(normalize(init_images(ds.train), mean, std))
     if task is not None:
         model = task.wrap(model, meta or {})
     if cfg.init:

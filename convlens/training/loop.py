@@ -21,12 +21,13 @@ from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
 from convlens.training.hooks import Finish, MakeHooks, TrainingHooks
 from convlens.training.lifecycle import (
+    TrainBatches,
     check_loss,
     early_stop,
     end_epoch,
-    epoch_batches,
     epoch_steps,
     lookahead,
+    note_bad_files,
     open_run,
     resolve_run,
 )
@@ -78,7 +79,9 @@ def _train(
     model = build_model(cfg, ds, log, mean, std, task, meta).to(device)
     if device.type == "cuda":  # fixed batch shapes: let cuDNN time its kernels once, keep the best
         torch.backends.cudnn.benchmark = not cfg.deterministic
-    if device.type == "cuda" and task.gpu_batches:
+    drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    batches = TrainBatches(cfg, ds, hflip, drop_last)  # in memory, or photo_loader's
+    if device.type == "cuda" and task.gpu_batches and batches.in_memory:
         # Images cross to the GPU once; batches are cut, mirrored and shifted there. A task with
         # its own batch hook keeps CPU batches: its augmentation may mix in CPU tensors.
         ds.train = to_device(ds.train, device)
@@ -87,7 +90,6 @@ def _train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
-    drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
     state = RunState()
     state_path = Run(run_dir).state
@@ -104,14 +106,13 @@ def _train(
     per_step = device.type == "cpu"
     norm = [torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std)]
     for epoch in range(state.epoch, cfg.epochs):
-        batches = epoch_batches(cfg, ds, epoch, hflip, drop_last)
         model.train()
         t0 = time.perf_counter()
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
         aug = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # the task's own draws
         with sync_debug(device):
-            for i, (xb, yb) in enumerate(batches):
+            for i, (xb, yb) in enumerate(batches(epoch)):
                 xb, yb = task.batch(xb, yb, aug)
                 step = epoch * steps_per_epoch + i
                 lr = get_lr(step, total_steps, steps_per_epoch, cfg)
@@ -139,6 +140,8 @@ def _train(
         check_loss(train_loss, epoch, None, state, run_dir)
         seconds = time.perf_counter() - t0
 
+        if group.main:
+            note_bad_files(run_dir, ds, batches.bad, log)
         if ema:
             ema.end_epoch(model)
         scores = task.validate(
