@@ -6,6 +6,7 @@ here: `load_photo_folder` gives None and data/folder.py's in-memory path loads t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from convlens.data.augment import eval_transform
+from convlens.data.batches import channel_stats, pixel_stats
 from convlens.data.dataset import Dataset, Split
 from convlens.data.images import is_colour, open_image, shown_size
 from convlens.data.preprocess import Preprocess, choose_input_size
@@ -22,8 +24,10 @@ from convlens.data.stream import Item, Stored, check_bad, decode_all, folder_ite
 from convlens.errors import DatasetFormatError
 
 HEADERS = 2000  # files whose headers choose the input size and channels (a fixed sample)
-STATS_PIXELS = 1000 * 96 * 96  # per channel: the mean and std of a streamed split, from a sample
-INIT_PIXELS = 5000 * 28 * 28  # a data-based init's sample (fastnet whitens 5,000 28x28 images)
+STATS_IMAGES = 500  # a streamed split's mean and std come from a seeded sample of this many
+# a data-based init's sample: fastnet whitens 5,000 28x28 grey images; a third of those pixels
+# per channel keeps its float patch copies of colour photos the size of Fashion-MNIST's
+INIT_PIXELS = 5000 * 28 * 28 // 3
 
 
 @dataclass(frozen=True)
@@ -163,11 +167,13 @@ def sample_headers(paths: list[str], limit: int = HEADERS) -> list[tuple[int, in
     return heads
 
 
-def stats_images(split: Split) -> Split:
-    """What the channel mean and std are measured on: the split itself if it is in memory."""
+def split_stats(split: Split) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (batches.channel_stats): of a split in memory, all of it; of a
+    streamed one, a seeded sample of STATS_IMAGES, read one image at a time."""
     if not isinstance(split, StreamedSplit):
-        return split
-    return Split(_sample(split, STATS_PIXELS), split.labels[:0])
+        return channel_stats(split)
+    n = min(len(split), STATS_IMAGES)
+    return pixel_stats((x[None] for x in _readable(split, n)), split.images.shape[1])
 
 
 def init_images(split: Split, n: int = 5000) -> torch.Tensor:
@@ -178,19 +184,24 @@ def init_images(split: Split, n: int = 5000) -> torch.Tensor:
 
 
 def _sample(split: StreamedSplit, pixels: int) -> torch.Tensor:
-    """A seeded sample of about `pixels` per channel of a streamed split, bad files left out."""
+    """A seeded sample of about `pixels` per channel of a streamed split, (n, C, H, W)."""
     _, _, h, w = split.images.shape
-    n = max(1, min(len(split), pixels // (h * w)))
+    return torch.stack(list(_readable(split, max(1, min(len(split), pixels // (h * w))))))
+
+
+def _readable(split: StreamedSplit, n: int) -> Iterator[torch.Tensor]:
+    """A seeded n of a streamed split's centre crops (C, H, W), bad files left out."""
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n]
-    images = []
+    found = 0
     for i in order.sort().values.tolist():
         try:
-            images.append(split.images[i])
+            x = split.images[i]
         except DatasetFormatError:
             continue  # the files source meets them here first; photo_loader lists them
-    if not images:
+        found += 1
+        yield x
+    if not found:
         raise DatasetFormatError(f"{split.stored.note}: no readable image in a sample of {n}")
-    return torch.stack(images)  # (n, C, H, W)
 
 
 def _check_classes(root: Path, classes: list[str], parts: dict[str, Split], notes: list) -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 from convlens.config import TrainConfig, cache_ram_bytes, make_config
 from convlens.data import Dataset, PhotoOptions, load_dataset
 from convlens.data.augment import AugmentPlan, resolve_augment
-from convlens.data.batches import channel_stats
-from convlens.data.photoset import stats_images, streamed
+from convlens.data.photoset import split_stats, streamed
 from convlens.data.preprocess import Preprocess
 from convlens.device import resolve_device
 from convlens.errors import ConfigError, ConvlensError
@@ -49,7 +48,7 @@ def load_data(
     plan = augment_plan(cfg, ds)
     if streamed(ds.train) or not plan.in_batches:  # else: the shifts and flips of before
         log.note(plan.reason)
-    mean, std = channel_stats(stats_images(ds.train))  # a sample of a streamed split
+    mean, std = split_stats(ds.train)  # of a sample of a streamed split
     hflip = cfg.hflip
     if hflip == "auto":  # airbench: every image mirrored on every other epoch
         hflip = "alternate" if ds.hflip else "off"
