@@ -206,6 +206,37 @@ def test_metadata_round_trips_and_a_crafted_preprocess_is_refused(photos, run, t
     assert torch.equal(rec.preprocess(photos[2]), to_tensor(wide, channels=3, size=(64, 64)))
 
 
+def test_a_resumed_run_keeps_its_own_cut_and_the_choice_is_not_the_seeds(photos, run):
+    own = {"data": str(photos[0]), "run": str(run[0]), "resume": True, "device": "cpu"}
+    ds = load_data(make_config(overrides=own), Progress(enabled=False))[0]
+    assert ds.image_size == (64, 64)  # as it trained (--image-size 64), though not asked now
+    assert any("the run's own 64x64 centre crop" in n for n in ds.notes)
+    fresh = load_data(make_config(overrides={"data": str(photos[0]), "seed": 5}),
+                      Progress(enabled=False))[0]  # fmt: skip
+    assert fresh.image_size == (88, 88)  # not above the median shorter side, whatever the seed
+
+
+def test_photo_and_no_augmentation_on_small_images_in_memory(tmp_path):
+    root = small_tree(tmp_path / "small")
+    for policy, changes in (("photo", True), ("none", False)):
+        cfg = make_config(overrides={"data": str(root), "batch_size": 8, "augment": policy})
+        ds, _, _, hflip = load_data(cfg, Progress(enabled=False))
+        assert hflip == "off" or policy != "none"
+        epochs = [list(TrainBatches(cfg, ds, hflip, True)(e)) for e in (0, 0, 1)]
+        assert all(x.dtype == torch.uint8 and x.shape == (8, 1, 28, 28) for x, _ in epochs[0])
+        same = [torch.equal(a[0], b[0]) for a, b in zip(epochs[0], epochs[1], strict=True)]
+        assert all(same)  # seeded: the same epoch twice gives the same batches
+        seen = torch.cat([x for x, _ in epochs[0]])
+        order = torch.cat([y for _, y in epochs[0]])
+        if not changes:  # no augmentation: the images themselves, in the epoch's order
+            found = {tuple(ds.train.images[i].flatten().tolist()) for i in range(len(ds.train))}
+            assert all(tuple(x.flatten().tolist()) in found for x in seen)
+        else:
+            assert len(order) == len(ds.train) and not all(
+                any(torch.equal(x, y) for y in ds.train.images) for x in seen
+            )
+
+
 STREAM = """
 import json, sys
 import torch, torchvision.transforms.v2  # the libraries' own footprint is not the split's

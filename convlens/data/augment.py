@@ -73,11 +73,11 @@ def resolve_augment(
         why = f"auto: {'photos cut' if photos else 'small images'} to {side} px"
     else:
         why = f"--augment {policy}"
+    flips = "flips where the dataset allows"
+    photo = "intensity and small affine changes (grey)" if grey else "colour jitter, TrivialAugment"
     what = {
-        "light": f"{SHIFT}-pixel shifts and flips where the dataset allows",
-        "photo": "random crops, flips, intensity and small affine changes (grey)"
-        if grey
-        else "random resized crops, flips, colour jitter, TrivialAugment",
+        "light": f"{SHIFT}-pixel shifts and {flips}",
+        "photo": f"random resized crops, {flips}, {photo}",
         "none": "none (centre crop only)",
     }[policy]
     return AugmentPlan(policy, grey and policy == "photo", f"augmentation: {what} ({why})")

@@ -14,6 +14,7 @@ from convlens.device import resolve_device
 from convlens.errors import ConfigError, ConvlensError
 from convlens.runs.folder import Run
 from convlens.runs.meta import WeightsMeta
+from convlens.runs.weights import read_weights
 from convlens.training.hooks import TrainingHooks
 from convlens.training.progress import Progress
 
@@ -35,6 +36,7 @@ def load_data(
             pretrained=cfg.pretrained,
             cache_ram=cache_ram_bytes(cfg),
             workers=cfg.workers,
+            preprocess=_resumed_preprocess(cfg),
         ),
     )
     if hooks is not None:
@@ -55,6 +57,16 @@ def load_data(
     if plan.policy == "none":  # nor a mirrored view at test time (tta auto)
         hflip = "off"
     return ds, mean, std, hflip
+
+
+def _resumed_preprocess(cfg: TrainConfig) -> Preprocess | None:
+    """A resumed photo run's own cut (its last weights'): resumed on another device, it must
+    not choose another input size."""
+    last = Run(cfg.run).last if cfg.resume and cfg.run else None
+    if last is None or not last.is_file():
+        return None
+    meta = read_weights(last).meta
+    return None if meta.preprocess is None else Preprocess.of(meta)
 
 
 def augment_plan(cfg: TrainConfig, ds: Dataset) -> AugmentPlan:
