@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ from convlens.runs.weights import META_KEY, read_safetensors, read_weights
 from convlens.tasks import make_task
 from convlens.training.build import weights_meta
 from convlens.training.data import load_data
-from convlens.training.lifecycle import TrainBatches, epoch_batches
+from convlens.training.lifecycle import TrainBatches, epoch_batches, note_bad_files
 from convlens.training.progress import Progress
 from tests.helpers import PEAK_RSS_CODE, start_server
 from tests.helpers import convlens as cli
@@ -235,6 +236,25 @@ def test_photo_and_no_augmentation_on_small_images_in_memory(tmp_path):
             assert len(order) == len(ds.train) and not all(
                 any(torch.equal(x, y) for y in ds.train.images) for x in seen
             )
+
+
+def test_files_decoded_every_epoch_skip_bad_ones_and_list_them(photos, tmp_path):
+    root = tmp_path / "set"
+    shutil.copytree(photos[0], root, ignore=shutil.ignore_patterns(".convlens-cache"))
+    (root / ".convlens-cache").mkdir()
+    (root / ".convlens-cache" / "stream").symlink_to(tmp_path)  # refused: no cache here
+    cfg = make_config(overrides={"data": str(root), "image_size": 64, "cache_ram": "1K",
+                                 "batch_size": 32, "run": str(tmp_path / "run")})  # fmt: skip
+    ds, _, _, hflip = load_data(cfg, Progress(enabled=False))
+    assert ds.train.stored.kind == "decode" and len(ds.train) == 304  # bad ones not known yet
+    assert any("the cache cannot be written" in n for n in ds.notes)
+    batches = TrainBatches(cfg, ds, hflip, drop_last=False)
+    assert sum(len(y) for _, y in batches(0)) == 304 - 3
+    (tmp_path / "run").mkdir()
+    note_bad_files(tmp_path / "run", ds, batches.bad, Progress(enabled=False))
+    with open(tmp_path / "run" / "bad_files.csv") as f:
+        listed = {Path(row["path"]).name for row in csv.DictReader(f)}
+    assert listed == photos[1].keys()
 
 
 STREAM = """
