@@ -29,7 +29,7 @@ from convlens.config import make_config
 from convlens.data import PhotoOptions, load_dataset, load_folder
 from convlens.data.images import decode_image, to_tensor
 from convlens.data.photoset import streamed
-from convlens.errors import ModelError
+from convlens.errors import ConvlensError, ModelError
 from convlens.predict import Recogniser
 from convlens.runs.meta import PreprocessSpec, WeightsMeta
 from convlens.runs.weights import META_KEY, read_safetensors, read_weights
@@ -38,7 +38,7 @@ from convlens.training.build import weights_meta
 from convlens.training.data import load_data
 from convlens.training.lifecycle import TrainBatches, epoch_batches, note_bad_files
 from convlens.training.progress import Progress
-from tests.helpers import PEAK_RSS_CODE, start_server
+from tests.helpers import PEAK_RSS_CODE, free_port, start_server
 from tests.helpers import convlens as cli
 
 pytestmark = pytest.mark.xdist_group("photo-runs")  # one shared run: keep its tests together
@@ -177,6 +177,9 @@ def test_one_image_scores_the_same_in_torch_onnx_numpy_and_serve(photos, run):
     rows = convlens.load(str(out)).predict_files(files, top_k=1)
     right = [row["predictions"][0]["label"] == Path(row["file"]).parent.name for row in rows]
     assert metrics["n"] == len(files) and metrics["accuracy"] == pytest.approx(np.mean(right))
+    r = cli("evaluate", out, "--json")  # the run's data again, cut by its weights' preprocess
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["accuracy"] == metrics["accuracy"]
 
 
 def test_metadata_round_trips_and_a_crafted_preprocess_is_refused(photos, run, tmp_path):
@@ -255,6 +258,54 @@ def test_files_decoded_every_epoch_skip_bad_ones_and_list_them(photos, tmp_path)
     with open(tmp_path / "run" / "bad_files.csv") as f:
         listed = {Path(row["path"]).name for row in csv.DictReader(f)}
     assert listed == photos[1].keys()
+
+
+def test_two_processes_over_shards_read_each_sample_once_an_epoch(tmp_path):
+    root = photo_tree(tmp_path / "set", (10, 2, 2))
+    age(root)
+    r = cli("shards", root, tmp_path / "shards", "--maxcount", 6)  # 5 train shards of 6
+    assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "convlens", "train",
+           "--data", str(tmp_path / "shards"), "--image-size", "64", "--epochs", "2",
+           "--batch-size", "12", "--amp", "off", "--calibrate", "none",
+           "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # 3 shards to one rank, 2 to the other (3 and 2 batches: DDP's join), none read twice
+    for epoch in (1, 2):
+        assert f"epoch {epoch}: 30 of 30 training samples read by 2 process(es)" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "set", "shards"]
+    assert out.stdout.count("test: accuracy") == 1  # rank 0 alone evaluated and wrote
+    meta = read_weights(tmp_path / "run" / "weights" / "best.safetensors").meta
+    assert meta.preprocess == PreprocessSpec((64, 64), 3, resize=72)
+
+
+def test_bad_samples_and_a_shard_that_is_not_a_tar_are_skipped_and_listed(tmp_path):
+    from convlens.data.shards import write_shards
+
+    root = photo_tree(tmp_path / "set", (10, 3, 1))
+    picture(1, 1, 0, 1).save(root / "train" / "c0" / "tiny.png")
+    buf = io.BytesIO()
+    picture(120, 160, 0, 2).save(buf, "JPEG")
+    (root / "train" / "c0" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    age(root)
+    index = write_shards(root, tmp_path / "shards", maxcount=8)
+    assert index["counts"] == {"train": 32, "val": 9, "test": 3}  # both written: headers read
+    not_tar = tmp_path / "shards" / index["shards"]["val"][1]["name"]  # the val shard of 1
+    not_tar.write_bytes(b"this is not a tar file" * 100)
+    cfg = make_config(overrides={"data": str(tmp_path / "shards"), "image_size": 64,
+                                 "batch_size": 4})  # fmt: skip
+    ds, _, _, hflip = load_data(cfg, Progress(enabled=False))
+    assert len(ds.val) == 8 and len(ds.bad_files) == 1  # the other val shard's 8 are read
+    assert ds.bad_files[0][0].endswith(not_tar.name) and "not a tar file" in ds.bad_files[0][1]
+    batches = TrainBatches(cfg, ds, hflip, drop_last=False)
+    assert sum(len(y) for _, y in batches(0)) == 30
+    reasons = sorted(why for _, why in batches.bad)
+    assert len(reasons) == 2 and "too small" in reasons[0] and "truncated" in reasons[1]
+    strict = make_config(overrides={**dataclasses.asdict(cfg), "strict": True})
+    with pytest.raises(ConvlensError, match="not a tar file"):
+        load_data(strict, Progress(enabled=False))
 
 
 STREAM = """

@@ -64,6 +64,10 @@ def load_dataset(
         if root is not None and (ds := _photos(root, photo, folder_args, split_args)):
             return name_tree(ds, spec)
         ds = load_named(spec, data_dir=data_dir, download=download, **split_args)
+    elif photo is not None and _names_shards(spec, path):
+        from convlens.data.shardset import load_shard_set  # webdataset: an optional extra
+
+        return load_shard_set(spec, photo, strict=strict, image_size=image_size)
     elif path.is_dir() and (pairs := find_idx_folder(path)):
         ds = load_idx(pairs, name=spec, **split_args)
     elif path.is_dir():
@@ -86,6 +90,13 @@ def load_dataset(
     if image_size is not None and ds.image_size != (image_size, image_size):
         _resize(ds, image_size)
     return ds
+
+
+def _names_shards(spec: str, path: Path) -> bool:
+    """shards.is_shards without importing webdataset: a folder with dataset.json, a .tar spec."""
+    return (
+        (path / "dataset.json").is_file() if path.is_dir() else spec.split("?")[0].endswith(".tar")
+    )
 
 
 def _photos(root: Path, photo: PhotoOptions, folder_args: dict, split_args: dict):

@@ -6,10 +6,10 @@ here: `load_photo_folder` gives None and data/folder.py's in-memory path loads t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from convlens.data.augment import eval_transform
 from convlens.data.batches import channel_stats, pixel_stats
 from convlens.data.dataset import Dataset, Split
 from convlens.data.images import is_colour, open_image, shown_size
+from convlens.data.loader import PhotoLoader, photo_loader
 from convlens.data.preprocess import Preprocess, choose_input_size
 from convlens.data.stream import Item, Stored, check_bad, decode_all, folder_items, open_split
 from convlens.errors import DatasetFormatError
@@ -39,6 +40,7 @@ class PhotoOptions:
     cache_ram: int | None = None  # bytes for the decoded training split (None: half the free)
     workers: int = 0  # processes decoding (0: this one)
     preprocess: Preprocess | None = None  # a trained run's own: nothing is chosen
+    source: str = "auto"  # where train is kept (stream.SOURCES); "decode": nothing decoded now
 
 
 class CroppedImages:
@@ -73,17 +75,51 @@ class CroppedImages:
 
 
 @dataclass
-class StreamedSplit(Split):
+class PhotoSplit(Split):
+    """A training split of photos not held in memory at the model's size; `prep` is the model's
+    cut (the centre crop evaluation and predict take)."""
+
+    prep: Preprocess
+    per_rank: ClassVar[bool] = False  # each torchrun rank reads its own samples, not a share
+
+    def sample(self, n: int) -> Iterator[torch.Tensor]:
+        """Up to n centre crops (C, H, W) for statistics and an init; bad ones left out."""
+        raise NotImplementedError
+
+    def loader(self, transform: Callable, batch_size: int, **options: Any) -> Any:
+        """Each epoch's batches (uint8 (B, C, H, W), labels): `set_epoch`, iterate, `.bad`;
+        options: workers, seed, drop_last, strict."""
+        raise NotImplementedError
+
+
+@dataclass
+class StreamedSplit(PhotoSplit):
     """A training split left where stream.open_split stored it (at storage size): batches come
     from data/loader.py's photo_loader; `images` (CroppedImages) crops what is asked for."""
 
     stored: Stored
-    prep: Preprocess  # the model's: the centre crop evaluation and predict take
+
+    def loader(
+        self, transform: Callable, batch_size: int, *, workers: int, seed: int, drop_last: bool,
+        strict: bool,
+    ) -> PhotoLoader:  # fmt: skip
+        """photo_loader over the stored images (at storage size: random crops have room)."""
+        return photo_loader(self.stored.dataset, transform, batch_size, workers, seed, 0,
+                            drop_last, strict=strict)  # fmt: skip
+
+    def sample(self, n: int) -> Iterator[torch.Tensor]:
+        """A seeded n of its centre crops (C, H, W), bad files left out."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:n]
+        for i in order.sort().values.tolist():
+            try:
+                yield self.images[i]
+            except DatasetFormatError:
+                continue  # the files source meets them here first; photo_loader lists them
 
 
 def streamed(split: Split) -> bool:
-    """Whether a split's images stay where stream.open_split stored them (photo_loader's)."""
-    return isinstance(split, StreamedSplit)
+    """Whether a split's photos are not held in memory (photo_loader's or shards')."""
+    return isinstance(split, PhotoSplit)
 
 
 def load_photo_folder(
@@ -116,10 +152,11 @@ def load_photo_folder(
         notes.append(f"input: the run's own {prep.size[0]}x{prep.size[1]} centre crop of a "
                      f"shorter side of {prep.resize} px")  # fmt: skip
     work = {"workers": options.workers, "strict": strict}
-    stored = open_split(items["train"], prep, root=root, cache_ram=options.cache_ram, **work)
+    stored = open_split(items["train"], prep, root=root, cache_ram=options.cache_ram,
+                        source=options.source, **work)  # fmt: skip
     notes.append(f"stored {stored.note}")
     labels = torch.from_numpy(np.asarray(stored.dataset.labels, np.int64))
-    train = StreamedSplit(CroppedImages(stored.dataset, prep), labels, stored, prep)
+    train = StreamedSplit(CroppedImages(stored.dataset, prep), labels, prep, stored)
     bad, parts = list(stored.bad), {}
     for split in ("val", "test"):
         if split in items:
@@ -168,9 +205,9 @@ def sample_headers(paths: list[str], limit: int = HEADERS) -> list[tuple[int, in
 
 
 def split_stats(split: Split) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (batches.channel_stats): of a split in memory, all of it; of a
-    streamed one, a seeded sample of STATS_IMAGES, read one image at a time."""
-    if not isinstance(split, StreamedSplit):
+    """Per-channel mean and std (batches.channel_stats): of a split in memory, all of it; of
+    photos not in memory, a sample of STATS_IMAGES, read one image at a time."""
+    if not isinstance(split, PhotoSplit):
         return channel_stats(split)
     n = min(len(split), STATS_IMAGES)
     return pixel_stats((x[None] for x in _readable(split, n)), split.images.shape[1])
@@ -178,30 +215,20 @@ def split_stats(split: Split) -> tuple[list[float], list[float]]:
 
 def init_images(split: Split, n: int = 5000) -> torch.Tensor:
     """uint8 images (n, C, H, W) for a data-based init: the first n of a split in memory."""
-    if not isinstance(split, StreamedSplit):
+    if not isinstance(split, PhotoSplit):
         return split.images[:n]
-    return _sample(split, INIT_PIXELS)
-
-
-def _sample(split: StreamedSplit, pixels: int) -> torch.Tensor:
-    """A seeded sample of about `pixels` per channel of a streamed split, (n, C, H, W)."""
     _, _, h, w = split.images.shape
-    return torch.stack(list(_readable(split, max(1, min(len(split), pixels // (h * w))))))
+    return torch.stack(list(_readable(split, max(1, min(len(split), INIT_PIXELS // (h * w))))))
 
 
-def _readable(split: StreamedSplit, n: int) -> Iterator[torch.Tensor]:
-    """A seeded n of a streamed split's centre crops (C, H, W), bad files left out."""
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n]
+def _readable(split: PhotoSplit, n: int) -> Iterator[torch.Tensor]:
+    """split.sample(n), or one line if none of them could be read."""
     found = 0
-    for i in order.sort().values.tolist():
-        try:
-            x = split.images[i]
-        except DatasetFormatError:
-            continue  # the files source meets them here first; photo_loader lists them
+    for x in split.sample(n):
         found += 1
         yield x
     if not found:
-        raise DatasetFormatError(f"{split.stored.note}: no readable image in a sample of {n}")
+        raise DatasetFormatError(f"no readable training image in a sample of {n}")
 
 
 def _check_classes(root: Path, classes: list[str], parts: dict[str, Split], notes: list) -> None:

@@ -39,6 +39,9 @@ def load_data(
             preprocess=_resumed_preprocess(cfg),
         ),
     )
+    if streamed(ds.train) and ds.train.per_rank and cfg.class_weights == "auto":
+        raise ConfigError("setting 'class_weights': auto needs each class's count, which is "
+                          "not known before shards are read; use none")  # fmt: skip
     if hooks is not None:
         ds = hooks.prepare(ds)
     side = min(ds.image_size)
@@ -92,6 +95,8 @@ def load_run_data(
     spec = data or (cfg.data if own else None)
     if not spec:
         raise ConvlensError("a weights file outside its run folder: pass --data")
+    # a photo run's train split stays in its files: evaluation decodes only what it reads
+    photo = None if meta is None else PhotoOptions(preprocess=Preprocess.of(meta), source="decode")
     return load_dataset(
         spec,
         data_dir=cfg.data_dir,
@@ -99,5 +104,5 @@ def load_run_data(
         val_fraction=cfg.val_fraction,
         image_size=cfg.image_size,
         download=download,
-        photo=None if meta is None else PhotoOptions(preprocess=Preprocess.of(meta)),
+        photo=photo,
     )

@@ -9,6 +9,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from convlens.data import Dataset
 from convlens.data.augment import AugmentPlan, train_transform
 from convlens.data.badfiles import write_bad_files
 from convlens.data.batches import iterate_batches
-from convlens.data.loader import PhotoLoader, photo_loader
+from convlens.data.loader import photo_loader
 from convlens.data.photoset import streamed
 from convlens.data.stream import RamImages
 from convlens.errors import ConfigError, TrainingError
@@ -82,12 +83,15 @@ class TrainBatches:
     shifts and flips (small images, --augment light), or from data/loader.py's photo_loader (a
     streamed photo split, or --augment photo) with the augmentation seeded per sample."""
 
-    def __init__(self, cfg: TrainConfig, ds: Dataset, hflip: str, drop_last: bool) -> None:
+    def __init__(
+        self, cfg: TrainConfig, ds: Dataset, hflip: str, drop_last: bool, world: int = 1
+    ) -> None:
         self.cfg, self.ds, self.hflip, self.drop_last = cfg, ds, hflip, drop_last
         plan = augment_plan(cfg, ds)
-        self.loader: PhotoLoader | None = None
+        self.loader: Any = None  # set_epoch, iterate, .bad
+        self.per_rank = streamed(ds.train) and ds.train.per_rank  # shards: each rank its own
         if streamed(ds.train) or plan.policy == "photo":
-            self.loader = _photo_loader(cfg, ds, plan, hflip != "off", drop_last)
+            self.loader = _photo_loader(cfg, ds, plan, hflip != "off", drop_last, world)
         elif plan.policy == "none":
             self.cfg = dataclasses.replace(cfg, translate=0)
             self.hflip = "off"
@@ -110,19 +114,20 @@ class TrainBatches:
 
 
 def _photo_loader(
-    cfg: TrainConfig, ds: Dataset, plan: AugmentPlan, hflip: bool, drop_last: bool
-) -> PhotoLoader:
-    """photo_loader over the streamed split, or over the in-memory one (--augment photo)."""
+    cfg: TrainConfig, ds: Dataset, plan: AugmentPlan, hflip: bool, drop_last: bool, world: int
+) -> Any:
+    """The streamed split's own loader (photo_loader, or its shards' with each rank's share of
+    the batch), or photo_loader over the split in memory (--augment photo)."""
     if ds.multilabel:
         raise ConfigError("setting 'augment': photo augmentation takes one class per image; "
                           "use light or none for multi-label data")  # fmt: skip
-    side = ds.image_size[0]
+    transform = train_transform(plan.policy, ds.image_size[0], ds.channels, hflip, grey=plan.grey)
     if streamed(ds.train):
-        source = ds.train.stored.dataset  # at storage size: random crops have room
-    else:
-        n = len(ds.train)
-        source = RamImages(ds.train.images.numpy(), ds.train.labels.numpy(), np.arange(n))
-    transform = train_transform(plan.policy, side, ds.channels, hflip, grey=plan.grey)
+        size = cfg.batch_size // world if ds.train.per_rank else cfg.batch_size
+        return ds.train.loader(transform, size, workers=cfg.workers, seed=cfg.seed,
+                               drop_last=drop_last, strict=cfg.strict)  # fmt: skip
+    n = len(ds.train)
+    source = RamImages(ds.train.images.numpy(), ds.train.labels.numpy(), np.arange(n))
     return photo_loader(source, transform, cfg.batch_size, cfg.workers, cfg.seed, 0, drop_last,
                         strict=cfg.strict)  # fmt: skip
 

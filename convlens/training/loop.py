@@ -80,7 +80,7 @@ def _train(
     if device.type == "cuda":  # fixed batch shapes: let cuDNN time its kernels once, keep the best
         torch.backends.cudnn.benchmark = not cfg.deterministic
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
-    batches = TrainBatches(cfg, ds, hflip, drop_last)  # in memory, or photo_loader's
+    batches = TrainBatches(cfg, ds, hflip, drop_last, group.world)  # in memory, or a loader
     if device.type == "cuda" and task.gpu_batches and batches.in_memory:
         # Images cross to the GPU once; batches are cut, mirrored and shifted there. A task with
         # its own batch hook keeps CPU batches: its augmentation may mix in CPU tensors.
@@ -111,13 +111,14 @@ def _train(
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
         aug = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # the task's own draws
-        with sync_debug(device):
+        with sync_debug(device), distributed.uneven(trained, batches.per_rank):
             for i, (xb, yb) in enumerate(batches(epoch)):
                 xb, yb = task.batch(xb, yb, aug)
                 step = epoch * steps_per_epoch + i
                 lr = get_lr(step, total_steps, steps_per_epoch, cfg)
                 set_lr(opt, lr, step / total_steps)
-                xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
+                if not batches.per_rank:  # shards: each rank reads its own batches
+                    xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
                 x = normalize(xb.to(device, non_blocking=True), *norm)  # (B, C, H, W) float32
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -140,6 +141,10 @@ def _train(
         check_loss(train_loss, epoch, None, state, run_dir)
         seconds = time.perf_counter() - t0
 
+        if batches.per_rank:  # shards: every sample once an epoch, over all the processes
+            read = distributed.total(seen, group, device)
+            log.note(f"epoch {epoch + 1}: {read} of {len(ds.train)} training samples read by "
+                     f"{group.world} process(es)")  # fmt: skip
         if group.main:
             note_bad_files(run_dir, ds, batches.bad, log)
         if ema:
