@@ -141,7 +141,8 @@ def decoder_times(paths: list[str], side: int) -> dict:
 def epoch_rate(dataset, side: int, classes: int, args, step) -> list[float]:
     """Training images/s for each of args.epochs epochs fed by photo_loader over `dataset`."""
     t = train_transform("photo", side, 3, hflip=True)
-    loader = photo_loader(dataset, t, args.batch_size, args.workers, 0, 0, True)
+    drop_last = len(dataset) > args.batch_size  # a smoke run's few images: one short batch
+    loader = photo_loader(dataset, t, args.batch_size, args.workers, 0, 0, drop_last)
     rates = []
     for epoch in range(args.epochs):
         loader.set_epoch(epoch)
@@ -254,8 +255,9 @@ def synthetic_tree(root: Path, per_class: tuple[int, int, int], seed: int = 0) -
 def make_tree(root: Path, per_class: tuple[int, int, int]) -> str:
     try:
         from convlens.data import scenes
+        from convlens.data.named import fashion_items
 
-        scenes.generate(root, seed=0, per_class=per_class, download=False)
+        scenes.generate(root, fashion_items(download=False), seed=0, per_class=per_class)
         return "fashion-scenes"
     except Exception as e:  # no Fashion-MNIST here: the pipeline's cost is what is measured
         print(f"fashion-scenes unavailable ({e}); synthetic JPEGs instead", flush=True)

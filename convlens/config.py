@@ -73,6 +73,9 @@ class TrainConfig:
     strict: bool = False  # stop at the first unreadable image instead of skipping it
     translate: int = within(2, "[0, 8192)")  # random translation in pixels, each axis (0 = off)
     hflip: str = "auto"  # mirroring: auto (alternate if the data allows) | random | alternate | off
+    # photos (issue 15): folders of images over 64 px, or an image_size above 64
+    augment: str = "auto"  # auto (light for images <= 64 px, else photo) | light | photo | none
+    cache_ram: str | None = None  # RAM for decoded training photos, e.g. 2G (default: half free)
     # task
     task: str = "classify"  # classify | multilabel | anomaly | embed (face identities)
     normal: str | None = None  # anomaly: normal class name(s), comma-separated (default: all)
@@ -262,6 +265,7 @@ def validate(cfg: TrainConfig) -> None:
         if value is not None and value not in allowed:
             finite = "finite and " if isinstance(value, float) and not math.isfinite(value) else ""
             raise ConfigError(f"setting {name!r} must be {finite}{allowed}, got {value!r}")
+    _validate_photos(cfg)
     if cfg.model_args:  # imports torch: only when there is something to check
         from convlens.models.registry import check_model_args
 
@@ -269,6 +273,29 @@ def validate(cfg: TrainConfig) -> None:
             check_model_args(cfg.model, cfg.model_args)
         except ModelError as e:
             raise ConfigError(f"setting 'model_args': {e}") from None
+
+
+# --- photos (issue 15) -----------------------------------------------------------------------
+AUGMENTS = ("auto", "light", "photo", "none")  # convlens.data.augment.POLICIES
+BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _validate_photos(cfg: TrainConfig) -> None:
+    if cfg.augment not in AUGMENTS:
+        raise ConfigError(f"setting 'augment' must be one of {', '.join(AUGMENTS)}, "
+                          f"not {cfg.augment!r}")  # fmt: skip
+    cache_ram_bytes(cfg)
+
+
+def cache_ram_bytes(cfg: TrainConfig) -> int | None:
+    """--cache-ram in bytes ("512M", "2G", "1.5G", "1000000"), or None for the default."""
+    if cfg.cache_ram is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", str(cfg.cache_ram).strip(), re.I)
+    if m is None:
+        raise ConfigError(f"setting 'cache_ram' must be bytes with an optional K, M, G or T "
+                          f"suffix (e.g. 2G), not {cfg.cache_ram!r}")  # fmt: skip
+    return int(float(m[1]) * BYTE_UNITS[m[2].upper()])
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

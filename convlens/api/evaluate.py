@@ -28,7 +28,8 @@ def evaluate_run(
     """
     loaded = load_run(run, device, target_sensitivity=target_sensitivity)
     if dataset is None:
-        dataset = load_run_data(data, loaded.folder.path if loaded.folder else None)
+        dataset = load_run_data(data, loaded.folder.path if loaded.folder else None,
+                                meta=loaded.meta)  # fmt: skip
     if split == "test" and dataset.test is None:
         split = "val"  # the source has no test split; say which split was used in the result
     ev = loaded.task.evaluate(loaded, dataset, split, write)

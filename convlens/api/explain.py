@@ -192,7 +192,7 @@ def measure_invariance(rec, baseline, ds, *, max_shift=4, angles=ANGLES, n_image
 def load_data(rec, data: str | None, home: Path):
     """The run's dataset (or `data`), checked against the model's classes and input."""
     run_dir = home if Run(home).is_run() else None
-    ds = load_run_data(data, run_dir)
+    ds = load_run_data(data, run_dir, meta=rec.meta)  # a photo run: its own crop
     check_compatible(rec.meta, ds, rec.weights)
     return ds
 

@@ -14,13 +14,15 @@ from convlens.data.idx import find_idx_folder, find_idx_prefix, load_idx, read_i
 from convlens.data.images import decode_image, to_tensor
 from convlens.data.labelcsv import is_label_csv, load_label_csv
 from convlens.data.mvtec import is_mask_set, load_mask_set
-from convlens.data.named import DATASETS, list_datasets, load_named
+from convlens.data.named import DATASETS, list_datasets, load_named, name_tree, tree_root
 from convlens.data.npz import load_npz
+from convlens.data.photoset import PhotoOptions, load_photo_folder
 from convlens.errors import ConvlensError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Dataset",
+    "PhotoOptions",
     "Split",
     "channel_stats",
     "decode_image",
@@ -46,20 +48,35 @@ def load_dataset(
     image_size: int | None = None,
     download: bool = True,
     workers: int = 0,
+    photo: PhotoOptions | None = None,
 ) -> Dataset:
     """A dataset name, a folder of class folders (or of MVTec AD's defects and masks), an .npz,
-    a label .csv or an IDX prefix."""
+    a label .csv or an IDX prefix.
+
+    With `photo`, a folder (or named folder set) of photos takes the photo path
+    (data/photoset.py: aspect-true crops, the training split streamed); small images and every
+    other source load in memory as without it.
+    """
     split_args = {"seed": seed, "val_fraction": val_fraction}
+    folder_args = {"strict": strict, "image_size": image_size, "workers": workers}
     path = Path(spec).expanduser()
     is_file = path.exists() and not path.is_dir()  # FIFOs too: their loader names what they are
     if spec in DATASETS:  # names win over same-named folders: write ./digits for the folder
+        root = tree_root(spec, data_dir, download) if photo is not None else None
+        if root is not None and (ds := _photos(root, photo, folder_args, split_args)):
+            return name_tree(ds, spec)
         ds = load_named(spec, data_dir=data_dir, download=download, **split_args)
+    elif photo is not None and _names_shards(spec, path):
+        from convlens.data.shardset import load_shard_set  # webdataset: an optional extra
+
+        return load_shard_set(spec, photo, strict=strict, image_size=image_size)
     elif path.is_dir() and (pairs := find_idx_folder(path)):
         ds = load_idx(pairs, name=spec, **split_args)
     elif path.is_dir() and is_mask_set(path):  # MVTec AD's layout: defect masks beside train/
         return load_mask_set(path, image_size=image_size, **split_args)
     elif path.is_dir():
-        folder_args = {"strict": strict, "image_size": image_size, "workers": workers}
+        if photo is not None and (ds := _photos(path, photo, folder_args, split_args)):
+            return ds
         return load_folder(path, **folder_args, **split_args)
     elif is_file and path.suffix.lower() == ".npz":
         ds = load_npz(path, **split_args)
@@ -77,6 +94,19 @@ def load_dataset(
     if image_size is not None and ds.image_size != (image_size, image_size):
         _resize(ds, image_size)
     return ds
+
+
+def _names_shards(spec: str, path: Path) -> bool:
+    """shards.is_shards without importing webdataset: a folder with dataset.json, a .tar spec."""
+    return (
+        (path / "dataset.json").is_file() if path.is_dir() else spec.split("?")[0].endswith(".tar")
+    )
+
+
+def _photos(root: Path, photo: PhotoOptions, folder_args: dict, split_args: dict):
+    """The photo path's Dataset of a folder, or None for small images."""
+    strict, image_size = folder_args["strict"], folder_args["image_size"]
+    return load_photo_folder(root, photo, strict=strict, image_size=image_size, **split_args)
 
 
 def _resize(ds: Dataset, size: int, chunk: int = 8192) -> None:

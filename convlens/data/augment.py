@@ -54,22 +54,30 @@ class AugmentPlan:
         return self.policy == "light"
 
 
-def resolve_augment(policy: str, image_size: int | tuple[int, int], channels: int) -> AugmentPlan:
-    """'auto' is 'light' for small images (<= SMALL_SIDE px), else 'photo'; grey if one channel."""
+def resolve_augment(
+    policy: str, image_size: int | tuple[int, int], channels: int, *, photos: bool | None = None
+) -> AugmentPlan:
+    """'auto' is 'light' for small images (<= SMALL_SIDE px), else 'photo'; grey if one channel.
+
+    `photos` says whether the images are photos cut to `image_size` (the photo path, at any
+    input size); None: judged by `image_size` alone.
+    """
     if policy not in POLICIES:
         raise ConfigError(f"augment must be one of {', '.join(POLICIES)}, got {policy!r}")
     side = max(image_size) if isinstance(image_size, tuple) else image_size
     grey = channels == 1
+    if photos is None:
+        photos = side > SMALL_SIDE
     if policy == "auto":
-        policy = "light" if side <= SMALL_SIDE else "photo"
-        why = f"auto: {side} px images are {'small' if policy == 'light' else 'photos'}"
+        policy = "photo" if photos else "light"
+        why = f"auto: {'photos cut' if photos else 'small images'} to {side} px"
     else:
         why = f"--augment {policy}"
+    flips = "flips where the dataset allows"
+    photo = "intensity and small affine changes (grey)" if grey else "colour jitter, TrivialAugment"
     what = {
-        "light": f"{SHIFT}-pixel shifts and flips where the dataset allows",
-        "photo": "random crops, flips, intensity and small affine changes (grey)"
-        if grey
-        else "random resized crops, flips, colour jitter, TrivialAugment",
+        "light": f"{SHIFT}-pixel shifts and {flips}",
+        "photo": f"random resized crops, {flips}, {photo}",
         "none": "none (centre crop only)",
     }[policy]
     return AugmentPlan(policy, grey and policy == "photo", f"augmentation: {what} ({why})")
@@ -99,8 +107,8 @@ def train_transform(
     flip = [v2.RandomHorizontalFlip()] if hflip else []
     if policy == "none":
         return eval_transform(size)
-    if policy == "light":  # the same shifts as batches.translate_each, drawn per sample
-        return v2.Compose([v2.Resize((size, size)), v2.RandomCrop(size, padding=SHIFT), *flip])
+    if policy == "light":  # the centre crop, then batches.translate_each's shifts per sample
+        return v2.Compose([eval_transform(size), v2.RandomCrop(size, padding=SHIFT), *flip])
     if grey:
         steps = [
             v2.RandomResizedCrop(size, scale=scale or GREY_SCALE, antialias=True),

@@ -97,20 +97,20 @@ def _check_images(meta: WeightsMeta, weights: Path) -> tuple[torch.Tensor, str]:
     """
     c, h, w = meta.input.shape
     n = max(1, min(CHECK_IMAGES, CHECK_BYTES // (c * h * w)))
-    ds = _own_data(weights)
+    ds = _own_data(weights, meta)
     if ds is not None and (ds.channels, *ds.image_size) == (c, h, w) and len(ds.val):
         return ds.val.images[:n], f"{ds.name} validation split"
     noise = torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(0))
     return noise.to(torch.uint8), "seeded random"  # the CLI: "on 100 seeded random images"
 
 
-def _own_data(weights: Path):
+def _own_data(weights: Path, meta: WeightsMeta):
     """The dataset of the run folder holding `weights` (RUN/weights/*.safetensors beside
     RUN/config.yaml), as that run split it, if it is on disk; None otherwise. Never downloads."""
     run = Run.of_weights(weights)
     if run is None or not run.is_run():
         return None
     try:
-        return load_run_data(None, run.path, download=False)
+        return load_run_data(None, run.path, download=False, meta=meta)  # cut as it trained
     except ConvlensError:
         return None

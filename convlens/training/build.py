@@ -9,6 +9,7 @@ from torch import nn
 from convlens.config import TrainConfig
 from convlens.data import Dataset
 from convlens.data.batches import normalize
+from convlens.data.photoset import init_images, streamed
 from convlens.errors import ConvlensError
 from convlens.models import create_model
 from convlens.training.hooks import TrainingHooks
@@ -40,6 +41,7 @@ def weights_meta(
         "classes": ds.classes,
         "outputs": task.outputs(ds),
         "input": {"channels": ds.channels, "height": ds.image_size[0], "width": ds.image_size[1]},
+        **preprocess_meta(ds),
         "normalize": {"mean": mean, "std": std},
         "tta": tta,
         "model": {"name": cfg.model, "args": cfg.model_args},
@@ -47,6 +49,11 @@ def weights_meta(
         "versions": {"convlens": __version__, "torch": torch.__version__},
         **task.meta(ds),
     }
+
+
+def preprocess_meta(ds: Dataset) -> dict:
+    """{"preprocess": how a photo run cuts its images}; {} for images squashed to the input."""
+    return {"preprocess": ds.train.prep.to_dict()} if streamed(ds.train) else {}
 
 
 def build_model(
@@ -72,7 +79,7 @@ def build_model(
         **kwargs,
     )
     if hasattr(net, "init_from_data"):  # e.g. fastnet's whitening layer; a file's own replaces it
-        net.init_from_data(normalize(ds.train.images[:5000], mean, std))
+        net.init_from_data(normalize(init_images(ds.train), mean, std))
     model = task.wrap(net, meta or {}) if task is not None else net
     if cfg.init:
         log.note(init_from_file(model, net, start or start_weights(cfg), ds.classes))

@@ -22,12 +22,13 @@ from convlens.training.data import load_data
 from convlens.training.finetune import Recipe, resolve
 from convlens.training.hooks import Finish, MakeHooks, TrainingHooks
 from convlens.training.lifecycle import (
+    TrainBatches,
     check_loss,
     early_stop,
     end_epoch,
-    epoch_batches,
     epoch_steps,
     lookahead,
+    note_bad_files,
     open_run,
     resolve_run,
 )
@@ -84,7 +85,9 @@ def _train(
     model = build_model(cfg, ds, log, mean, std, task, meta, start).to(device)
     if device.type == "cuda":  # fixed batch shapes: let cuDNN time its kernels once, keep the best
         torch.backends.cudnn.benchmark = not cfg.deterministic
-    if device.type == "cuda" and task.gpu_batches:
+    drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    batches = TrainBatches(cfg, ds, hflip, drop_last, group.world)  # in memory, or a loader
+    if device.type == "cuda" and task.gpu_batches and batches.in_memory:
         # Images cross to the GPU once; batches are cut, mirrored and shifted there. A task with
         # its own batch hook keeps CPU batches: its augmentation may mix in CPU tensors.
         ds.train = to_device(ds.train, device)
@@ -94,7 +97,6 @@ def _train(
         model = model.to(memory_format=torch.channels_last)
     recipe = Recipe(cfg, model)  # before the optimiser: its groups split head from body
     opt = build_optimizer(model, cfg, recipe.body_shares)
-    drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
     ema = lookahead(cfg, steps_per_epoch)
     state = RunState()
     state_path = Run(run_dir).state
@@ -111,7 +113,6 @@ def _train(
     per_step = device.type == "cpu"
     norm = [torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std)]
     for epoch in range(state.epoch, cfg.epochs):
-        batches = epoch_batches(cfg, ds, epoch, hflip, drop_last)
         if recipe.begin_epoch(model, epoch) or trained is None:  # model.train(), body frozen or not
             trained = distributed.wrap(model, group)  # DDP (torchrun): of what trains now
             if cfg.compile:  # `model` itself stays plain: its state_dict names carry no _orig_mod.
@@ -120,13 +121,14 @@ def _train(
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
         aug = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # the task's own draws
-        with sync_debug(device):
-            for i, (xb, yb) in enumerate(batches):
+        with sync_debug(device), distributed.uneven(trained, batches.per_rank):
+            for i, (xb, yb) in enumerate(batches(epoch)):
                 xb, yb = task.batch(xb, yb, aug)
                 step = epoch * steps_per_epoch + i
                 lr, body_frozen = recipe.lr(step, steps_per_epoch)
                 set_lr(opt, lr, step / total_steps, body_frozen)
-                xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
+                if not batches.per_rank:  # shards: each rank reads its own batches
+                    xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
                 x = normalize(xb.to(device, non_blocking=True), *norm)  # (B, C, H, W) float32
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -150,6 +152,12 @@ def _train(
         check_loss(train_loss, epoch, None, state, run_dir)
         seconds = time.perf_counter() - t0
 
+        if batches.per_rank:  # shards: every sample once an epoch, over all the processes
+            read = distributed.total(seen, group, device)
+            log.note(f"epoch {epoch + 1}: {read} of {len(ds.train)} training samples read by "
+                     f"{group.world} process(es)")  # fmt: skip
+        if group.main:
+            note_bad_files(run_dir, ds, batches.bad, log)
         if ema:
             ema.end_epoch(model)
         scores = task.validate(

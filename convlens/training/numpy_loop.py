@@ -25,12 +25,13 @@ from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
 from convlens.training.hooks import Finish, MakeHooks, NumpyHooks
 from convlens.training.lifecycle import (
+    TrainBatches,
     check_loss,
     early_stop,
     end_epoch,
-    epoch_batches,
     epoch_steps,
     lookahead,
+    note_bad_files,
     open_run,
     resolve_run,
 )
@@ -74,6 +75,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
     loss_fn = reference.CrossEntropyLoss(cfg.label_smoothing, weight=weight)
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    batches = TrainBatches(cfg, ds, hflip, drop_last)  # in memory, or photo_loader's
     ema = lookahead(cfg, steps_per_epoch)
     state = RunState()
     log.start(cfg, ds, run_dir, init, DEVICE, "float32, the NumPy engine")
@@ -83,7 +85,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
             t0 = time.perf_counter()
             loss_sum, seen = 0.0, 0
             log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
-            for i, (xb, yb) in enumerate(epoch_batches(cfg, ds, epoch, hflip, drop_last)):
+            for i, (xb, yb) in enumerate(batches(epoch)):
                 step = epoch * steps_per_epoch + i
                 lr = get_lr(step, total_steps, steps_per_epoch, cfg)
                 set_lr(opt, lr, step / total_steps)
@@ -96,6 +98,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
                 seen += len(yb)
                 log.step(value)
             seconds = time.perf_counter() - t0
+            note_bad_files(run_dir, ds, batches.bad, log)
             if ema:
                 ema.end_epoch(shared)
 
