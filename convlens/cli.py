@@ -221,16 +221,17 @@ def report(run: str, data: str | None) -> None:
 
 @cli.command()
 @click.argument("run")
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]))
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              type=click.Choice(["onnx"]))  # fmt: skip
 @click.option("--out", type=click.Path(), help="output file [default: next to the weights]")
 def export(run: str, fmt: str, out: str | None) -> None:
-    """Export RUN (ONNX, dynamic batch, metadata) and check it against torch."""
-    from convlens.export import export_onnx
+    """Export RUN (ONNX or TorchScript, dynamic batch, metadata) and check it against torch."""
+    from convlens.api.export import export_run
 
-    result = export_onnx(run, out)
+    result = export_run(run, fmt, out)
     what = "embedding" if "min_cosine" in result else "score"  # an embedding graph's parity
     click.echo(
-        f"wrote {result['onnx']}; on {result['images']} {result['source']} images the largest "
+        f"wrote {result[fmt]}; on {result['images']} {result['source']} images the largest "
         f"{what} difference from torch is {result['max_abs_diff']:.2e}"
     )
 
