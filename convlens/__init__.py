@@ -10,7 +10,7 @@ from typing import Any
 
 from convlens.version import __version__ as __version__
 
-__all__ = ["create_model", "evaluate", "list_models", "load", "load_dataset", "train"]
+__all__ = ["create_model", "evaluate", "list_models", "load", "load_dataset", "train", "tune"]
 
 
 def train(config: str | None = None, **settings: Any):
@@ -56,3 +56,26 @@ def load_dataset(spec: str, **kwargs: Any):
     from convlens.data import load_dataset as _load
 
     return _load(spec, **kwargs)
+
+
+def tune(
+    space: str,
+    *,
+    trials: int = 20,
+    out: str = "runs/tune",
+    storage: str | None = None,
+    study_name: str = "convlens",
+    pruner: Any = "median",
+    startup_trials: int = 5,
+    warmup_epochs: int = 0,
+    config: str | None = None,
+    **settings: Any,
+) -> dict:
+    """Sweep settings with Optuna as `convlens tune` does (needs the tune extra): `space` is the
+    YAML space file, `settings` fix the rest; `pruner` is median, none or an Optuna pruner.
+    Returns {"best": {"number", "value", "params", "run", "config"}, "trials": [...], ...}."""
+    from convlens.api.tune import tune as _tune
+
+    return _tune(space, trials=trials, out=out, storage=storage, study_name=study_name,
+                 pruner=pruner, startup_trials=startup_trials, warmup_epochs=warmup_epochs,
+                 config=config, **settings)  # fmt: skip

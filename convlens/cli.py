@@ -59,10 +59,15 @@ def _train_options(fn):
 @_train_options
 def train(config_file: str | None, model_args: tuple[str, ...], **settings: object) -> None:
     """Train a model; writes a run folder (runs/train, runs/train2, ...)."""
-    import yaml
-
     from convlens.api.train import train as run_training
     from convlens.config import make_config
+
+    run_training(make_config(config_file, _overrides(model_args, settings)))
+
+
+def _overrides(model_args: tuple[str, ...], settings: dict) -> dict:
+    """The settings the flags give, --model-arg KEY=VALUE pairs as model_args."""
+    import yaml
 
     overrides = dict(settings)
     if model_args:
@@ -71,7 +76,7 @@ def train(config_file: str | None, model_args: tuple[str, ...], **settings: obje
         if bad:
             raise ConvlensError(f"--model-arg {bad[0]!r}: expected KEY=VALUE")
         overrides["model_args"] = {k: yaml.safe_load(v) for k, _, v in pairs}
-    run_training(make_config(config_file, overrides))
+    return overrides
 
 
 @cli.command()
@@ -366,6 +371,60 @@ def models(channels: int, image_size: int, classes: int) -> None:
         table.add_row(name, f"{info['params']:,}", flops, escape(info["description"]))
     Console().print(table)
     Console().print("and any torchvision classification model as tv-<name>, e.g. tv-resnet18")
+
+
+# workflow (issue 18): convlens tune
+@cli.command()
+@click.option("--space", required=True, type=click.Path(),
+              help="YAML file: each setting to sweep with its range or choices")  # fmt: skip
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1),
+              help="finished trials the study should hold (run again, it continues)")  # fmt: skip
+@click.option("--out", default="runs/tune", show_default=True, type=click.Path(),
+              help="study folder: a run folder per trial, trials.csv, best.yaml")  # fmt: skip
+@click.option("--storage", help="Optuna RDB storage URL, to share the study between machines "
+              "[default: sqlite:///OUT/study.db]")  # fmt: skip
+@click.option("--study-name", default="convlens", show_default=True, help="the study's name")
+@click.option("--pruner", default="median", show_default=True,
+              type=click.Choice(["median", "none"]),
+              help="median: stop a trial below the median val score at an epoch")  # fmt: skip
+@click.option("--startup-trials", default=5, show_default=True, type=click.IntRange(min=0),
+              help="trials run to the end before the pruner stops any")  # fmt: skip
+@click.option("--warmup-epochs", default=0, show_default=True, type=click.IntRange(min=0),
+              help="epochs of each trial before the pruner may stop it")  # fmt: skip
+@click.option("--config", type=click.Path(), help="YAML file of settings every trial shares")
+@_train_options
+def tune(model_args: tuple[str, ...], **options: object) -> None:
+    """Sweep training settings with Optuna (TPE, median pruning); train flags fix the rest."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from convlens.api.tune import tune as run_tune
+
+    names = ("space", "trials", "out", "storage", "study_name", "pruner", "startup_trials",
+             "warmup_epochs", "config")  # fmt: skip
+    own = {k: options.pop(k) for k in names}
+    result = run_tune(**own, **_overrides(model_args, options))
+    table = Table(title=f"study {result['study']} in {result['storage']}")
+    columns = [c for c in result["trials"][0] if c != "run"] if result["trials"] else []
+    for col in columns:
+        table.add_column(col, justify="left" if col == "state" else "right")
+    for row in result["trials"]:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    Console(highlight=False).print(table)
+    best = result["best"]
+    if best is None:
+        raise ConvlensError(f"no trial of the study completed; see {result['out']}/trials.csv")
+    click.echo(f"best: trial {best['number']} ({best['value']:.4f}), run {best['run']}; "
+               f"train it with: convlens train --config {best['config']}")  # fmt: skip
+
+
+tune.params = [p for p in tune.params if p.name not in ("run", "resume", "folds", "fold")]
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 from convlens.faces.cli import COMMANDS as FACE_COMMANDS  # noqa: E402 (click only; fast)
