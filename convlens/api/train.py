@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens.api.evaluate import evaluate_run
+from convlens.api.folds import is_folds, train_folds
 from convlens.config import TrainConfig
 from convlens.data import Dataset
 from convlens.device import resolve_device
@@ -21,10 +22,8 @@ def train(cfg: TrainConfig, epoch_end: EpochEnd | None = None, evaluate: bool = 
     """Train as `cfg` says and evaluate the best weights; return the run folder. `epoch_end`
     runs after each epoch, after the trackers (a sweep prunes there); evaluate=False skips
     calibration, the test split and the report (a sweep's trials)."""
-    if cfg.folds and cfg.fold is None:  # every fold, then their summary
-        from convlens.api.folds import train_folds
-
-        return train_folds(cfg)
+    if is_folds(cfg):  # every fold, then their summary
+        return train_folds(cfg, train)
     engine = numpy_loop if cfg.engine == "numpy" else loop
     with Tracking(cfg) as tracking:
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from convlens.config import TrainConfig, make_config
 from convlens.data import Dataset, load_dataset
 from convlens.data.batches import channel_stats
+from convlens.data.folds import fold_dataset
 from convlens.errors import ConfigError, ConvlensError
 from convlens.runs.folder import Run
 from convlens.training.hooks import TrainingHooks
@@ -27,6 +28,7 @@ def load_data(
         image_size=cfg.image_size,
         workers=cfg.workers,
     )
+    ds = one_fold(ds, cfg)
     if hooks is not None:
         ds = hooks.prepare(ds)
     side = min(ds.image_size)
@@ -54,7 +56,7 @@ def load_run_data(data: str | None, run_dir: Path | None, download: bool = True)
     spec = data or (cfg.data if own else None)
     if not spec:
         raise ConvlensError("a weights file outside its run folder: pass --data")
-    return load_dataset(
+    ds = load_dataset(
         spec,
         data_dir=cfg.data_dir,
         seed=cfg.seed,
@@ -62,3 +64,12 @@ def load_run_data(data: str | None, run_dir: Path | None, download: bool = True)
         image_size=cfg.image_size,
         download=download,
     )
+    return one_fold(ds, cfg) if own and not data else ds
+
+
+# workflow (issue 18): a fold of --folds, the same for training and for the finished run
+def one_fold(ds: Dataset, cfg: TrainConfig) -> Dataset:
+    """The dataset, or its fold `cfg.fold` of `cfg.folds` (convlens.data.folds)."""
+    if cfg.fold is None:
+        return ds
+    return fold_dataset(ds, cfg.folds, cfg.fold, cfg.seed, cfg.val_fraction)
