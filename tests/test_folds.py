@@ -99,13 +99,65 @@ def test_resume_trains_only_the_unfinished_folds(parent):
 def test_fold_split_is_seeded_and_stratified():
     import torch
 
+    from convlens.data import Split
     from convlens.data.folds import fold_of
 
     labels = torch.arange(60) % 3
-    a, b, c = fold_of(labels, 4, 0), fold_of(labels, 4, 0), fold_of(labels, 4, 1)
+    pool = Split(torch.zeros(60, 1, 2, 2, dtype=torch.uint8), labels)
+    a, b, c = fold_of(pool, 4, 0), fold_of(pool, 4, 0), fold_of(pool, 4, 1)
     assert (a == b).all() and not (a == c).all()
     for f in range(4):
         assert Counter(labels[torch.from_numpy(a == f)].tolist()) == {0: 5, 1: 5, 2: 5}
+
+
+def _patients_csv(folder, n=36):
+    """A label CSV of n 8x8 images, 3 per patient, labels a or b, with a patient column."""
+    import numpy as np
+    from PIL import Image
+
+    rows = ["path,labels,patient"]
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), i * 7 % 256, np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{'a' if i % 2 else 'b'},p{i // 3}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder / "labels.csv"
+
+
+def test_group_by_keeps_each_patient_on_one_side(tmp_path):
+    from convlens.data import load_dataset
+    from convlens.data.folds import fold_dataset, fold_of, pooled
+
+    ds = load_dataset(str(_patients_csv(tmp_path)), group_by="patient")
+    pool = pooled(ds)
+    assert sorted(set(pool.groups)) == sorted(f"p{i}" for i in range(12))
+    where = fold_of(pool, 3, 0)
+    for patient in set(pool.groups):
+        assert len(set(where[pool.groups == patient])) == 1, patient
+    for fold in (1, 2, 3):
+        part = fold_dataset(ds, 3, fold, 0, 0.25)
+        train, val, held = (set(s.groups) for s in (part.train, part.val, part.test))
+        assert not (held & train) and not (held & val) and not (train & val)
+        assert len(part.train) + len(part.val) + len(part.test) == len(pool)
+
+
+def test_group_by_trains_a_fold_of_a_label_csv(tmp_path):
+    csv_file = _patients_csv(tmp_path)
+    out = convlens("train", "--data", csv_file, "--task", "multilabel", "--model", "textbook",
+                   "--epochs", "1", "--amp", "off", "--folds", "3", "--fold", "2", "--group-by",
+                   "patient", "--run", tmp_path / "run")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "fold 2 of 3 (seed 0)" in out.stdout
+
+
+def test_group_by_needs_a_label_csv_with_that_column(tmp_path):
+    from convlens.data import load_dataset
+    from convlens.errors import ConvlensError
+
+    with pytest.raises(ConvlensError, match="--group-by needs a label CSV"):
+        load_dataset("digits", group_by="patient")
+    csv_file = _patients_csv(tmp_path, n=6)
+    with pytest.raises(ConvlensError, match="no column 'ward' to group by"):
+        load_dataset(str(csv_file), group_by="ward")
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,7 @@ def _spread(rows: list[dict[str, float]]) -> dict:
 def write_oof(cfg: TrainConfig, parent: Path, data) -> None:
     """oof.csv: index (train first, then val), fold, label, the fold model's scores."""
     pool = pooled(data)
-    where = fold_of(pool.labels, cfg.folds, cfg.seed)
+    where = fold_of(pool, cfg.folds, cfg.seed)
     names = data.classes
     rows, header = [], None
     for fold in range(1, cfg.folds + 1):

@@ -27,6 +27,7 @@ def load_data(
         strict=cfg.strict,
         image_size=cfg.image_size,
         workers=cfg.workers,
+        group_by=cfg.group_by,
     )
     ds = one_fold(ds, cfg)
     if hooks is not None:
@@ -63,6 +64,7 @@ def load_run_data(data: str | None, run_dir: Path | None, download: bool = True)
         val_fraction=cfg.val_fraction,
         image_size=cfg.image_size,
         download=download,
+        group_by=cfg.group_by if own and not data else None,
     )
     return one_fold(ds, cfg) if own and not data else ds
 
