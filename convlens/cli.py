@@ -54,15 +54,45 @@ def _train_options(fn):
     return fn
 
 
+def _launch_options(fn):
+    """workflow (issue 18): --nproc and the flags for several machines (torch.distributed.run)."""
+    for name, kw in reversed(LAUNCH.items()):
+        fn = click.option("--" + name.replace("_", "-"), name, **kw)(fn)
+    return fn
+
+
+LAUNCH = {
+    "nproc": dict(type=click.IntRange(min=1), default=1, show_default=True,
+                  help="training processes on this machine (DDP through torch.distributed.run; "
+                  "one per GPU)"),
+    "nnodes": dict(type=click.IntRange(min=1), default=1, show_default=True,
+                   help="machines, each running this command with its --node-rank"),
+    "node_rank": dict(type=click.IntRange(min=0), default=0, show_default=True,
+                      help="this machine's number, 0 to nnodes-1"),
+    "master_addr": dict(default="127.0.0.1", show_default=True,
+                        help="address of machine 0, which every machine can reach"),
+    "master_port": dict(type=click.IntRange(1, 65535),
+                        help="port on machine 0 [default: a free one; 29500 for several]"),
+}  # fmt: skip
+
+
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(), help="YAML file of settings")
 @_train_options
+@_launch_options
 def train(config_file: str | None, model_args: tuple[str, ...], **settings: object) -> None:
     """Train a model; writes a run folder (runs/train, runs/train2, ...)."""
     from convlens.api.train import train as run_training
     from convlens.config import make_config
 
-    run_training(make_config(config_file, _overrides(model_args, settings)))
+    launch = {k: settings.pop(k) for k in LAUNCH}  # workflow (issue 18): --nproc
+    overrides = _overrides(model_args, settings)
+    if launch["nproc"] > 1 or launch["nnodes"] > 1:
+        from convlens.api.launch import launch_training
+
+        launch_training(config_file, overrides, **launch)
+        return
+    run_training(make_config(config_file, overrides))
 
 
 def _overrides(model_args: tuple[str, ...], settings: dict) -> dict:
