@@ -257,7 +257,7 @@ def report(run: str, data: str | None) -> None:
 @cli.command()
 @click.argument("run")
 @click.option("--format", "fmt", default="onnx", show_default=True,
-              type=click.Choice(["onnx"]))  # fmt: skip
+              type=click.Choice(["onnx", "torchscript"]))  # fmt: skip
 @click.option("--out", type=click.Path(), help="output file [default: next to the weights]")
 def export(run: str, fmt: str, out: str | None) -> None:
     """Export RUN (ONNX or TorchScript, dynamic batch, metadata) and check it against torch."""

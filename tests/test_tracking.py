@@ -19,11 +19,11 @@ ARGS = ["--data", "digits", "--model", "textbook", "--epochs", "2", "--batch-siz
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A run logged to both trackers, then exported to ONNX (which joins its MLflow run)."""
+    """A run logged to both trackers, then exported (the export joins its MLflow run)."""
     run = tmp_path_factory.mktemp("tracking") / "run"
     out = convlens("train", *ARGS, "--log", "tensorboard,mlflow", "--run", run)
     assert out.returncode == 0, out.stderr
-    out = convlens("export", run)
+    out = convlens("export", run, "--format", "torchscript")
     assert out.returncode == 0, out.stderr
     return run
 
@@ -75,7 +75,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(run):
     assert {"config.yaml", "results.csv", "metrics.json", "report.html"} <= files
     weights = {a.path for a in client.list_artifacts(record["run_id"], "weights")}
     assert "weights/best.safetensors" in weights
-    assert "weights/best.onnx" in weights  # `convlens export` added it to the same run
+    assert "weights/best.pt" in weights  # `convlens export` added it to the same run
     local = client.download_artifacts(record["run_id"], "config.yaml", str(run.parent))
     assert Path(local).read_text() == (run / "config.yaml").read_text()
     assert (run / "mlartifacts").is_dir()  # the artifacts stay in the run folder
