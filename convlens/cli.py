@@ -244,14 +244,9 @@ def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | Non
 @click.option("--data", help="dataset to evaluate on [default: the one it was trained on]")
 def report(run: str, data: str | None) -> None:
     """Rewrite RUN/report.html (and metrics.json, figures) from the run's best weights."""
-    from convlens.api.evaluate import evaluate_run
-    from convlens.runs.folder import resolve_weights
+    from convlens.api.evaluate import report_run
 
-    weights = resolve_weights(run)
-    if weights.parent.name != "weights":
-        raise ConvlensError(f"{run}: a report needs a run folder, not a loose weights file")
-    evaluate_run(run, data=data, write=True)
-    click.echo(f"wrote {weights.parent.parent / 'report.html'}")
+    click.echo(f"wrote {report_run(run, data=data)}")
 
 
 @cli.command()
@@ -303,16 +298,13 @@ def serve(
     allowed_hosts: tuple[str, ...],
     engine: str,
 ) -> None:
-    """Serve RUN (run folder, weights or .onnx) over HTTP: /predict, /model, /health, page at /."""
-    from convlens.serve import Limits, create_app
-    from convlens.serve.server import allowed_hosts as host_names
-    from convlens.serve.server import run_server
+    """Serve RUN (run folder, weights, .onnx or .pt) over HTTP: /predict, /model, /health, page."""
+    from convlens.api.serve import serve as run_serve
 
-    limits = Limits(max_in_flight=max_in_flight, max_connections=max_connections,
-                    header_timeout=header_timeout, body_timeout=body_timeout)  # fmt: skip
-    app = create_app(run, limits, engine=engine, hosts=host_names(host, allowed_hosts))
-    click.echo(f"serving {run} on http://{host}:{port}/", err=True)
-    run_server(app, host, port, limits)
+    run_serve(run, host=host, port=port, max_in_flight=max_in_flight,
+              max_connections=max_connections, header_timeout=header_timeout,
+              body_timeout=body_timeout, allowed_hosts=allowed_hosts, engine=engine,
+              start=True)  # fmt: skip
 
 
 @cli.command()
