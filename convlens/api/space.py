@@ -4,7 +4,7 @@
 lr: {low: 0.01, high: 1.0, log: true}        # a float range, sampled on a log scale
 batch_size: {low: 64, high: 512, step: 64}   # an int setting samples integers
 optimizer: [sgd, adamw]                      # choices (or {choices: [sgd, adamw]})
-model_args.width: {low: 16, high: 64}        # one model argument
+model_args.kernel_size: [3, 5]               # one model argument
 ```
 Every value is checked as a setting before the first trial (config.make_config); each error is
 one line naming the file and the key.
