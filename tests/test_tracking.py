@@ -87,3 +87,17 @@ def test_unknown_tracker_is_one_line(tmp_path):
     assert out.stderr.strip() == ("convlens: error: setting 'log' takes none or a comma list of "
                                   "tensorboard, mlflow, not 'wandb'")  # fmt: skip
     assert not (tmp_path / "r").exists()
+
+
+def test_a_resumed_run_continues_its_mlflow_run(run):
+    """Resuming the finished run evaluates it again: into the same MLflow run, not a new one."""
+    from mlflow.tracking import MlflowClient
+
+    record = json.loads((run / "mlflow.json").read_text())
+    out = convlens("train", "--resume", "--run", run)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((run / "mlflow.json").read_text()) == record
+    client = MlflowClient(record["tracking_uri"])
+    runs = client.search_runs([record["experiment_id"]])
+    assert [r.info.run_id for r in runs] == [record["run_id"]]
+    assert runs[0].info.status == "FINISHED"

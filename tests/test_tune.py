@@ -95,8 +95,10 @@ def test_best_yaml_trains(study, tmp_path):
         ("optimizer: [sgd, lion]", "optimizer: 'lion': setting 'optimizer' must be one of"),
         ("momentum: {low: 0.5, high: 1.5}", "momentum: 1.5: setting 'momentum' must be"),
         ("lr: []", "lr: choices is a non-empty list"),
-        ("model_args.nope: [1, 2]", "model_args.nope: 1: setting 'model_args': model 'textbook' "
-                                    "takes no argument 'nope'"),
+        (
+            "model_args.nope: [1, 2]",
+            "model_args.nope: 1: setting 'model_args': model 'textbook' takes no argument 'nope'",
+        ),
     ],
 )
 def test_space_file_errors_name_the_file_and_key(tmp_path, space, message):

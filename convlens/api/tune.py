@@ -6,6 +6,7 @@ OUT/ (default runs/tune)
   trial-000/ ...    each trial's run folder (config.yaml, results.csv, weights/)
   trials.csv        number, state, validation score and values of every trial
   best.yaml         the best trial's settings, for `convlens train --config OUT/best.yaml`
+  mlflow.db         with --log mlflow (and no --mlflow-uri): every trial a run of this store
 
 TPE samples the space; the median pruner stops a trial whose validation score at an epoch is
 below the median of earlier trials' at that epoch. Trials are chosen on the validation split
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import yaml
 
 from convlens.api.space import check_space, load_space, trial_settings
 from convlens.api.train import train
-from convlens.config import load_yaml, make_config, to_dict
+from convlens.config import load_yaml, make_config, to_dict, trackers
 from convlens.errors import ConfigError, ConvlensError
 from convlens.runs.atomic import atomic_write_bytes
 from convlens.runs.folder import Run, score_column
@@ -63,6 +65,12 @@ def tune(
     dims = load_space(space)
     check_space(space, dims, base)
     out = Path(out)
+    if (
+        "mlflow" in trackers(make_config(None, base))
+        and not base.get("mlflow_uri")
+        and not (os.environ.get("MLFLOW_TRACKING_URI"))
+    ):  # every trial a run of one store, not a store per trial folder
+        base["mlflow_uri"] = f"sqlite:///{(out / 'mlflow.db').resolve()}"
     out.mkdir(parents=True, exist_ok=True)
     if Path(space).resolve() != (out / "space.yaml").resolve():
         shutil.copyfile(space, out / "space.yaml")
