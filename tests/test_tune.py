@@ -23,16 +23,16 @@ def _trials(study) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Two trials; the same command again with --trials 3 continues the study by one."""
+    """One trial; the same command again with --trials 2 continues the study by one."""
     root = tmp_path_factory.mktemp("tune")
     (root / "space.yaml").write_text(SPACE)
     args = ["tune", *FLAGS, "--space", root / "space.yaml", "--out", root / "study",
             "--pruner", "none"]  # fmt: skip
-    out = convlens(*args, "--trials", "2")
+    out = convlens(*args, "--trials", "1")
     assert out.returncode == 0, out.stderr
-    assert [r["state"] for r in _trials(root / "study")] == ["COMPLETE", "COMPLETE"]
+    assert [r["state"] for r in _trials(root / "study")] == ["COMPLETE"]
     first = (root / "study" / "trial-000" / "results.csv").stat().st_mtime_ns
-    out = convlens(*args, "--trials", "3")
+    out = convlens(*args, "--trials", "2")
     assert out.returncode == 0, out.stderr
     assert (root / "study" / "trial-000" / "results.csv").stat().st_mtime_ns == first  # kept
     return root / "study"
@@ -40,10 +40,9 @@ def study(tmp_path_factory):
 
 def test_rerun_continues_the_study(study):
     rows = _trials(study)
-    assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE"),
-                                                         ("2", "COMPLETE")]  # fmt: skip
+    assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE")]
     loaded = optuna.load_study(study_name="convlens", storage=f"sqlite:///{study / 'study.db'}")
-    assert len(loaded.trials) == 3
+    assert len(loaded.trials) == 2
     for row in rows:  # each trial is a run folder holding the values it sampled
         trial = study / f"trial-{int(row['number']):03d}"
         cfg = yaml.safe_load((trial / "config.yaml").read_text())
@@ -56,15 +55,15 @@ def test_a_forced_pruner_stops_a_trial_after_its_first_epoch(study):
     import convlens
 
     everything = optuna.pruners.ThresholdPruner(lower=2.0)  # no accuracy reaches 2: prunes all
-    result = convlens.tune(study.parent / "space.yaml", trials=4, out=study, pruner=everything,
+    result = convlens.tune(study.parent / "space.yaml", trials=3, out=study, pruner=everything,
                            **BASE)  # fmt: skip
     rows = _trials(study)
-    assert [r["state"] for r in rows] == ["COMPLETE"] * 3 + ["PRUNED"]
-    assert rows[3]["epochs"] == "1"
-    assert len((study / "trial-003" / "results.csv").read_text().splitlines()) == 2  # 1 epoch
-    assert result["best"]["number"] == max(range(3), key=lambda i: float(rows[i]["value"]))
-    again = convlens.tune(study.parent / "space.yaml", trials=4, out=study, **BASE)
-    assert len(again["trials"]) == 4  # the study holds 4 finished trials: nothing more to run
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 2 + ["PRUNED"]
+    assert rows[2]["epochs"] == "1"
+    assert len((study / "trial-002" / "results.csv").read_text().splitlines()) == 2  # 1 epoch
+    assert result["best"]["number"] == max(range(2), key=lambda i: float(rows[i]["value"]))
+    again = convlens.tune(study.parent / "space.yaml", trials=3, out=study, **BASE)
+    assert len(again["trials"]) == 3  # the study holds 3 finished trials: nothing more to run
 
 
 def test_best_yaml_trains(study, tmp_path):

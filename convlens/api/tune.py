@@ -21,6 +21,7 @@ import csv
 import io
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,9 @@ def tune(
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     # a trial whose process died stops beating: after the grace period it is marked failed
     # (not finished: a rerun trains another in its place)
-    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    with warnings.catch_warnings():  # the heartbeat is marked experimental (optuna 3 to 5)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     seed = make_config(None, base).seed
     study = optuna.create_study(
         study_name=study_name,
