@@ -15,7 +15,7 @@ from convlens.models import create_model, list_models
 from convlens.runs.weights import save_weights
 from tests.helpers import convlens, start_server
 
-pytestmark = pytest.mark.xdist_group("export")
+pytestmark = pytest.mark.xdist_group("torchscript")
 META = {
     "task": "classify", "classes": [str(i) for i in range(10)],
     "input": {"channels": 1, "height": 28, "width": 28},
