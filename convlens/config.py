@@ -135,6 +135,12 @@ class TrainConfig:
     # output
     run: str | None = None  # run folder (default runs/train, runs/train2, ...)
     resume: bool = False  # continue the run folder's last saved state
+    # workflow (issue 18): experiment tracking and k-fold cross-validation
+    log: str = "none"  # trackers besides results.csv: tensorboard, mlflow (comma list) or none
+    mlflow_uri: str | None = None  # MLflow tracking URI (default: RUN/mlflow.db, a SQLite store)
+    folds: int = within(0, "[0, 100]")  # k-fold cross-validation over train+val: K folds (0: off)
+    fold: int | None = within(None, "[1, 100]")  # train only this fold (1 to K) of --folds
+    group_by: str | None = None  # folds: a label CSV column keeping its groups (patients) together
 
 
 def config_types() -> dict[str, Any]:
@@ -266,6 +272,7 @@ def validate(cfg: TrainConfig) -> None:
             finite = "finite and " if isinstance(value, float) and not math.isfinite(value) else ""
             raise ConfigError(f"setting {name!r} must be {finite}{allowed}, got {value!r}")
     _validate_photos(cfg)
+    check_workflow(cfg)
     if cfg.model_args:  # imports torch: only when there is something to check
         from convlens.models.registry import check_model_args
 
@@ -296,6 +303,33 @@ def cache_ram_bytes(cfg: TrainConfig) -> int | None:
         raise ConfigError(f"setting 'cache_ram' must be bytes with an optional K, M, G or T "
                           f"suffix (e.g. 2G), not {cfg.cache_ram!r}")  # fmt: skip
     return int(float(m[1]) * BYTE_UNITS[m[2].upper()])
+
+
+# workflow (issue 18): the trackers --log names, and the settings k-fold runs take together
+TRACKERS = ("tensorboard", "mlflow")
+
+
+def trackers(cfg: TrainConfig) -> list[str]:
+    """The trackers `cfg.log` names, in order ([] for none)."""
+    names = [n.strip().lower() for n in cfg.log.split(",") if n.strip()]
+    return [] if names == ["none"] else names
+
+
+def check_workflow(cfg: TrainConfig) -> None:
+    """--log names known trackers; --fold and --group-by come with --folds."""
+    unknown = [n for n in trackers(cfg) if n not in TRACKERS]
+    if unknown:
+        raise ConfigError(f"setting 'log' takes none or a comma list of {', '.join(TRACKERS)}, "
+                          f"not {unknown[0]!r}")  # fmt: skip
+    if cfg.folds == 1:
+        raise ConfigError("setting 'folds' must be 0 (off) or at least 2, got 1")
+    if cfg.fold is not None and not cfg.folds:
+        raise ConfigError("setting 'fold' needs 'folds' (e.g. --folds 5 --fold 2)")
+    if cfg.fold is not None and cfg.fold > cfg.folds:
+        raise ConfigError(f"setting 'fold' must be between 1 and folds ({cfg.folds}), "
+                          f"got {cfg.fold}")  # fmt: skip
+    if cfg.group_by is not None and not cfg.folds:
+        raise ConfigError("setting 'group_by' needs 'folds' (it groups the k-fold split)")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -49,9 +49,11 @@ def load_dataset(
     download: bool = True,
     workers: int = 0,
     photo: PhotoOptions | None = None,
+    group_by: str | None = None,
 ) -> Dataset:
     """A dataset name, a folder of class folders (or of MVTec AD's defects and masks), an .npz,
-    a label .csv or an IDX prefix.
+    a label .csv or an IDX prefix; `group_by`: a label CSV's column kept with each image
+    (Split.groups), for k-fold.
 
     With `photo`, a folder (or named folder set) of photos takes the photo path
     (data/photoset.py: aspect-true crops, the training split streamed); small images and every
@@ -61,6 +63,10 @@ def load_dataset(
     folder_args = {"strict": strict, "image_size": image_size, "workers": workers}
     path = Path(spec).expanduser()
     is_file = path.exists() and not path.is_dir()  # FIFOs too: their loader names what they are
+    csv_file = is_file and path.suffix.lower() == ".csv" and is_label_csv(path)
+    if group_by is not None and not csv_file:  # workflow (issue 18): only a CSV has columns
+        raise ConvlensError(f"{spec}: --group-by needs a label CSV (path,labels,...,{group_by}); "
+                            "this source has no column to group by")  # fmt: skip
     if spec in DATASETS:  # names win over same-named folders: write ./digits for the folder
         root = tree_root(spec, data_dir, download) if photo is not None else None
         if root is not None and (ds := _photos(root, photo, folder_args, split_args)):
@@ -80,8 +86,9 @@ def load_dataset(
         return load_folder(path, **folder_args, **split_args)
     elif is_file and path.suffix.lower() == ".npz":
         ds = load_npz(path, **split_args)
-    elif is_file and path.suffix.lower() == ".csv" and is_label_csv(path):
-        return load_label_csv(path, strict=strict, image_size=image_size, **split_args)
+    elif csv_file:
+        return load_label_csv(path, strict=strict, image_size=image_size, group_by=group_by,
+                              **split_args)  # fmt: skip
     elif pairs := find_idx_prefix(path):
         ds = load_idx(pairs, name=spec, **split_args)
     else:

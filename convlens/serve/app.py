@@ -31,8 +31,10 @@ from convlens.explain.figures import overlay, png_image
 from convlens.explain.gradcam import grad_cam
 from convlens.export import export_onnx
 from convlens.predict import Recogniser, load
-from convlens.predict.engines import OnnxEngine
+from convlens.predict.engines import OnnxEngine, TorchScriptEngine
 from convlens.serve.limits import BodyLimit, BodyRefused, Limits
+
+ENGINE_NAMES = {OnnxEngine: "onnxruntime", TorchScriptEngine: "torchscript"}  # /model's engine
 
 
 class Batcher:
@@ -78,7 +80,7 @@ def create_app(
     engine: str = "auto",
     hosts: list[str] | None = None,
 ):
-    """The ASGI app serving RUN (a run folder, weights file or .onnx file).
+    """The ASGI app serving RUN (a run folder, weights file, .onnx or TorchScript .pt file).
 
     engine: `onnx` predicts through an ONNX export of RUN made at start-up (2.7-6.9x faster
     here, BENCHMARKS.md), `torch` through the weights; `auto` is onnx where the model exports.
@@ -87,7 +89,7 @@ def create_app(
     """
     limits = limits or Limits()
     rec = load(run)
-    task, onnx_file = rec.task, str(run).endswith(".onnx")
+    task, onnx_file = rec.task, str(run).endswith((".onnx", ".pt"))  # an exported graph itself
     plain = onnx_file or engine == "torch" or not task.serves_onnx
     fast = rec if plain else _onnx_twin(run, engine)  # other tasks score in torch
     served = fast or rec
@@ -101,7 +103,7 @@ def create_app(
         "classes": rec.classes,
         "input": rec.meta["input"],
         "heatmap": task.heatmaps and not onnx_file,
-        "engine": "onnxruntime" if isinstance(served.engine, OnnxEngine) else "torch",
+        "engine": ENGINE_NAMES.get(type(served.engine), "torch"),
         "verify": task.verification,
     }
     if (threshold := task.shown_threshold(rec.meta)) is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from convlens.config import TrainConfig, cache_ram_bytes, make_config
 from convlens.data import Dataset, PhotoOptions, load_dataset
 from convlens.data.augment import AugmentPlan, resolve_augment
+from convlens.data.folds import fold_dataset
 from convlens.data.photoset import split_stats, streamed
 from convlens.data.preprocess import Preprocess
 from convlens.device import resolve_device
@@ -38,7 +39,9 @@ def load_data(
             workers=cfg.workers,
             preprocess=_resumed_preprocess(cfg),
         ),
+        group_by=cfg.group_by,
     )
+    ds = one_fold(ds, cfg)
     if streamed(ds.train) and ds.train.per_rank and cfg.class_weights == "auto":
         raise ConfigError("setting 'class_weights': auto needs each class's count, which is "
                           "not known before shards are read; use none")  # fmt: skip
@@ -97,7 +100,7 @@ def load_run_data(
         raise ConvlensError("a weights file outside its run folder: pass --data")
     # a photo run's train split stays in its files: evaluation decodes only what it reads
     photo = None if meta is None else PhotoOptions(preprocess=Preprocess.of(meta), source="decode")
-    return load_dataset(
+    ds = load_dataset(
         spec,
         data_dir=cfg.data_dir,
         seed=cfg.seed,
@@ -105,4 +108,14 @@ def load_run_data(
         image_size=cfg.image_size,
         download=download,
         photo=photo,
+        group_by=cfg.group_by if own and not data else None,
     )
+    return one_fold(ds, cfg) if own and not data else ds
+
+
+# workflow (issue 18): a fold of --folds, the same for training and for the finished run
+def one_fold(ds: Dataset, cfg: TrainConfig) -> Dataset:
+    """The dataset, or its fold `cfg.fold` of `cfg.folds` (convlens.data.folds)."""
+    if cfg.fold is None:
+        return ds
+    return fold_dataset(ds, cfg.folds, cfg.fold, cfg.seed, cfg.val_fraction)

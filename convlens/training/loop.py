@@ -20,7 +20,7 @@ from convlens.training import distributed
 from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
 from convlens.training.finetune import Recipe, resolve
-from convlens.training.hooks import Finish, MakeHooks, TrainingHooks
+from convlens.training.hooks import EpochEnd, Finish, MakeHooks, TrainingHooks
 from convlens.training.lifecycle import (
     TrainBatches,
     check_loss,
@@ -38,18 +38,25 @@ from convlens.training.resume import RunState, load_run_state, save_run_state
 from convlens.training.start import start_weights
 
 
-def fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None = None) -> Path:
+def fit(
+    cfg: TrainConfig,
+    make_hooks: MakeHooks,
+    finish: Finish | None = None,
+    epoch_end: EpochEnd | None = None,
+) -> Path:
     """Train as `cfg` says for the task whose hooks `make_hooks` gives for the config it
-    resolves (a resumed run's own); then `finish` on the main process, the run folder still
-    held. Returns the run folder."""
+    resolves (a resumed run's own); `epoch_end` after each epoch and then `finish` on the main
+    process, the run folder still held. Returns the run folder."""
     torch.set_flush_denormal(True)  # denormal floats are ~100x slower on x86 CPUs
     try:
-        return _fit(cfg, make_hooks, finish)
+        return _fit(cfg, make_hooks, finish, epoch_end)
     finally:
         torch.set_flush_denormal(False)  # torch's default, for whatever runs next
 
 
-def _fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None) -> Path:
+def _fit(
+    cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None, epoch_end: EpochEnd | None
+) -> Path:
     with resolve_run(cfg) as (cfg, run_dir):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -58,7 +65,7 @@ def _fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None) -> Path
         group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
         try:
             run_dir = distributed.from_main(run_dir, group)  # the folder rank 0 holds
-            return _train(cfg, run_dir, group, device, make_hooks(cfg), finish)
+            return _train(cfg, run_dir, group, device, make_hooks(cfg), finish, epoch_end)
         finally:
             distributed.teardown(group)
 
@@ -70,6 +77,7 @@ def _train(
     device: torch.device,
     task: TrainingHooks,
     finish: Finish | None,
+    epoch_end: EpochEnd | None = None,
 ) -> Path:
     cfg = resolve(cfg)  # transfer: auto -> fine-tune or full, as config.yaml records it
     amp, precision = choose_amp(cfg.amp, device)
@@ -179,6 +187,8 @@ def _train(
         if group.main:
             save_run_state(state_path, state, model, opt, ema)
         log.epoch_end(row, best=state.stale == 0)
+        if group.main and epoch_end is not None:
+            epoch_end(cfg, run_dir, row)
         if early_stop(cfg, state, log):
             break
 

@@ -23,7 +23,7 @@ from convlens.data.batches import normalize
 from convlens.errors import ConfigError
 from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
-from convlens.training.hooks import Finish, MakeHooks, NumpyHooks
+from convlens.training.hooks import EpochEnd, Finish, MakeHooks, NumpyHooks
 from convlens.training.lifecycle import (
     TrainBatches,
     check_loss,
@@ -42,15 +42,26 @@ from convlens.training.resume import RunState
 DEVICE = SimpleNamespace(type="cpu (numpy engine)")  # what the start line names as the device
 
 
-def fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None = None) -> Path:
-    """Train as `cfg` says with the NumPy engine (a classifier's hooks, from `make_hooks`); then
-    `finish`, the run folder still held. Returns the run folder."""
+def fit(
+    cfg: TrainConfig,
+    make_hooks: MakeHooks,
+    finish: Finish | None = None,
+    epoch_end: EpochEnd | None = None,
+) -> Path:
+    """Train as `cfg` says with the NumPy engine (a classifier's hooks, from `make_hooks`);
+    `epoch_end` after each epoch, then `finish`, the run folder still held. Returns it."""
     check_supported(cfg)
     with resolve_run(cfg) as (cfg, run_dir):
-        return _fit(cfg, run_dir, make_hooks(cfg), finish)
+        return _fit(cfg, run_dir, make_hooks(cfg), finish, epoch_end)
 
 
-def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | None) -> Path:
+def _fit(
+    cfg: TrainConfig,
+    run_dir: Path,
+    task: NumpyHooks,
+    finish: Finish | None,
+    epoch_end: EpochEnd | None = None,
+) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # the data pipeline's threads
     log = Progress()
@@ -117,6 +128,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
                 seconds=seconds,
             )
             log.epoch_end(row, best=state.stale == 0)
+            if epoch_end is not None:
+                epoch_end(cfg, run_dir, row)
             if early_stop(cfg, state, log):
                 break
 
