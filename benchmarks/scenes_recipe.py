@@ -17,6 +17,11 @@ many whole epochs as fit the budget (at least one), its one-cycle schedule spann
 Each line gives the epochs, the training seconds it took and the test accuracy (metrics.json).
 Issue 15's target: the photo row at least 10 points above today's on this CPU.
 
+`--shards` adds a row: the photo recipe for the photo row's epochs again, from WebDataset shards
+of the same tree (`convlens shards`), under torchrun with two gloo processes; its notes say how
+many samples were read each epoch (every one once), its accuracy should match the photo row's
+within noise (issue 15's shard figure).
+
     .venv/bin/python benchmarks/scenes_recipe.py --budget 600          # the figures
     .venv/bin/python benchmarks/scenes_recipe.py --data fashion-scenes-mini --budget 20 \\
         --probe-epochs 1                                              # a smoke run, ~2 min
@@ -54,10 +59,11 @@ def legacy_npz(name: str, data_dir: str | None, out: Path) -> tuple[Path, str]:
     return out, f"{ds.channels}x{h}x{w} squashed (median size, capped at 64)"
 
 
-def train(data: str, run: Path, epochs: int, extra: list[str]) -> dict:
-    """One `convlens train` subprocess; its epochs, training seconds and test accuracy."""
-    cmd = [sys.executable, "-m", "convlens", "train", "--data", data, "--epochs", str(epochs),
-           "--run", str(run), *extra]  # fmt: skip
+def train(data: str, run: Path, epochs: int, extra: list[str], launch: list | None = None) -> dict:
+    """One `convlens train` subprocess (under `launch`, e.g. torchrun); its epochs, training
+    seconds and test accuracy."""
+    cmd = [*(launch or [sys.executable]), "-m", "convlens", "train", "--data", data,
+           "--epochs", str(epochs), "--run-dir", str(run), *extra]  # fmt: skip
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -85,6 +91,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="photo row's loader processes")
     p.add_argument("--probe-epochs", type=int, default=1, help="epochs timed per row first")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shards", action="store_true", help="add the 2-process shards row")
     args = p.parse_args()
 
     common = ["--model", args.model, "--seed", str(args.seed)]
@@ -100,15 +107,40 @@ def main() -> None:
                       + (["--image-size", str(args.image_size)] if args.image_size else []),
                       "shorter side resized, centre-cropped"),
         }  # fmt: skip
+        fitted = {}
         for name, (data, extra, input_note) in rows.items():
             probe = train(data, tmp / f"{name}-probe", args.probe_epochs, common + extra)
             per_epoch = probe["train_seconds"] / probe["epochs"]
             epochs = max(1, int(args.budget // per_epoch))
             row = train(data, tmp / name, epochs, common + extra)
+            fitted[name] = epochs
             print(json.dumps({
                 "pipeline": name, "data": args.data, "model": args.model, "input": input_note,
                 "budget_s": args.budget, "seconds_per_epoch": round(per_epoch, 2), **row,
                 "machine": cpu_name(),
+            }), flush=True)  # fmt: skip
+        if args.shards:
+            shards = tmp / "shards"
+            convlens = [sys.executable, "-m", "convlens"]
+            subprocess.run(
+                [
+                    *convlens,
+                    "shards",
+                    str(tree_root(args.data, args.data_dir)),
+                    str(shards),
+                    "--maxcount",
+                    "100",
+                ],
+                check=True,
+                capture_output=True,
+            )  # fmt: skip (fashion-scenes: 100 train shards)
+            launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                      "--master-addr=127.0.0.1", "--master-port=29517"]  # fmt: skip
+            row = train(str(shards), tmp / "shards-run", fitted["photo"], rows["photo"][1] + common,
+                        launch=launch)  # fmt: skip
+            print(json.dumps({
+                "pipeline": "photo-shards-2-processes", "data": args.data, "model": args.model,
+                "input": rows["photo"][2], **row, "machine": cpu_name(),
             }), flush=True)  # fmt: skip
 
 

@@ -281,7 +281,7 @@ def test_two_processes_over_shards_read_each_sample_once_an_epoch(tmp_path):
     assert meta.preprocess == PreprocessSpec((64, 64), 3, resize=72)
 
 
-def test_bad_samples_and_a_shard_that_is_not_a_tar_are_skipped_and_listed(tmp_path):
+def test_bad_samples_and_a_shard_that_is_not_a_tar_are_skipped_and_listed(tmp_path, monkeypatch):
     from convlens.data.shards import write_shards
 
     root = photo_tree(tmp_path / "set", (10, 3, 1))
@@ -303,6 +303,10 @@ def test_bad_samples_and_a_shard_that_is_not_a_tar_are_skipped_and_listed(tmp_pa
     assert sum(len(y) for _, y in batches(0)) == 30
     reasons = sorted(why for _, why in batches.bad)
     assert len(reasons) == 2 and "too small" in reasons[0] and "truncated" in reasons[1]
+    monkeypatch.setenv("WORLD_SIZE", "9")  # as torchrun would say: more processes than shards
+    with pytest.raises(ConvlensError, match="4 train shard.s. for 9 processes"):
+        TrainBatches(cfg, ds, hflip, drop_last=False, world=9)
+    monkeypatch.delenv("WORLD_SIZE")
     strict = make_config(overrides={**dataclasses.asdict(cfg), "strict": True})
     with pytest.raises(ConvlensError, match="not a tar file"):
         load_data(strict, Progress(enabled=False))

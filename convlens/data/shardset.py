@@ -6,6 +6,7 @@ samples as data/photoset.py chooses it for a folder. Needs the shards extra (web
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -20,7 +21,7 @@ from convlens.data.photoset import PhotoOptions, PhotoSplit
 from convlens.data.preprocess import Preprocess, check_photo, choose_input_size
 from convlens.data.shards import ShardSet, open_shards
 from convlens.data.shardsamples import ShardSamples
-from convlens.errors import ConvlensError, DatasetFormatError
+from convlens.errors import ConfigError, ConvlensError, DatasetFormatError
 
 SIZE_SAMPLES = 200  # training samples whose sizes choose the input size (the same on every rank)
 
@@ -58,6 +59,11 @@ class ShardSplit(PhotoSplit):
         strict: bool,
     ) -> ShardLoader:  # fmt: skip
         """This rank's batches of batch_size: its own shards, read by its own workers."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's, as split_by_node reads it
+        if world > len(self.shards.shards["train"]):
+            raise ConfigError(f"{self.shards.source}: {len(self.shards.shards['train'])} train "
+                              f"shard(s) for {world} processes; each process reads whole shards: "
+                              "write smaller ones (convlens shards --maxcount)")  # fmt: skip
         data = self.samples(transform, seed=seed, strict=strict)
         return ShardLoader(data, batch_size, workers, seed, drop_last)
 
