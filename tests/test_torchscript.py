@@ -11,7 +11,7 @@ import torch
 import convlens as api
 from convlens.errors import ModelError
 from convlens.export import export_torchscript
-from convlens.models import create_model, list_models
+from convlens.models import create_model
 from convlens.runs.weights import save_weights
 from tests.helpers import convlens, start_server
 
@@ -31,8 +31,9 @@ def _weights(tmp_path, name: str):
     return path
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_every_registered_model_traces_with_parity(tmp_path, name):
+# one of each kind (data-whitened stem + BN, residual, plain conv): ONNX checks every model
+@pytest.mark.parametrize("name", ["fastnet", "resnet8", "textbook"])
+def test_models_of_each_kind_trace_with_parity(tmp_path, name):
     weights = _weights(tmp_path, name)
     result = export_torchscript(weights, tmp_path / f"{name}.pt")
     assert result["images"] == 100 and result["max_abs_diff"] <= 1e-4
