@@ -70,13 +70,26 @@ def evaluate(
                         device=str(resolve_device(device)))  # fmt: skip
 
 
-def predict(run: str, inputs: str | list[str], top_k: int = 5, engine: str = "torch") -> list:
-    """One row per image (files, folders or globs), as `convlens predict --json` prints them."""
+def predict(
+    run: str,
+    inputs: str | list[str],
+    top_k: int = 5,
+    engine: str = "torch",
+    maps_dir: str | None = None,
+) -> list:
+    """One row per image (files, folders or globs), as `convlens predict --json` prints them;
+    an anomaly-map run's maps stay in the rows (base64 "map_png") unless `maps_dir` is given,
+    where they are written as PNG files that the rows name ("map")."""
     from convlens.predict import expand_inputs
     from convlens.predict import load as _load
 
     paths = expand_inputs([inputs] if isinstance(inputs, str | Path) else list(inputs))
-    return _load(run, engine=engine).predict_files(paths, top_k=top_k)
+    rows = _load(run, engine=engine).predict_files(paths, top_k=top_k)
+    if maps_dir is not None:
+        from convlens.predict.maps import save_maps
+
+        save_maps(rows, maps_dir)
+    return rows
 
 
 def explain(

@@ -13,7 +13,7 @@ ground_truth/ and train/good/.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +119,10 @@ def _mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 class MaskedSplit(Split):
     """A split whose images carry defect masks (N, H, W) bool, all False on normal images."""
 
-    masks: torch.Tensor
+    masks: torch.Tensor = field(kw_only=True)  # after Split's fields with defaults (groups)
 
     def subset(self, index: torch.Tensor) -> MaskedSplit:
-        return MaskedSplit(self.images[index], self.labels[index], self.masks[index])
+        return MaskedSplit(self.images[index], self.labels[index], masks=self.masks[index])
 
 
 def is_mask_set(root: Path) -> bool:
@@ -151,7 +151,7 @@ def load_mask_set(
         images, masks = part.images, part.masks
         if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
             images, masks = _resized(images, masks, image_size)
-        splits[name] = MaskedSplit(images, labels, masks)
+        splits[name] = MaskedSplit(images, labels, masks=masks)
     notes = [f"mask set: {', '.join(classes[1:]) or 'no'} defects with masks in ground_truth/"]
     if image_size is not None and shape[1:] != (image_size, image_size):
         notes.append(f"images and masks resized from {shape[1]}x{shape[2]} to "

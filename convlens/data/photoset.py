@@ -74,7 +74,7 @@ class CroppedImages:
         return torch.stack([self.crop(self.stored[i][0]) for i in rows])  # (n, C, side, side)
 
 
-@dataclass
+@dataclass(kw_only=True)  # its fields follow Split's defaulted ones (groups)
 class PhotoSplit(Split):
     """A training split of photos not held in memory at the model's size; `prep` is the model's
     cut (the centre crop evaluation and predict take)."""
@@ -92,7 +92,7 @@ class PhotoSplit(Split):
         raise NotImplementedError
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StreamedSplit(PhotoSplit):
     """A training split left where stream.open_split stored it (at storage size): batches come
     from data/loader.py's photo_loader; `images` (CroppedImages) crops what is asked for."""
@@ -156,7 +156,7 @@ def load_photo_folder(
                         source=options.source, **work)  # fmt: skip
     notes.append(f"stored {stored.note}")
     labels = torch.from_numpy(np.asarray(stored.dataset.labels, np.int64))
-    train = StreamedSplit(CroppedImages(stored.dataset, prep), labels, prep, stored)
+    train = StreamedSplit(CroppedImages(stored.dataset, prep), labels, prep=prep, stored=stored)
     bad, parts = list(stored.bad), {}
     for split in ("val", "test"):
         if split in items:

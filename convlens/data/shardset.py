@@ -42,7 +42,7 @@ class ShardImages:
                             "use the folder the shards were written from")  # fmt: skip
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ShardSplit(PhotoSplit):
     """The training split of a ShardSet, `count` samples (before bad ones are skipped); its
     labels are not known before it is read (`labels` is empty)."""
@@ -118,8 +118,8 @@ def load_shard_set(
         notes = [f"input: the run's own {prep.size[0]}x{prep.size[1]} centre crop"]
     c, (h, w) = prep.channels, prep.size
     count = shards.counts["train"]
-    train = ShardSplit(ShardImages((count, c, h, w)), torch.zeros(0, dtype=torch.int64), prep,
-                       shards, count)  # fmt: skip
+    train = ShardSplit(ShardImages((count, c, h, w)), torch.zeros(0, dtype=torch.int64), prep=prep,
+                       shards=shards, count=count)  # fmt: skip
     notes.append(f"train: {count} samples in {len(shards.shards['train'])} shards, read in order")
     parts, bad = {}, []
     for split in ("val", "test"):
