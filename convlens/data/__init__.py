@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,10 @@ from convlens.data.labelcsv import is_label_csv, load_label_csv
 from convlens.data.mvtec import is_mask_set, load_mask_set
 from convlens.data.named import DATASETS, list_datasets, load_named, name_tree, tree_root
 from convlens.data.npz import load_npz
-from convlens.data.photoset import PhotoOptions, load_photo_folder
 from convlens.errors import ConvlensError
+
+if TYPE_CHECKING:
+    from convlens.data.photoset import PhotoOptions
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -36,6 +39,16 @@ __all__ = [
     "to_tensor",
     "write_idx",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """PhotoOptions on first use: the photo path imports torchvision (about 150 MB resident),
+    which loading a run for predict does not need."""
+    if name == "PhotoOptions":
+        from convlens.data.photoset import PhotoOptions
+
+        return PhotoOptions
+    raise AttributeError(f"module 'convlens.data' has no attribute {name!r}")
 
 
 def load_dataset(
@@ -112,6 +125,8 @@ def _names_shards(spec: str, path: Path) -> bool:
 
 def _photos(root: Path, photo: PhotoOptions, folder_args: dict, split_args: dict):
     """The photo path's Dataset of a folder, or None for small images."""
+    from convlens.data.photoset import load_photo_folder
+
     strict, image_size = folder_args["strict"], folder_args["image_size"]
     return load_photo_folder(root, photo, strict=strict, image_size=image_size, **split_args)
 
