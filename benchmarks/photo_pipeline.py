@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from fashion_mnist_cpu import cpu_name  # this folder's script: the machine's name
 from PIL import Image
 
-from convlens.data.augment import train_transform
 from convlens.data.batches import normalize
 from convlens.data.images import decode_image
 from convlens.data.loader import photo_loader
 from convlens.data.preprocess import Preprocess, storage_size
 from convlens.data.stream import RamImages, folder_items, open_split
+from convlens.data.transforms import train_transform
 from convlens.models import create_model
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # fixed: statistics are not what is measured
@@ -183,7 +183,7 @@ RSS_CHILD = """
 import json, sys
 import torch
 import torchvision.transforms.v2
-from convlens.data.augment import train_transform
+from convlens.data.transforms import train_transform
 from convlens.data.loader import photo_loader
 from convlens.data.preprocess import Preprocess
 from convlens.data.stream import folder_items, open_split

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from convlens.data.augment import eval_transform
 from convlens.data.batches import channel_stats, pixel_stats
 from convlens.data.dataset import Dataset, Split
 from convlens.data.images import is_colour, open_image, shown_size
@@ -51,6 +50,8 @@ class CroppedImages:
     device = torch.device("cpu")
 
     def __init__(self, stored: TorchDataset, prep: Preprocess) -> None:
+        from convlens.data.transforms import eval_transform  # torchvision: photo runs only
+
         side = prep.size[0]
         self.stored, self.crop = stored, eval_transform(side)
         self.shape = torch.Size((len(stored), prep.channels, side, side))

@@ -16,7 +16,7 @@ import torch
 
 from convlens.config import TrainConfig, save_config
 from convlens.data import Dataset
-from convlens.data.augment import AugmentPlan, train_transform
+from convlens.data.augment import AugmentPlan
 from convlens.data.badfiles import write_bad_files
 from convlens.data.batches import iterate_batches
 from convlens.data.loader import photo_loader
@@ -121,6 +121,8 @@ def _photo_loader(
     if ds.multilabel:
         raise ConfigError("setting 'augment': photo augmentation takes one class per image; "
                           "use light or none for multi-label data")  # fmt: skip
+    from convlens.data.transforms import train_transform  # torchvision: photo runs only
+
     transform = train_transform(plan.policy, ds.image_size[0], ds.channels, hflip, grey=plan.grey)
     if streamed(ds.train):
         size = cfg.batch_size // world if ds.train.per_rank else cfg.batch_size
