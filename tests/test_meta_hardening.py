@@ -267,6 +267,23 @@ def test_a_huge_declared_model_is_refused_before_anything_is_allocated(tmp_path)
     assert float(peak_kb) < 1000  # MB: under 1 GB (torch itself takes about 0.4)
 
 
+def test_predicting_loads_neither_torchvision_nor_scikit_learn(tmp_path):
+    # Each costs start-up time and resident memory that a prediction does not need.
+    w = weights(tmp_path / "w.safetensors")
+    script = (
+        "import sys, numpy as np, convlens\n"
+        "answer = convlens.load(sys.argv[1]).predict(np.zeros((8, 8), np.uint8), top_k=2)\n"
+        "heavy = ('torchvision', 'sklearn', 'scipy', 'pandas', 'matplotlib')\n"
+        "print(len(answer), [m for m in heavy if m in sys.modules])\n"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", script, str(w)], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "[]"]
+
+
 def test_resuming_from_another_models_state_is_one_line(tmp_path):
     run = tmp_path / "run"
     out = cli("train", "--data", "digits", "--model", "lenet5", "--epochs", 1, "--batch-size", 512,
