@@ -77,8 +77,13 @@ class OnnxModel:
                              f"{self.kind.onnx_output}s ({self.task}), not scores")  # fmt: skip
         act, tta = ACTIVATIONS[self.kind.onnx_activation], self.meta.tta
 
+        def activated(x: np.ndarray) -> np.ndarray:  # the activation on the first output only
+            first, *rest = self.session.run(None, {self.input: x})  # e.g. an open-set score
+            return np.concatenate([act(first).reshape(len(x), -1),
+                                   *(o.reshape(len(x), -1) for o in rest)], 1)  # fmt: skip
+
         def scores(x: np.ndarray) -> np.ndarray:  # (B, K), test-time views averaged
-            return sum(w * act(self._run(v)) for v, w in tta_views(x, tta))
+            return sum(w * activated(v) for v, w in tta_views(x, tta))
 
         return self._map(images, batch_size, scores)
 
