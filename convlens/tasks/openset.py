@@ -106,6 +106,9 @@ def fit_gaussians(run: Any, images: torch.Tensor, labels: torch.Tensor, seed: in
 
 def torch_scores(run: Any, images: torch.Tensor, score: str) -> torch.Tensor:
     """(N, K + 1): probabilities, then the open-set score, each averaged over the run's views."""
+    if score == "mahalanobis" and not hasattr(run.net, "forward_features"):  # a traced archive
+        raise ConvlensError(f"{run.weights}: a mahalanobis open-set score needs the network's "
+                            "features: predict from the weights or the ONNX export")  # fmt: skip
     model, norm = OpenSetNet(run.net, score, temperature(run.meta)), run.meta.normalize
 
     def both(x: torch.Tensor) -> torch.Tensor:
