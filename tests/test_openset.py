@@ -98,10 +98,29 @@ def test_a_held_out_class_is_unknown_in_predict_serve_the_api_and_numpy(trained)
     try:
         with open(lowest["file"], "rb") as f:
             reply = httpx.post(f"{url}/predict", files={"file": f.read()}).json()
+        verdict = _page_verdict(url, lowest["file"]) if shutil.which("chromium") else "Unknown"
     finally:
         proc.kill()
         proc.wait()
     assert reply["unknown"] and reply["openset"]["threshold"] == lowest["openset"]["threshold"]
+    assert verdict == "Unknown"
+
+
+def _page_verdict(url: str, image) -> str:
+    """The verdict serve's page shows for an uploaded image, in a real browser."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.helpers import launch_chromium, open_page
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page, errors = open_page(browser, url + "/")
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector(".verdict")
+        text = page.locator(".verdict").first.text_content()
+        browser.close()
+    assert not errors, errors
+    return text
 
 
 def test_mahalanobis_decides_the_same_in_torch_and_onnx(trained):
