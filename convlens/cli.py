@@ -160,6 +160,10 @@ def evaluate(
         from convlens.tasks.detection import detection_lines
 
         click.echo("\n".join(detection_lines(metrics["detection"])))
+    if "openset" in metrics:  # open-set rejection (issue 19): what the val threshold keeps
+        from convlens.tasks.openset import line
+
+        click.echo(line(metrics["openset"]))
 
 
 @cli.command()

@@ -47,7 +47,7 @@ def trained(tmp_path_factory):
     out = convlens("train", "--data", root / "known.npz", "--model", "textbook", "--epochs", "3",
                    "--reject", "energy", "--run", run)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    return {"root": root, "run": run, "held": held, "val": x[parts["val"]]}
+    return {"root": root, "run": run, "held": held, "val": x[parts["val"]], "out": out.stdout}
 
 
 def _rows(target, paths, *extra):
@@ -72,6 +72,8 @@ def test_the_threshold_is_saved_and_keeps_the_target_share_of_val(trained):
     metrics = json.loads((trained["run"] / "metrics.json").read_text())
     assert metrics["openset"]["threshold"] == point["threshold"]
     assert 0.8 <= metrics["openset"]["kept"] <= 1  # the test split is in-distribution too
+    assert "known at energy >= " in trained["out"]  # the console's summary line
+    assert "kept as known" in (trained["run"] / "report.html").read_text()
 
 
 def test_a_held_out_class_is_unknown_in_predict_serve_the_api_and_numpy(trained):

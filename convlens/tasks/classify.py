@@ -135,11 +135,12 @@ class ClassifyTask(Task):
 
     @staticmethod
     def summary(metrics: dict) -> str:
-        """Accuracy, top-5 and macro F1, one line."""
-        return (
+        """Accuracy, top-5 and macro F1 (and what an open-set threshold keeps), one line."""
+        line = (
             f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}  top5 {metrics['top5']:.4f}"
             f"  macro_f1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
         )
+        return line + (f"; {openset.line(metrics['openset'])}" if "openset" in metrics else "")
 
     # --- predicting -----------------------------------------------------------------------------
     @classmethod

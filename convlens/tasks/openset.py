@@ -182,6 +182,12 @@ def block(scores: torch.Tensor, right: torch.Tensor, point: dict) -> dict:
     return {**point, "kept": float(kept.float().mean()), "accuracy_kept": accuracy}
 
 
+def line(block: dict) -> str:
+    """metrics["openset"] for the console."""
+    return (f"known at {block['score']} >= {block['threshold']:.4g} (val TPR "
+            f"{block['val_tpr']:.3f}): {block['kept']:.1%} kept")  # fmt: skip
+
+
 def check_point(meta: WeightsMeta, check: Checker) -> None:
     """The header's "openset": a known score and a finite threshold."""
     point = meta.decisions.openset
