@@ -129,7 +129,7 @@ def test_mahalanobis_decides_the_same_in_torch_and_onnx(trained):
     import convlens as api
     from convlens.data import load_dataset
     from convlens.errors import ConvlensError
-    from convlens.export import export_onnx
+    from convlens.export import OnnxModel, export_onnx
     from convlens.tasks.loading import load_run
 
     run = trained["root"] / "maha"
@@ -149,6 +149,10 @@ def test_mahalanobis_decides_the_same_in_torch_and_onnx(trained):
     for a, b in zip(torch_rows, onnx_rows, strict=True):
         assert a["openset"]["value"] == pytest.approx(b["openset"]["value"], rel=1e-4)
         assert a["openset"]["threshold"] == b["openset"]["threshold"]
+    eights = np.stack([np.asarray(Image.open(p))[None] for p in held])  # (N, 1, 32, 32)
+    assert OnnxModel(run / "weights" / "best.onnx").unknown(eights).tolist() == [
+        r["unknown"] for r in torch_rows
+    ]
     with pytest.raises(ConvlensError, match="torch engine"):
         api.load(run, engine="numpy")
 

@@ -93,6 +93,14 @@ class OnnxModel:
             raise ModelError(f"{self.path}: not a multilabel model (no per-label thresholds)")
         return self.predict_proba(images) >= np.asarray(self.thresholds, np.float32)
 
+    def unknown(self, images: np.ndarray) -> np.ndarray:
+        """(N,) bool: the open-set score (the graph's last output) below the threshold chosen
+        on validation, as `convlens predict` answers "unknown"."""
+        point = self.meta.decisions.openset
+        if point is None:
+            raise ModelError(f"{self.path}: no open-set threshold (trained without --reject)")
+        return self.predict_proba(images)[:, -1] < point["threshold"]
+
     def embed(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Unit embeddings (N, D) float32 of uint8 images (N, C, H, W); an embed run's two
         images show the same person when their dot product is >= `threshold`."""
