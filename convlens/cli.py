@@ -160,6 +160,10 @@ def evaluate(
         from convlens.tasks.detection import detection_lines
 
         click.echo("\n".join(detection_lines(metrics["detection"])))
+    if "openset" in metrics:  # open-set rejection (issue 19): what the val threshold keeps
+        from convlens.tasks.openset import line
+
+        click.echo(line(metrics["openset"]))
 
 
 @cli.command()
@@ -203,6 +207,8 @@ def predict(
                 if "anomaly" in row:  # anomaly run: one row, labelled anomalous or normal
                     label = "anomalous" if row["anomaly"] else "normal"
                     writer.writerow([row["file"], "", label, "", row["score"], ""])
+                if row.get("unknown"):  # open-set rejection (issue 19): below the val threshold
+                    writer.writerow([row["file"], "", "unknown", "", row["openset"]["value"], ""])
                 if "error" in row:
                     writer.writerow([row["file"], "", "", "", "", row["error"]])
     if as_json:
@@ -223,6 +229,10 @@ def predict(
             )  # +: multi-label, positive at the label's threshold chosen on val
             if "flag" in row:  # two-class run: the decision at the threshold chosen on val
                 tops += f"  -> {'POSITIVE' if row['flag'] else 'negative'}"
+            if row.get("unknown"):  # open-set rejection (issue 19): below the val threshold
+                point = row["openset"]
+                tops = (f"unknown ({point['score']} {point['value']:.4g} < "
+                        f"{point['threshold']:.4g}); nearest: {tops}")  # fmt: skip
             click.echo(f"{row['file']}: {tops}")
     if any("error" in row for row in rows):
         click.echo(f"{sum('error' in r for r in rows)} of {len(rows)} file(s) unreadable", err=True)

@@ -89,6 +89,9 @@ class TrainConfig:
     method: str = "geom"  # anomaly: geom (GEOM's 72 views; see anomaly_method) | patchcore | padim
     coreset: float = within(0.1, "(0, 1]")  # patchcore: share of normal patches kept in its bank
     patch_dim: int | None = within(None, "[1, 65536]")  # patch features kept (all; padim: 100)
+    # open-set rejection (issue 19): "unknown" below a score threshold chosen on val
+    reject: str = "off"  # classify: msp (max calibrated probability) | energy | mahalanobis | off
+    reject_tpr: float = within(0.95, "(0, 1]")  # share of in-distribution val images kept
     # model
     model: str = "fastnet"  # a name from `convlens models`
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
@@ -273,6 +276,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"setting {name!r} must be {finite}{allowed}, got {value!r}")
     _validate_photos(cfg)
     check_workflow(cfg)
+    check_reject(cfg)
     if cfg.model_args:  # imports torch: only when there is something to check
         from convlens.models.registry import check_model_args
 
@@ -303,6 +307,20 @@ def cache_ram_bytes(cfg: TrainConfig) -> int | None:
         raise ConfigError(f"setting 'cache_ram' must be bytes with an optional K, M, G or T "
                           f"suffix (e.g. 2G), not {cfg.cache_ram!r}")  # fmt: skip
     return int(float(m[1]) * BYTE_UNITS[m[2].upper()])
+
+
+# open-set rejection (issue 19): a classifier's score of how much an image looks like training
+REJECT_SCORES = ("msp", "energy", "mahalanobis", "off")  # convlens.tasks.openset.SCORES, off
+
+
+def check_reject(cfg: TrainConfig) -> None:
+    """--reject names a score, and only for a task that can answer "unknown"."""
+    if cfg.reject not in REJECT_SCORES:
+        raise ConfigError(f"setting 'reject' must be one of {', '.join(REJECT_SCORES)}, "
+                          f"not {cfg.reject!r}")  # fmt: skip
+    if cfg.reject != "off" and not task_class(cfg.task).rejects_unknown:
+        raise ConfigError(f"setting 'reject' is for classifiers: {cfg.task} runs do not answer "
+                          "'unknown'")  # fmt: skip
 
 
 # workflow (issue 18): the trackers --log names, and the settings k-fold runs take together

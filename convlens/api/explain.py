@@ -132,7 +132,7 @@ def explain_images(rec, pictures, names, stages, layer, out: Path, summary: dict
     """Grad-CAM, saliency and feature maps for each picture (uint8 (N, C, H, W))."""
     model, prep = rec.model, _normalizer(rec.meta)
     x = prep(pictures)
-    probs = rec.predict_tensor(pictures)  # as `convlens predict` reports them
+    probs = rec.predict_tensor(pictures)[:, : len(rec.classes)]  # as predict's, no open-set score
     target = probs.argmax(1)
     cams = None  # an MLP has no feature map to weigh: saliency only
     if layer is not None or has_feature_map(model, x):

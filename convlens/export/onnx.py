@@ -28,7 +28,7 @@ from convlens.tasks.registry import task_class
 from convlens.training.data import load_run_data
 
 TOLERANCE = 1e-4  # largest allowed |onnx - torch| over the check images: probability, score or
-# embedding entry (unit embeddings: 1 - cosine <= TOLERANCE**2 / 2 * D)
+# embedding entry (unit embeddings: 1 - cosine <= TOLERANCE**2 / 2 * D); relative above 1
 CHECK_IMAGES = 100  # validation images run through both
 CHECK_BYTES = 64 << 20  # at most this many uint8 pixels of them (fewer images when they are big)
 
@@ -69,7 +69,8 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
     images, source = _check_images(meta, weights)
     onnx_model = OnnxModel(out)
     ours, theirs = (_answers(m, task.onnx_output, images) for m in (rec, onnx_model))
-    diff = float(np.abs(ours - theirs).max()) if ours.size else 0.0
+    # relative to entries above 1 (an open-set energy or distance): absolute for the rest
+    diff = float((np.abs(ours - theirs) / np.maximum(1, np.abs(ours))).max()) if ours.size else 0.0
     if diff > TOLERANCE:
         raise ConvlensError(f"{out}: onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE})")
     result = {"onnx": str(out), "task": task.name, "images": len(images), "source": source,

@@ -18,6 +18,7 @@ from convlens.errors import ConvlensError
 from convlens.predict.onnx import OnnxModel
 from convlens.predict.torchscript import check_outputs, load_archive
 from convlens.runs.meta import WeightsMeta
+from convlens.tasks import openset
 from convlens.tasks.base import LoadedRun, Task
 from convlens.tasks.loading import load_checked, load_run, task_of
 from convlens.tasks.registry import task_class
@@ -56,11 +57,18 @@ class NumpyEngine:
         f = load_checked(run)
         self.meta, self.task, self.source = f.meta, task_class(f.meta.task), f.path
         refuse_engine(self.task, "numpy", run)
+        point = f.meta.decisions.openset
+        if point is not None and point["score"] == "mahalanobis":  # needs penultimate features
+            raise ConvlensError(f"{f.path}: a mahalanobis open-set score predicts with the torch "
+                                "engine, not numpy")  # fmt: skip
         arrays = {k: v.numpy() for k, v in f.tensors.items()}
         self.model = reference.model_from(f.meta, arrays, f.path)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, K), test-time views averaged as in training."""
+        """Probabilities (N, K), test-time views averaged as in training; a run with an open-set
+        threshold adds its score (N, K + 1)."""
+        if self.meta.decisions.openset is not None:
+            return torch.from_numpy(openset.numpy_scores(self.model, images.numpy(), self.meta))
         norm = self.meta.normalize
         probs = self.model.predict_proba(images.numpy(), norm.mean, norm.std, tta=self.meta.tta)
         return torch.from_numpy(probs)

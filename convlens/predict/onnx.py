@@ -77,8 +77,13 @@ class OnnxModel:
                              f"{self.kind.onnx_output}s ({self.task}), not scores")  # fmt: skip
         act, tta = ACTIVATIONS[self.kind.onnx_activation], self.meta.tta
 
+        def activated(x: np.ndarray) -> np.ndarray:  # the activation on the first output only
+            first, *rest = self.session.run(None, {self.input: x})  # e.g. an open-set score
+            return np.concatenate([act(first).reshape(len(x), -1),
+                                   *(o.reshape(len(x), -1) for o in rest)], 1)  # fmt: skip
+
         def scores(x: np.ndarray) -> np.ndarray:  # (B, K), test-time views averaged
-            return sum(w * act(self._run(v)) for v, w in tta_views(x, tta))
+            return sum(w * activated(v) for v, w in tta_views(x, tta))
 
         return self._map(images, batch_size, scores)
 
@@ -87,6 +92,14 @@ class OnnxModel:
         if self.thresholds is None:
             raise ModelError(f"{self.path}: not a multilabel model (no per-label thresholds)")
         return self.predict_proba(images) >= np.asarray(self.thresholds, np.float32)
+
+    def unknown(self, images: np.ndarray) -> np.ndarray:
+        """(N,) bool: the open-set score (the graph's last output) below the threshold chosen
+        on validation, as `convlens predict` answers "unknown"."""
+        point = self.meta.decisions.openset
+        if point is None:
+            raise ModelError(f"{self.path}: no open-set threshold (trained without --reject)")
+        return self.predict_proba(images)[:, -1] < point["threshold"]
 
     def embed(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Unit embeddings (N, D) float32 of uint8 images (N, C, H, W); an embed run's two

@@ -78,9 +78,10 @@ class Recogniser:
 
     def predict(self, image: ImageLike, top_k: int = 5) -> list[dict] | dict:
         """One image's top-k `{"label", "index", "score"}` (a path, bytes, PIL image or array);
-        a task that answers otherwise gives its answer's fields (anomaly: score and flag)."""
+        a task that answers otherwise gives its answer's fields (anomaly: score and flag), and
+        so does a classifier that may answer "unknown" (its "predictions", "unknown", "openset")."""
         fields = self.answer(self.predict_tensor(self.preprocess(image)[None])[0], top_k)
-        return fields.get("predictions", fields)
+        return fields if "unknown" in fields else fields.get("predictions", fields)
 
     def flag(self, image: ImageLike) -> dict:
         """A two-class run's decision at its operating point: {"flag", "positive_score"}."""

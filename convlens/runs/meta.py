@@ -89,6 +89,8 @@ class Decisions:
     label_thresholds: dict | None = None
     # "threshold": an embed run's cosine similarity at and above which two faces match
     threshold: float | None = None
+    # "openset": a classifier's {"score", "threshold", "target_tpr", ...}: "unknown" below it
+    openset: dict | None = None
 
     @property
     def thresholds(self) -> list[float] | None:
@@ -125,6 +127,7 @@ class WeightsMeta(Mapping):
             operating_point=d.pop("operating_point", None),
             label_thresholds=d.pop("label_thresholds", None),
             threshold=d.pop("threshold", None),
+            openset=d.pop("openset", None),
         )
         if decisions.label_thresholds is None and "thresholds" in d:  # an older export
             decisions.label_thresholds = {"labels": d["classes"], "thresholds": d.pop("thresholds")}

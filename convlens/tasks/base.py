@@ -82,6 +82,7 @@ class Task:
     onnx_refusal: ClassVar[str] = "no ONNX graph gives its answers"  # why it does not export
     serves_onnx: ClassVar[bool] = False  # `serve --engine auto` predicts through an ONNX export
     recogniser: ClassVar[type | None] = None  # its runs load as this Recogniser subclass
+    rejects_unknown: ClassVar[bool] = False  # open-set rejection: --reject answers "unknown"
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
