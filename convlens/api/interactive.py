@@ -46,6 +46,7 @@ def explain_page(
         "classes": rec.classes,
         "caption": caption,
         "layers": records,
+        "logits": logits.astype(np.float64).tolist(),  # (K,): what the softmax takes
         "probs": reference.softmax(logits.astype(np.float64)).tolist(),
         "calibration": meta.calibration,
         "tta": meta.tta,

@@ -1,0 +1,126 @@
+"""`convlens explain RUN --interactive`: the page in a real Chromium, its sums checked by torch."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import convlens
+from convlens.data.batches import normalize
+from convlens.explain import object_scenes
+from tests.helpers import convlens as cli
+from tests.helpers import launch_chromium, open_page
+
+pytestmark = pytest.mark.xdist_group("explain-page")
+ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
+BUDGET = 5 * 2**20  # bytes: the page of a 28x28 model stays under 5 MB
+needs_chromium = pytest.mark.skipif(not shutil.which("chromium"), reason="no Debian chromium")
+QUICK = {"epochs": 1, "batch_size": 128, "amp": "off"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("page")
+    return convlens.train(data="digits", model="textbook", run=str(home / "run"), **QUICK)
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    path = tmp_path_factory.mktemp("img") / "seven.png"
+    d = load_digits()
+    idx = int(np.flatnonzero(d.target == 7)[-1])
+    Image.fromarray((d.images[idx] * 255 / 16).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def page_file(run, digit_png):
+    path = run / "seven.html"
+    out = cli("explain", run, "--interactive", "--image", digit_png, "--out", path)
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {path}" in out.stdout
+    return path
+
+
+def _self_contained(page: str) -> None:
+    assert not re.search(r'\b(src|href)="(?!data:|#)', page), "an outside asset"
+    assert "<script src" not in page and "@import" not in page
+
+
+def test_default_image_is_a_stored_test_image(run):
+    page_path = Path(convlens.explain(str(run), interactive=True)["page"])
+    assert page_path == run / "explain" / "explainer.html"
+    page = page_path.read_text()
+    _self_contained(page)
+    assert "test image 0 of digits" in page and "NumPy reference engine" in page
+    assert len(page.encode()) < BUDGET
+
+
+def test_page_of_a_28x28_lenet5_stays_under_budget(tmp_path):
+    """Every conv layer's inputs and weights are embedded, and the page is under 5 MB."""
+    x, y, _ = object_scenes(40, size=28, classes=2, seed=1)
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        folder = tmp_path / "data" / ("test" if i >= 32 else "train") / f"c{int(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"{i}.png")
+    run = convlens.train(data=str(tmp_path / "data"), model="lenet5", run=str(tmp_path / "run"),
+                         **QUICK)  # fmt: skip
+    page = Path(convlens.explain(str(run), interactive=True)["page"]).read_text()
+    _self_contained(page)
+    assert len(page.encode()) < BUDGET
+    assert '"name":"features.conv2"' in page and '"values":null' not in page
+    assert '"weight":null' not in page
+
+
+@needs_chromium
+def test_clicks_show_sums_equal_to_the_map_and_to_torch(run, page_file, digit_png):
+    from playwright.sync_api import sync_playwright
+
+    rec = convlens.load(str(run))
+    x = normalize(rec.preprocess(digit_png)[None], rec.meta.normalize.mean, rec.meta.normalize.std)
+    modules = dict(rec.model.named_modules())
+    with torch.no_grad():
+        conv1 = modules["features.conv1"](x)[0]  # (16, 8, 8): torch's value of every pixel
+        logits = rec.model(x)[0]  # (10,)
+    top = rec.predict(digit_png)[0]["label"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page, errors = open_page(browser, page_file.as_uri(), height=900)
+        assert page.locator('.col[data-col="1"] h3').text_content() == "features.conv1"
+        for ch, row, col in [(3, 4, 5), (0, 0, 0), (15, 7, 2)]:  # inside, and on the padding
+            img = page.locator(f'img.map[data-layer="1"][data-ch="{ch}"]')
+            box = img.bounding_box()
+            img.click(position={"x": (col + 0.5) * box["width"] / 8,
+                                "y": (row + 0.5) * box["height"] / 8})  # fmt: skip
+            calc = page.locator("#calc")
+            assert [calc.get_attribute(f"data-{k}") for k in ("ch", "y", "x")] == [
+                str(ch), str(row), str(col)]  # fmt: skip
+            shown = float(page.locator("#calc-value").text_content())
+            summed = float(page.locator("#calc-sum").text_content())
+            assert abs(summed - shown) <= 1e-4  # equal at the 4 decimals printed
+            assert abs(summed - float(conv1[ch, row, col])) <= 1e-4
+            relu = float(page.locator("#calc-relu").text_content())
+            assert relu == pytest.approx(max(summed, 0.0), abs=1e-4)
+            assert page.locator("#calc-pool").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "explainer_conv.png"), full_page=True)
+
+        last = page.locator(".col").count() - 1
+        k = int(logits.argmax())
+        page.locator(f'.unit[data-layer="{last}"][data-unit="{k}"]').click()
+        fc_sum = float(page.locator("#fc-sum").text_content())
+        assert abs(fc_sum - float(page.locator("#fc-value").text_content())) <= 1e-4
+        assert abs(fc_sum - float(logits[k])) <= 1e-4
+        assert page.locator("#calc table.grid").count() == 2  # top inputs, then the softmax
+        assert page.locator("#probs .bar").first.get_attribute("data-label") == top
+        page.screenshot(path=str(ARTIFACTS / "explainer_softmax.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
