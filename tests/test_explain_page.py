@@ -50,6 +50,47 @@ def page_file(run, digit_png):
     return path
 
 
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """A folder of 40 grey 28x28 scenes in two classes, 8 of them for test."""
+    root = tmp_path_factory.mktemp("scenes")
+    x, y, _ = object_scenes(40, size=28, classes=2, seed=1)
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        folder = root / "data" / ("test" if i >= 32 else "train") / f"c{int(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        yield browser
+        browser.close()
+
+
+def click_conv(page, layer: int, ch: int, row: int, col: int, size: tuple[int, int]):
+    """Click pixel (row, col) of a conv map: (the map's value, the page's sum) as printed."""
+    img = page.locator(f'img.map[data-layer="{layer}"][data-ch="{ch}"]')
+    box = img.bounding_box()
+    img.click(position={"x": (col + 0.5) * box["width"] / size[1],
+                        "y": (row + 0.5) * box["height"] / size[0]})  # fmt: skip
+    calc = page.locator("#calc")
+    assert [calc.get_attribute(f"data-{k}") for k in ("ch", "y", "x")] == [
+        str(ch), str(row), str(col)]  # fmt: skip
+    return (float(page.locator("#calc-value").text_content()),
+            float(page.locator("#calc-sum").text_content()))  # fmt: skip
+
+
+def torch_input(rec, image) -> torch.Tensor:
+    """The normalised (1, C, H, W) input torch sees for an image file."""
+    norm = rec.meta.normalize
+    return normalize(rec.preprocess(image)[None], norm.mean, norm.std)
+
+
 def _self_contained(page: str) -> None:
     assert not re.search(r'\b(src|href)="(?!data:|#)', page), "an outside asset"
     assert "<script src" not in page and "@import" not in page
@@ -64,14 +105,9 @@ def test_default_image_is_a_stored_test_image(run):
     assert len(page.encode()) < BUDGET
 
 
-def test_page_of_a_28x28_lenet5_stays_under_budget(tmp_path):
+def test_page_of_a_28x28_lenet5_stays_under_budget(scenes):
     """Every conv layer's inputs and weights are embedded, and the page is under 5 MB."""
-    x, y, _ = object_scenes(40, size=28, classes=2, seed=1)
-    for i, (img, label) in enumerate(zip(x, y, strict=True)):
-        folder = tmp_path / "data" / ("test" if i >= 32 else "train") / f"c{int(label)}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img[0].numpy()).save(folder / f"{i}.png")
-    run = convlens.train(data=str(tmp_path / "data"), model="lenet5", run=str(tmp_path / "run"),
+    run = convlens.train(data=str(scenes / "data"), model="lenet5", run=str(scenes / "lenet5"),
                          **QUICK)  # fmt: skip
     page = Path(convlens.explain(str(run), interactive=True)["page"]).read_text()
     _self_contained(page)
@@ -81,46 +117,57 @@ def test_page_of_a_28x28_lenet5_stays_under_budget(tmp_path):
 
 
 @needs_chromium
-def test_clicks_show_sums_equal_to_the_map_and_to_torch(run, page_file, digit_png):
-    from playwright.sync_api import sync_playwright
-
+def test_torch_model_conv_pixel_in_chromium(scenes, browser):
+    """fastnet, which the NumPy engine cannot run: its numbers come from torch's hooks."""
+    run = convlens.train(data=str(scenes / "data"), model="fastnet", run=str(scenes / "fastnet"),
+                         model_args={"widths": [8, 16, 16]}, **QUICK)  # fmt: skip
+    image = next((scenes / "data" / "test").rglob("*.png"))
+    out = Path(convlens.explain(str(run), interactive=True, image=str(image),
+                                out=str(scenes / "fastnet.html"))["page"])  # fmt: skip
     rec = convlens.load(str(run))
-    x = normalize(rec.preprocess(digit_png)[None], rec.meta.normalize.mean, rec.meta.normalize.std)
-    modules = dict(rec.model.named_modules())
     with torch.no_grad():
-        conv1 = modules["features.conv1"](x)[0]  # (16, 8, 8): torch's value of every pixel
+        conv1 = dict(rec.model.named_modules())["conv1"](torch_input(rec, image))[0]
+    page, errors = open_page(browser, out.as_uri(), height=900)
+    assert page.locator('.col[data-col="1"] h3').text_content() == "conv1"
+    assert "Numbers from torch" in page.locator("#sub").text_content()
+    size = tuple(conv1.shape[1:])
+    for ch, row, col in [(2, 10, 13), (7, size[0] - 1, 0)]:
+        shown, summed = click_conv(page, 1, ch, row, col, size)
+        assert abs(summed - shown) <= 1e-4
+        assert abs(summed - float(conv1[ch, row, col])) <= 1e-4
+    page.screenshot(path=str(ARTIFACTS / "explainer_fastnet.png"))
+    page.close()
+    assert not errors, errors
+
+
+@needs_chromium
+def test_clicks_show_sums_equal_to_the_map_and_to_torch(run, page_file, digit_png, browser):
+    rec = convlens.load(str(run))
+    x = torch_input(rec, digit_png)
+    with torch.no_grad():
+        conv1 = dict(rec.model.named_modules())["features.conv1"](x)[0]  # (16, 8, 8)
         logits = rec.model(x)[0]  # (10,)
     top = rec.predict(digit_png)[0]["label"]
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        page, errors = open_page(browser, page_file.as_uri(), height=900)
-        assert page.locator('.col[data-col="1"] h3').text_content() == "features.conv1"
-        for ch, row, col in [(3, 4, 5), (0, 0, 0), (15, 7, 2)]:  # inside, and on the padding
-            img = page.locator(f'img.map[data-layer="1"][data-ch="{ch}"]')
-            box = img.bounding_box()
-            img.click(position={"x": (col + 0.5) * box["width"] / 8,
-                                "y": (row + 0.5) * box["height"] / 8})  # fmt: skip
-            calc = page.locator("#calc")
-            assert [calc.get_attribute(f"data-{k}") for k in ("ch", "y", "x")] == [
-                str(ch), str(row), str(col)]  # fmt: skip
-            shown = float(page.locator("#calc-value").text_content())
-            summed = float(page.locator("#calc-sum").text_content())
-            assert abs(summed - shown) <= 1e-4  # equal at the 4 decimals printed
-            assert abs(summed - float(conv1[ch, row, col])) <= 1e-4
-            relu = float(page.locator("#calc-relu").text_content())
-            assert relu == pytest.approx(max(summed, 0.0), abs=1e-4)
-            assert page.locator("#calc-pool").count() == 1
-        page.screenshot(path=str(ARTIFACTS / "explainer_conv.png"), full_page=True)
+    page, errors = open_page(browser, page_file.as_uri(), height=900)
+    assert page.locator('.col[data-col="1"] h3').text_content() == "features.conv1"
+    for ch, row, col in [(3, 4, 5), (0, 0, 0), (15, 7, 2)]:  # inside, and on the padding
+        shown, summed = click_conv(page, 1, ch, row, col, (8, 8))
+        assert abs(summed - shown) <= 1e-4  # equal at the 4 decimals printed
+        assert abs(summed - float(conv1[ch, row, col])) <= 1e-4
+        relu = float(page.locator("#calc-relu").text_content())
+        assert relu == pytest.approx(max(summed, 0.0), abs=1e-4)
+        assert page.locator("#calc-pool").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "explainer_conv.png"), full_page=True)
 
-        last = page.locator(".col").count() - 1
-        k = int(logits.argmax())
-        page.locator(f'.unit[data-layer="{last}"][data-unit="{k}"]').click()
-        fc_sum = float(page.locator("#fc-sum").text_content())
-        assert abs(fc_sum - float(page.locator("#fc-value").text_content())) <= 1e-4
-        assert abs(fc_sum - float(logits[k])) <= 1e-4
-        assert page.locator("#calc table.grid").count() == 2  # top inputs, then the softmax
-        assert page.locator("#probs .bar").first.get_attribute("data-label") == top
-        page.screenshot(path=str(ARTIFACTS / "explainer_softmax.png"), full_page=True)
-        browser.close()
+    last = page.locator(".col").count() - 1
+    k = int(logits.argmax())
+    page.locator(f'.unit[data-layer="{last}"][data-unit="{k}"]').click()
+    fc_sum = float(page.locator("#fc-sum").text_content())
+    assert abs(fc_sum - float(page.locator("#fc-value").text_content())) <= 1e-4
+    assert abs(fc_sum - float(logits[k])) <= 1e-4
+    assert page.locator("#calc table.grid").count() == 2  # top inputs, then the softmax
+    assert page.locator("#probs .bar").first.get_attribute("data-label") == top
+    page.screenshot(path=str(ARTIFACTS / "explainer_softmax.png"), full_page=True)
+    page.close()
     assert not errors, errors

@@ -21,6 +21,7 @@ from convlens import reference
 from convlens.reference.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 
 MAX_FLOATS = 600_000  # float32 numbers embedded per page: 2.4 MB raw, 3.2 MB as base64
+MAX_MAPS = 64  # channels drawn per layer: a wide layer's maps are its first 64
 
 
 def b64_floats(a: np.ndarray) -> str:
@@ -36,9 +37,10 @@ def png_uri(a: np.ndarray) -> str:
 
 
 def channel_pngs(out: np.ndarray) -> tuple[list[str], list[float]]:
-    """(C, H, W) floats -> a grey PNG per channel, quantised on the layer's own [lo, hi]."""
+    """(C, H, W) floats -> a grey PNG per channel (the first MAX_MAPS), quantised on the
+    layer's own [lo, hi]."""
     lo, hi = float(out.min()), float(out.max())
-    q = np.round((out - lo) / (hi - lo or 1.0) * 255).astype(np.uint8)  # (C, H, W)
+    q = np.round((out[:MAX_MAPS] - lo) / (hi - lo or 1.0) * 255).astype(np.uint8)  # (C, H, W)
     return [png_uri(c) for c in q], [lo, hi]
 
 
