@@ -10,7 +10,7 @@ from convlens import reference
 from convlens.api.explain import load_data, run_home
 from convlens.errors import ConvlensError
 from convlens.explain.sharing import parameter_sharing
-from convlens.explain.walkthrough import trace_reference, trace_torch
+from convlens.explain.walkthrough import run_reference, run_torch, walkthrough
 from convlens.predict import Recogniser
 from convlens.report.explainer import write_page
 
@@ -30,11 +30,12 @@ def explain_page(
     x = reference.normalize(picture[None], meta.normalize.mean, meta.normalize.std)[0]
     shape = (rec.channels, *rec.size)
     if meta.model.name in reference.MODELS:  # numbers from the NumPy engine, readable Python
-        engine = "the NumPy reference engine (convlens.reference)"
-        records, logits = trace_reference(Recogniser(run, engine="numpy").model, picture, x)
+        engine, model = "the NumPy reference engine (convlens.reference)", run_reference
+        net = Recogniser(run, engine="numpy").model
     else:
-        engine = "torch"
-        records, logits = trace_torch(rec.model.eval(), picture, x)
+        engine, model, net = "torch", run_torch, rec.model.eval()
+    steps, logits = model(net, x)
+    records = walkthrough(steps, picture)
     sharing = {row["layer"]: row for row in parameter_sharing(rec.model, shape)["layers"]}
     for r in records:
         if r["name"] in sharing:

@@ -1,16 +1,18 @@
 """One image through the network, layer by layer: the data of the interactive explainer page.
 
-Each layer becomes a record: its kind, output shape, parameter count, the output as quantised
-PNGs (one per channel) and, within a float budget, the exact float32 values, weights and bias
-that the page needs to redo a conv's multiply-and-sum or a linear unit's weighted sum in the
-browser. Models the NumPy engine runs (convlens.reference) are traced there, so a learner can
-read the very lines that computed the numbers; any other model is traced with torch hooks.
+`run_reference` or `run_torch` gives each layer's output (a Step); `walkthrough` makes each a
+record: its kind, output shape, parameter count, the output as quantised PNGs (one per channel)
+and, within a float budget, the exact float32 values, weights and bias that the page needs to
+redo a conv's multiply-and-sum or a linear unit's weighted sum in the browser. Models the NumPy
+engine runs (convlens.reference) are traced there, so a learner can read the very lines that
+computed the numbers; any other model is traced with torch hooks.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,11 +38,12 @@ def png_uri(a: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def channel_pngs(out: np.ndarray) -> tuple[list[str], list[float]]:
-    """(C, H, W) floats -> a grey PNG per channel (the first MAX_MAPS), quantised on the
-    layer's own [lo, hi]."""
-    lo, hi = float(out.min()), float(out.max())
-    q = np.round((out[:MAX_MAPS] - lo) / (hi - lo or 1.0) * 255).astype(np.uint8)  # (C, H, W)
+def channel_pngs(out: np.ndarray, span=None) -> tuple[list[str], list[float]]:
+    """(C, H, W) floats -> a grey PNG per channel (the first MAX_MAPS), quantised on `span`
+    (lo, hi), by default the layer's own."""
+    lo, hi = span if span is not None else (float(out.min()), float(out.max()))
+    q = np.clip(np.round((out[:MAX_MAPS] - lo) / (hi - lo or 1.0) * 255), 0, 255)
+    q = q.astype(np.uint8)  # (C, H, W)
     return [png_uri(c) for c in q], [lo, hi]
 
 
@@ -58,88 +61,48 @@ class Budget:
         return [None if a is None else b64_floats(a) for a in arrays]
 
 
-def record(name: str, kind: str, out: np.ndarray, src: int | None, budget: Budget, **extra):
-    """A layer's record for one image's output `out` (C, H, W) or (F,); src: its input's index."""
-    rec = {"name": name, "kind": kind, "shape": list(out.shape), "input": src, "params": 0}
-    rec |= extra
-    if out.ndim == 3:
-        rec["maps"], rec["range"] = channel_pngs(out)
-    taken = budget.take(out)
-    rec["values"] = taken[0] if taken else None
-    return rec
+@dataclass
+class Step:
+    """One layer's output for one image, and where its input came from."""
+
+    name: str
+    layer: object  # a convlens.reference layer or a torch module (None for the image)
+    out: np.ndarray  # (C, H, W) or (F,)
+    src: int | None  # the step whose output is its input (0: the image; None: not traced)
 
 
-def with_params(rec: dict, weight: np.ndarray, bias: np.ndarray | None, budget: Budget) -> dict:
-    """Add a layer's weights (and their count) to its record, if the budget allows."""
-    rec["params"] = int(weight.size + (0 if bias is None else bias.size))
-    rec["wshape"] = list(weight.shape)
-    taken = budget.take(weight, bias)
-    rec["weight"], rec["bias"] = taken if taken else (None, None)
-    return rec
-
-
-def input_record(image: np.ndarray, x: np.ndarray, budget: Budget) -> dict:
-    """The picture as the network sees it: uint8 (C, H, W) shown, normalised floats x used."""
-    rec = record("input", "input", x, None, budget)
-    rec["picture"] = png_uri(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
-    return rec
-
-
-def trace_reference(
-    model: reference.Sequential, image: np.ndarray, x: np.ndarray
-) -> tuple[list[dict], np.ndarray]:
-    """(records, logits (K,)) of a NumPy-engine model for one image (x: (C, H, W) floats)."""
-    budget = Budget()
-    records = [input_record(image, x, budget)]
-    out = x[None]  # (1, C, H, W)
+def run_reference(model: reference.Sequential, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
+    """(steps, logits (K,)) of a NumPy-engine model for x (C, H, W) floats."""
+    steps, out = [Step("input", None, x, None)], x[None]  # (1, C, H, W)
     for name, layer in model.layers.items():
         if isinstance(layer, Dropout):  # the identity in eval mode: no column of its own
             continue
         out = layer.forward(out)
-        src = len(records) - 1
-        if isinstance(layer, Conv2d):
-            extra = {"k": layer.weight.data.shape[-1], "stride": layer.stride}
-            rec = record(name, "conv", out[0], src, budget, padding=layer.padding, **extra)
-            records.append(with_params(rec, layer.weight.data, _data(layer.bias), budget))
-        elif isinstance(layer, Linear):
-            rec = record(name, "linear", out[0], src, budget)
-            records.append(with_params(rec, layer.weight.data, _data(layer.bias), budget))
-        elif isinstance(layer, MaxPool2d):
-            records.append(record(name, "pool", out[0], src, budget, k=layer.k, stride=layer.s))
-        elif isinstance(layer, ReLU | Flatten):
-            kind = "relu" if isinstance(layer, ReLU) else "flatten"
-            records.append(record(name, kind, out[0], src, budget))
-        else:
-            records.append(record(name, type(layer).__name__.lower(), out[0], src, budget))
-    return records, out[0]
+        steps.append(Step(name, layer, out[0], len(steps) - 1))
+    return steps, out[0]
 
 
-def trace_torch(
-    model: nn.Module, image: np.ndarray, x: np.ndarray
-) -> tuple[list[dict], np.ndarray]:
-    """(records, logits (K,)) of a torch model's leaf modules, in the order they ran.
+def run_torch(model: nn.Module, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
+    """(steps, logits (K,)) of a torch model's leaf modules for x, in the order they ran.
 
-    A module's input is linked to the record whose output it is; one computed outside a
-    module (a residual sum, a functional op) has no record, so that layer is not clickable.
+    A module's input is linked to the step whose output it is; one computed outside a module
+    (a residual sum, a functional op) has no step, so that layer is not clickable.
     """
-    budget = Budget()
-    records = [input_record(image, x, budget)]
-    source: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (record, tensor kept alive)
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    xt = torch.from_numpy(x)[None]
+    steps = [Step("input", None, x, None)]
+    source = {id(xt): (0, xt)}  # id(tensor) -> (step, the tensor kept alive so ids stay unique)
 
     def hook(name: str):
         def run(module, inputs, output):
             if not isinstance(output, torch.Tensor) or output.shape[0] != 1:
                 return
             src = source.get(id(inputs[0]), (None,))[0] if inputs else None
-            out = output.detach().float()[0].numpy()
-            records.append(leaf_record(name, module, out, src, budget))
-            source[id(output)] = (len(records) - 1, output)
+            steps.append(Step(name, module, output.detach().float()[0].numpy(), src))
+            source[id(output)] = (len(steps) - 1, output)
 
         return run
 
-    xt = torch.from_numpy(x)[None]
-    source[id(xt)] = (0, xt)
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
     try:
         with torch.no_grad():
@@ -147,23 +110,56 @@ def trace_torch(
     finally:
         for h in handles:
             h.remove()
-    return records, logits
+    return steps, logits
 
 
-def leaf_record(name: str, m: nn.Module, out: np.ndarray, src: int | None, budget: Budget):
-    """A torch leaf module's record; a plain conv or linear layer keeps its weights."""
-    if isinstance(m, nn.Conv2d) and _plain_conv(m):
-        extra = {"k": m.kernel_size[0], "stride": m.stride[0], "padding": m.padding[0]}
-        rec = record(name, "conv", out, src, budget, **extra)
-        return with_params(rec, _np(m.weight), None if m.bias is None else _np(m.bias), budget)
-    if isinstance(m, nn.Linear):
-        rec = record(name, "linear", out, src, budget)
-        return with_params(rec, _np(m.weight), None if m.bias is None else _np(m.bias), budget)
-    if isinstance(m, nn.MaxPool2d) and isinstance(m.kernel_size, int) and not m.padding:
-        return record(name, "pool", out, src, budget, k=m.kernel_size, stride=m.stride)
-    kind = {nn.ReLU: "relu", nn.Flatten: "flatten"}.get(type(m), type(m).__name__.lower())
-    rec = record(name, kind, out, src, budget)
-    rec["params"] = sum(p.numel() for p in m.parameters())
+def walkthrough(steps: list[Step], image: np.ndarray) -> list[dict]:
+    """The page's record of every step; image: the uint8 (C, H, W) the network was shown."""
+    budget = Budget()
+    records = [describe(s, budget) for s in steps]
+    records[0]["picture"] = picture_uri(image)
+    return records
+
+
+def picture_uri(image: np.ndarray) -> str:
+    """A uint8 (C, H, W) image as a PNG data: URI (grey or RGB)."""
+    return png_uri(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+
+
+def describe(step: Step, budget: Budget) -> dict:
+    """A step's record: kind, shape, maps, and what a click on it needs, within the budget."""
+    m, out = step.layer, step.out
+    rec = {"name": step.name, "kind": "input", "shape": list(out.shape), "input": step.src}
+    rec["params"] = 0
+    if out.ndim == 3:
+        rec["maps"], rec["range"] = channel_pngs(out)
+    taken = budget.take(out)
+    rec["values"] = taken[0] if taken else None
+    weights = None
+    if isinstance(m, Conv2d):  # the NumPy engine's layers
+        rec |= {"kind": "conv", "k": m.weight.data.shape[-1], "stride": m.stride}
+        rec["padding"], weights = m.padding, (m.weight.data, _data(m.bias))
+    elif isinstance(m, Linear):
+        rec["kind"], weights = "linear", (m.weight.data, _data(m.bias))
+    elif isinstance(m, MaxPool2d):
+        rec |= {"kind": "pool", "k": m.k, "stride": m.s}
+    elif isinstance(m, nn.Conv2d) and _plain_conv(m):  # torch's
+        rec |= {"kind": "conv", "k": m.kernel_size[0], "stride": m.stride[0]}
+        rec["padding"], weights = m.padding[0], (_np(m.weight), _np(m.bias))
+    elif isinstance(m, nn.Linear):
+        rec["kind"], weights = "linear", (_np(m.weight), _np(m.bias))
+    elif isinstance(m, nn.MaxPool2d) and isinstance(m.kernel_size, int) and not m.padding:
+        rec |= {"kind": "pool", "k": m.kernel_size, "stride": m.stride}
+    elif m is not None:
+        kinds = {ReLU: "relu", Flatten: "flatten", nn.ReLU: "relu", nn.Flatten: "flatten"}
+        rec["kind"] = kinds.get(type(m), type(m).__name__.lower())
+    if isinstance(m, nn.Module):
+        rec["params"] = sum(p.numel() for p in m.parameters())
+    if weights is not None:
+        weight, bias = weights
+        rec["params"], rec["wshape"] = int(weight.size + _size(bias)), list(weight.shape)
+        taken = budget.take(weight, bias)
+        rec["weight"], rec["bias"] = taken if taken else (None, None)
     return rec
 
 
@@ -175,8 +171,12 @@ def _plain_conv(m: nn.Conv2d) -> bool:
     return square and pad and plain
 
 
-def _np(p: torch.Tensor) -> np.ndarray:
-    return p.detach().float().cpu().numpy()
+def _np(p: torch.Tensor | None) -> np.ndarray | None:
+    return None if p is None else p.detach().float().cpu().numpy()
+
+
+def _size(a: np.ndarray | None) -> int:
+    return 0 if a is None else a.size
 
 
 def _data(p: reference.Parameter | None) -> np.ndarray | None:
