@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +15,7 @@ from PIL import Image
 
 import convlens
 from convlens.data.batches import normalize
-from convlens.explain import object_scenes
+from convlens.explain import object_scenes, shift_images
 from tests.helpers import convlens as cli
 from tests.helpers import launch_chromium, open_page
 
@@ -171,3 +173,35 @@ def test_clicks_show_sums_equal_to_the_map_and_to_torch(run, page_file, digit_pn
     page.screenshot(path=str(ARTIFACTS / "explainer_softmax.png"), full_page=True)
     page.close()
     assert not errors, errors
+
+
+@needs_chromium
+def test_dragging_the_image_moves_the_first_maps_with_it(run, page_file, digit_png, browser):
+    rec = convlens.load(str(run))
+    moved = shift_images(rec.preprocess(digit_png)[None], 0, 2)  # 2 px right, zero-filled
+    top = rec.answer(rec.predict_tensor(moved)[0])["predictions"][0]["label"]
+    page, errors = open_page(browser, page_file.as_uri(), height=900)
+    conv = page.locator('img.map[data-layer="1"][data-ch="3"]')
+    before = _png(conv.get_attribute("src"))  # (8, 8) grey levels
+    box = page.locator("img.pic").bounding_box()
+    page.mouse.move(box["x"] + 20, box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 20 + 2 * box["width"] / 8, box["y"] + 20, steps=4)
+    page.mouse.up()
+    assert page.locator("#shift-at").text_content() == "0, 2"
+    after = _png(conv.get_attribute("src"))
+    # 5x5 windows that see neither the zero padding nor the filled columns moved by 2
+    assert np.abs(after[2:6, 4:6] - before[2:6, 2:4]).max() <= 1
+    assert np.abs(after - before).max() > 1  # and the map did change
+    assert page.locator("#probs .bar").first.get_attribute("data-label") == top
+    page.screenshot(path=str(ARTIFACTS / "explainer_moved.png"))
+    conv.click()
+    assert "unmoved image" in page.locator("#calc").text_content()
+    page.close()
+    assert not errors, errors
+
+
+def _png(uri: str) -> np.ndarray:
+    """A data: URI's PNG as int grey levels."""
+    data = base64.b64decode(uri.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)), dtype=int)

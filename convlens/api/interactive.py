@@ -9,6 +9,7 @@ import numpy as np
 from convlens import reference
 from convlens.api.explain import load_data, run_home
 from convlens.errors import ConvlensError
+from convlens.explain.drag import shifted_views
 from convlens.explain.sharing import parameter_sharing
 from convlens.explain.walkthrough import run_reference, run_torch, walkthrough
 from convlens.predict import Recogniser
@@ -27,15 +28,19 @@ def explain_page(
         raise ConvlensError(f"{rec.weights}: explain is for classify runs, not {meta.task} runs")
     home = run_home(rec.weights)
     picture, caption = pick_image(rec, image, home)  # uint8 (C, H, W)
-    x = reference.normalize(picture[None], meta.normalize.mean, meta.normalize.std)[0]
     shape = (rec.channels, *rec.size)
     if meta.model.name in reference.MODELS:  # numbers from the NumPy engine, readable Python
-        engine, model = "the NumPy reference engine (convlens.reference)", run_reference
+        engine, trace = "the NumPy reference engine (convlens.reference)", run_reference
         net = Recogniser(run, engine="numpy").model
     else:
-        engine, model, net = "torch", run_torch, rec.model.eval()
-    steps, logits = model(net, x)
+        engine, trace, net = "torch", run_torch, rec.model.eval()
+
+    def prep(image: np.ndarray) -> np.ndarray:  # uint8 (C, H, W) -> float32, as in training
+        return reference.normalize(image[None], meta.normalize.mean, meta.normalize.std)[0]
+
+    steps, logits = trace(net, prep(picture))
     records = walkthrough(steps, picture)
+    shifts = shifted_views(trace, net, picture, prep, records)
     sharing = {row["layer"]: row for row in parameter_sharing(rec.model, shape)["layers"]}
     for r in records:
         if r["name"] in sharing:
@@ -51,6 +56,7 @@ def explain_page(
         "probs": reference.softmax(logits.astype(np.float64)).tolist(),
         "calibration": meta.calibration,
         "tta": meta.tta,
+        "shifts": shifts,
     }
     path = Path(out) if out else home / "explain" / PAGE
     path.parent.mkdir(parents=True, exist_ok=True)
