@@ -170,6 +170,11 @@ def test_clicks_show_sums_equal_to_the_map_and_to_torch(run, page_file, digit_pn
     assert abs(fc_sum - float(logits[k])) <= 1e-4
     assert page.locator("#calc table.grid").count() == 2  # top inputs, then the softmax
     assert page.locator("#probs .bar").first.get_attribute("data-label") == top
+    first = page.locator("#cam").get_attribute("src")  # Grad-CAM of the predicted class
+    second = page.locator("#probs .bar").nth(1)
+    second.click()
+    assert page.locator("#cam").get_attribute("data-class") == second.get_attribute("data-class")
+    assert page.locator("#cam").get_attribute("src") != first
     page.screenshot(path=str(ARTIFACTS / "explainer_softmax.png"), full_page=True)
     page.close()
     assert not errors, errors
@@ -183,6 +188,7 @@ def test_dragging_the_image_moves_the_first_maps_with_it(run, page_file, digit_p
     page, errors = open_page(browser, page_file.as_uri(), height=900)
     conv = page.locator('img.map[data-layer="1"][data-ch="3"]')
     before = _png(conv.get_attribute("src"))  # (8, 8) grey levels
+    page.locator("img.pic").scroll_into_view_if_needed()  # the mouse moves over the viewport
     box = page.locator("img.pic").bounding_box()
     page.mouse.move(box["x"] + 20, box["y"] + 20)
     page.mouse.down()

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from convlens import reference
 from convlens.api.explain import load_data, run_home
 from convlens.errors import ConvlensError
 from convlens.explain.drag import shifted_views
+from convlens.explain.figures import overlay
+from convlens.explain.gradcam import grad_cam
 from convlens.explain.sharing import parameter_sharing
-from convlens.explain.walkthrough import run_reference, run_torch, walkthrough
+from convlens.explain.walkthrough import png_uri, run_reference, run_torch, walkthrough
 from convlens.predict import Recogniser
 from convlens.report.explainer import write_page
 
@@ -45,6 +48,7 @@ def explain_page(
     for r in records:
         if r["name"] in sharing:
             r["sharing"] = sharing[r["name"]]
+    probs = reference.softmax(logits.astype(np.float64))
     data = {
         "model": meta.model.name,
         "weights": str(rec.weights),
@@ -53,7 +57,8 @@ def explain_page(
         "caption": caption,
         "layers": records,
         "logits": logits.astype(np.float64).tolist(),  # (K,): what the softmax takes
-        "probs": reference.softmax(logits.astype(np.float64)).tolist(),
+        "probs": probs.tolist(),
+        "gradcam": class_cams(rec, picture, prep(picture), probs),
         "calibration": meta.calibration,
         "tta": meta.tta,
         "shifts": shifts,
@@ -62,6 +67,18 @@ def explain_page(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_page(data, path)
     return path
+
+
+def class_cams(rec: Recogniser, image: np.ndarray, x: np.ndarray, probs, limit: int = 20):
+    """{class index: Grad-CAM overlay PNG URI} for the `limit` likeliest classes ({}: no map)."""
+    classes = np.argsort(-probs)[:limit]
+    xs = torch.from_numpy(x)[None].expand(len(classes), *x.shape)
+    try:
+        cams, _ = grad_cam(rec.model, xs, torch.from_numpy(classes))  # (N, H, W) in [0, 1]
+    except ConvlensError:  # e.g. an MLP has no feature map
+        return {}
+    picture = torch.from_numpy(image)
+    return {int(k): png_uri(overlay(picture, cam)) for k, cam in zip(classes, cams, strict=True)}
 
 
 def pick_image(rec: Recogniser, image, home: Path) -> tuple[np.ndarray, str]:
