@@ -17,7 +17,7 @@ import convlens
 from convlens.data.batches import normalize
 from convlens.explain import object_scenes, shift_images
 from tests.helpers import convlens as cli
-from tests.helpers import launch_chromium, open_page
+from tests.helpers import launch_chromium, open_page, start_server
 
 pytestmark = pytest.mark.xdist_group("explain-page")
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
@@ -211,3 +211,32 @@ def _png(uri: str) -> np.ndarray:
     """A data: URI's PNG as int grey levels."""
     data = base64.b64decode(uri.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(data)), dtype=int)
+
+
+@needs_chromium
+def test_serve_shows_the_page_for_an_uploaded_image(run, digit_png, browser):
+    import httpx
+
+    rec = convlens.load(str(run))
+    with torch.no_grad():
+        conv1 = dict(rec.model.named_modules())["features.conv1"](torch_input(rec, digit_png))[0]
+    proc, url = start_server(run, "--engine", "torch")  # no ONNX export to wait for
+    try:
+        info = httpx.get(f"{url}/model").json()
+        assert info["explain"] is True
+        bad = httpx.post(f"{url}/explain", files={"file": b"not an image"})
+        assert bad.status_code == 422, bad.text
+        page, errors = open_page(browser, url + "/", height=900)
+        page.wait_for_function("document.getElementById('about').textContent.includes('textbook')")
+        page.set_input_files("#file", str(digit_png))
+        page.wait_for_selector("#explainer:not([hidden])")
+        frame = page.frame_locator("#explainer")
+        assert "seven.png" in frame.locator("#sub").text_content()
+        shown, summed = click_conv(frame, 1, 5, 3, 6, (8, 8))
+        assert abs(summed - shown) <= 1e-4 and abs(summed - float(conv1[5, 3, 6])) <= 1e-4
+        page.screenshot(path=str(ARTIFACTS / "explainer_serve.png"), full_page=True)
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert not errors, errors

@@ -1,7 +1,12 @@
-"""`convlens explain RUN --interactive`: one self-contained page to click through the network."""
+"""`convlens explain RUN --interactive`: one self-contained page to click through the network.
+
+`serve` shows the same page for an uploaded image (`page_maker`).
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,57 +21,87 @@ from convlens.explain.gradcam import grad_cam
 from convlens.explain.sharing import parameter_sharing
 from convlens.explain.walkthrough import png_uri, run_reference, run_torch, walkthrough
 from convlens.predict import Recogniser
-from convlens.report.explainer import write_page
+from convlens.report.explainer import page, write_page
 
 PAGE = "explainer.html"  # under RUN/explain/ unless --out names the file
+
+
+class Explainer:
+    """A run's model on the engine that computes the page's numbers, and its page's data."""
+
+    def __init__(self, run: str | Path) -> None:
+        self.rec = rec = Recogniser(run)
+        if not rec.task.explains:  # the page reads the last layer's outputs as class scores
+            raise ConvlensError(
+                f"{rec.weights}: explain is for classify runs, not {rec.meta.task} runs"
+            )
+        if rec.meta.model.name in reference.MODELS:  # the NumPy engine: Python one can read
+            self.engine, self.trace = (
+                "the NumPy reference engine (convlens.reference)",
+                run_reference,
+            )
+            self.net = Recogniser(run, engine="numpy").model
+        else:
+            self.engine, self.trace, self.net = "torch", run_torch, rec.model.eval()
+
+    def prep(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (C, H, W) -> normalised float32, as in training."""
+        norm = self.rec.meta.normalize
+        return reference.normalize(image[None], norm.mean, norm.std)[0]
+
+    def data(self, picture: np.ndarray, caption: str) -> dict:
+        """Everything the page shows for a uint8 (C, H, W) image at the model's input size."""
+        rec, meta = self.rec, self.rec.meta
+        steps, logits = self.trace(self.net, self.prep(picture))
+        records = walkthrough(steps, picture)
+        shape = (rec.channels, *rec.size)
+        sharing = {row["layer"]: row for row in parameter_sharing(rec.model, shape)["layers"]}
+        for r in records:
+            if r["name"] in sharing:
+                r["sharing"] = sharing[r["name"]]
+        probs = reference.softmax(logits.astype(np.float64))
+        return {
+            "model": meta.model.name,
+            "weights": str(rec.weights),
+            "engine": self.engine,
+            "classes": rec.classes,
+            "caption": caption,
+            "layers": records,
+            "logits": logits.astype(np.float64).tolist(),  # (K,): what the softmax takes
+            "probs": probs.tolist(),
+            "gradcam": class_cams(rec, picture, self.prep(picture), probs),
+            "calibration": meta.calibration,
+            "tta": meta.tta,
+            "shifts": shifted_views(self.trace, self.net, picture, self.prep, records),
+        }
 
 
 def explain_page(
     run: str | Path, image: str | Path | None = None, out: str | Path | None = None
 ) -> Path:
     """Write the interactive explainer page of RUN for `image` (default: a test image)."""
-    rec = Recogniser(run)
-    meta = rec.meta
-    if not rec.task.explains:  # the page reads the last layer's outputs as class scores
-        raise ConvlensError(f"{rec.weights}: explain is for classify runs, not {meta.task} runs")
-    home = run_home(rec.weights)
-    picture, caption = pick_image(rec, image, home)  # uint8 (C, H, W)
-    shape = (rec.channels, *rec.size)
-    if meta.model.name in reference.MODELS:  # numbers from the NumPy engine, readable Python
-        engine, trace = "the NumPy reference engine (convlens.reference)", run_reference
-        net = Recogniser(run, engine="numpy").model
-    else:
-        engine, trace, net = "torch", run_torch, rec.model.eval()
-
-    def prep(image: np.ndarray) -> np.ndarray:  # uint8 (C, H, W) -> float32, as in training
-        return reference.normalize(image[None], meta.normalize.mean, meta.normalize.std)[0]
-
-    steps, logits = trace(net, prep(picture))
-    records = walkthrough(steps, picture)
-    shifts = shifted_views(trace, net, picture, prep, records)
-    sharing = {row["layer"]: row for row in parameter_sharing(rec.model, shape)["layers"]}
-    for r in records:
-        if r["name"] in sharing:
-            r["sharing"] = sharing[r["name"]]
-    probs = reference.softmax(logits.astype(np.float64))
-    data = {
-        "model": meta.model.name,
-        "weights": str(rec.weights),
-        "engine": engine,
-        "classes": rec.classes,
-        "caption": caption,
-        "layers": records,
-        "logits": logits.astype(np.float64).tolist(),  # (K,): what the softmax takes
-        "probs": probs.tolist(),
-        "gradcam": class_cams(rec, picture, prep(picture), probs),
-        "calibration": meta.calibration,
-        "tta": meta.tta,
-        "shifts": shifts,
-    }
+    ex = Explainer(run)
+    home = run_home(ex.rec.weights)
+    picture, caption = pick_image(ex.rec, image, home)  # uint8 (C, H, W)
     path = Path(out) if out else home / "explain" / PAGE
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_page(data, path)
-    return path
+    return write_page(ex.data(picture, caption), path)
+
+
+def page_maker(run: str | Path) -> Callable[[np.ndarray, str], str]:
+    """page(image uint8 (C, H, W), caption) -> the page's HTML; the run is loaded on first use.
+
+    One page at a time: the NumPy engine's layers keep their last input (for backward).
+    """
+    lock, made = threading.Lock(), []
+
+    def make(image: np.ndarray, caption: str) -> str:
+        with lock:
+            if not made:
+                made.append(Explainer(run))
+            return page(made[0].data(image, caption))
+
+    return make
 
 
 def class_cams(rec: Recogniser, image: np.ndarray, x: np.ndarray, probs, limit: int = 20):
