@@ -17,7 +17,7 @@ from convlens.explain.walkthrough import channel_pngs, picture_uri
 from convlens.reference import softmax
 
 RADIUS = 2  # moves of -2..2 pixels down and right: 24 moved copies of the image
-MAX_BYTES = 1_500_000  # PNG bytes the moved copies may add to the page
+MAX_BYTES = 1_000_000  # PNG bytes the moved copies may add to the page
 
 
 def shifted_views(

@@ -22,7 +22,7 @@ from torch import nn
 from convlens import reference
 from convlens.reference.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 
-MAX_FLOATS = 600_000  # float32 numbers embedded per page: 2.4 MB raw, 3.2 MB as base64
+MAX_FLOATS = 400_000  # float32 numbers embedded per page: 1.6 MB raw, 2.1 MB as base64
 MAX_MAPS = 64  # channels drawn per layer: a wide layer's maps are its first 64
 
 
@@ -97,7 +97,8 @@ def run_torch(model: nn.Module, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
             if not isinstance(output, torch.Tensor) or output.shape[0] != 1:
                 return
             src = source.get(id(inputs[0]), (None,))[0] if inputs else None
-            steps.append(Step(name, module, output.detach().float()[0].numpy(), src))
+            out = output.detach().float()[0].numpy().copy()  # now: an in-place op may follow
+            steps.append(Step(name, module, out, src))
             source[id(output)] = (len(steps) - 1, output)
 
         return run
@@ -158,8 +159,10 @@ def describe(step: Step, budget: Budget) -> dict:
     if weights is not None:
         weight, bias = weights
         rec["params"], rec["wshape"] = int(weight.size + _size(bias)), list(weight.shape)
-        taken = budget.take(weight, bias)
-        rec["weight"], rec["bias"] = taken if taken else (None, None)
+        rec["weight"] = rec["bias"] = None
+        if step.src is not None:  # a layer fed from outside a module cannot be redone: no weights
+            taken = budget.take(weight, bias)
+            rec["weight"], rec["bias"] = taken if taken else (None, None)
     return rec
 
 
