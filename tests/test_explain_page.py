@@ -240,3 +240,38 @@ def test_serve_shows_the_page_for_an_uploaded_image(run, digit_png, browser):
         proc.terminate()
         proc.wait(timeout=10)
     assert not errors, errors
+
+
+def test_torch_trace_keeps_each_output_before_in_place_ops():
+    """A BatchNorm's output as it was, though an in-place ReLU overwrote that tensor after."""
+    from convlens.explain.walkthrough import run_torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                        nn.Conv2d(4, 2, 3)).eval()  # fmt: skip
+    x = torch.randn(1, 8, 8).numpy()
+    steps, logits = run_torch(net, x)
+    assert [s.name for s in steps] == ["input", "0", "1", "2", "3"]
+    assert [s.src for s in steps] == [None, 0, 1, 2, 3]
+    with torch.no_grad():
+        bn = net[1](net[0](torch.from_numpy(x)[None]))[0]
+    assert (bn < 0).any()  # so the ReLU changed it
+    np.testing.assert_allclose(steps[2].out, bn.numpy(), atol=1e-6)
+    np.testing.assert_allclose(steps[4].out, logits, atol=0)
+
+
+def test_without_test_images_the_page_asks_for_one(tmp_path, digit_png):
+    """A run whose data folder is gone: one line asking for --image, and --image works."""
+    x, y, _ = object_scenes(12, size=8, classes=2, glyph=3, seed=2)
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        folder = tmp_path / "data" / "train" / f"c{int(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"{i}.png")
+    run = convlens.train(data=str(tmp_path / "data"), model="textbook", run=str(tmp_path / "run"),
+                         **QUICK)  # fmt: skip
+    shutil.rmtree(tmp_path / "data")
+    out = cli("explain", run, "--interactive")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "no test images to show" in out.stderr and "pass --image FILE" in out.stderr
+    assert convlens.explain(str(run), interactive=True, image=str(digit_png))["page"]
