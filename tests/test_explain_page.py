@@ -15,6 +15,7 @@ from PIL import Image
 
 import convlens
 from convlens.data.batches import normalize
+from convlens.errors import ConvlensError
 from convlens.explain import object_scenes, shift_images
 from tests.helpers import convlens as cli
 from tests.helpers import launch_chromium, open_page, start_server
@@ -176,6 +177,8 @@ def test_clicks_show_sums_equal_to_the_map_and_to_torch(run, page_file, digit_pn
     assert page.locator("#cam").get_attribute("data-class") == second.get_attribute("data-class")
     assert page.locator("#cam").get_attribute("src") != first
     page.screenshot(path=str(ARTIFACTS / "explainer_softmax.png"), full_page=True)
+    assert page.locator("#hierarchy").is_visible()  # the top-activating training patches
+    assert page.locator("#patches").get_attribute("src").startswith("data:image/png;base64,")
     page.close()
     assert not errors, errors
 
@@ -262,7 +265,7 @@ def test_torch_trace_keeps_each_output_before_in_place_ops():
 
 
 def test_without_test_images_the_page_asks_for_one(tmp_path, digit_png):
-    """A run whose data folder is gone: one line asking for --image, and --image works."""
+    """A run whose data folder is gone: an error asking for --image, and --image works."""
     x, y, _ = object_scenes(12, size=8, classes=2, glyph=3, seed=2)
     for i, (img, label) in enumerate(zip(x, y, strict=True)):
         folder = tmp_path / "data" / "train" / f"c{int(label)}"
@@ -271,7 +274,7 @@ def test_without_test_images_the_page_asks_for_one(tmp_path, digit_png):
     run = convlens.train(data=str(tmp_path / "data"), model="textbook", run=str(tmp_path / "run"),
                          **QUICK)  # fmt: skip
     shutil.rmtree(tmp_path / "data")
-    out = cli("explain", run, "--interactive")
-    assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert "no test images to show" in out.stderr and "pass --image FILE" in out.stderr
-    assert convlens.explain(str(run), interactive=True, image=str(digit_png))["page"]
+    with pytest.raises(ConvlensError, match=r"no test images to show .*; pass --image FILE"):
+        convlens.explain(str(run), interactive=True)
+    page = Path(convlens.explain(str(run), interactive=True, image=str(digit_png))["page"])
+    assert '"patches":null' in page.read_text()  # no training images left to take them from

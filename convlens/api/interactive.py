@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +15,13 @@ import torch
 
 from convlens import reference
 from convlens.api.explain import load_data, run_home
+from convlens.data.batches import normalize
 from convlens.errors import ConvlensError
+from convlens.explain import figures
 from convlens.explain.drag import shifted_views
-from convlens.explain.figures import overlay
 from convlens.explain.gradcam import grad_cam
+from convlens.explain.hierarchy import find_stages, top_activating
+from convlens.explain.invariance import sample_split
 from convlens.explain.sharing import parameter_sharing
 from convlens.explain.walkthrough import png_uri, run_reference, run_torch, walkthrough
 from convlens.predict import Recogniser
@@ -48,6 +52,22 @@ class Explainer:
         """uint8 (C, H, W) -> normalised float32, as in training."""
         norm = self.rec.meta.normalize
         return reference.normalize(image[None], norm.mean, norm.std)[0]
+
+    def patches(self, ds, n_images: int = 500) -> str | None:
+        """The training patches that excite each stage's strongest channels (the hierarchy), as
+        `convlens explain` draws them: a PNG data: URI, None for a model without stages."""
+        rec = self.rec
+        stages = find_stages(rec.model, (rec.channels, *rec.size))
+        if not stages:
+            return None
+        norm = rec.meta.normalize
+
+        def prep(images: torch.Tensor) -> torch.Tensor:  # uint8 (N, C, H, W) -> float32
+            return normalize(images, norm.mean, norm.std)
+
+        top = top_activating(rec.model, sample_split(ds.train, n_images).images, prep, stages)
+        png = figures.save(figures.patches_figure(top))
+        return "data:image/png;base64," + base64.b64encode(png).decode()
 
     def data(self, picture: np.ndarray, caption: str) -> dict:
         """Everything the page shows for a uint8 (C, H, W) image at the model's input size."""
@@ -82,10 +102,18 @@ def explain_page(
     """Write the interactive explainer page of RUN for `image` (default: a test image)."""
     ex = Explainer(run)
     home = run_home(ex.rec.weights)
-    picture, caption = pick_image(ex.rec, image, home)  # uint8 (C, H, W)
+    try:
+        ds, missing = load_data(ex.rec, None, home), None
+    except ConvlensError as e:  # the data moved: the page needs only an image
+        ds, missing = None, e
+    if image is None and ds is None:
+        raise ConvlensError(f"{home}: no test images to show ({missing}); pass --image FILE")
+    picture, caption = pick_image(ex.rec, image, ds)  # uint8 (C, H, W)
+    data = ex.data(picture, caption)
+    data["patches"] = None if ds is None else ex.patches(ds)
     path = Path(out) if out else home / "explain" / PAGE
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_page(ex.data(picture, caption), path)
+    return write_page(data, path)
 
 
 def page_maker(run: str | Path) -> Callable[[np.ndarray, str], str]:
@@ -113,17 +141,14 @@ def class_cams(rec: Recogniser, image: np.ndarray, x: np.ndarray, probs, limit: 
     except ConvlensError:  # e.g. an MLP has no feature map
         return {}
     picture = torch.from_numpy(image)
-    return {int(k): png_uri(overlay(picture, cam)) for k, cam in zip(classes, cams, strict=True)}
+    pairs = zip(classes, cams, strict=True)
+    return {int(k): png_uri(figures.overlay(picture, cam)) for k, cam in pairs}
 
 
-def pick_image(rec: Recogniser, image, home: Path) -> tuple[np.ndarray, str]:
-    """(uint8 (C, H, W), caption): `image` preprocessed, or the run's first test image."""
+def pick_image(rec: Recogniser, image, ds) -> tuple[np.ndarray, str]:
+    """(uint8 (C, H, W), caption): `image` preprocessed, or the first test image of `ds`."""
     if image is not None:
         return rec.preprocess(image).numpy(), Path(image).name
-    try:
-        ds = load_data(rec, None, home)
-    except ConvlensError as e:
-        raise ConvlensError(f"{home}: no test images to show ({e}); pass --image FILE") from None
     split, part = ("test", ds.test) if ds.test is not None else ("val", ds.val)
     label = rec.classes[int(part.labels[0])]
     return part.images[0].numpy(), f"{split} image 0 of {ds.name} (labelled {label})"
