@@ -252,7 +252,9 @@ def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | Non
     if interactive:  # the interactive explainer page (issue 20)
         from convlens.api.interactive import explain_page
 
-        click.echo(f"wrote {explain_page(run, image, out)}")
+        if len(images) > 1 or (images and image):
+            raise click.UsageError("--interactive shows one image: give IMAGE or --image")
+        click.echo(f"wrote {explain_page(run, image or (images[0] if images else None), out)}")
         return
 
     summary = explain_run(run, images, out=out, layer=layer, invariance=invariance,

@@ -276,5 +276,9 @@ def test_without_test_images_the_page_asks_for_one(tmp_path, digit_png):
     shutil.rmtree(tmp_path / "data")
     with pytest.raises(ConvlensError, match=r"no test images to show .*; pass --image FILE"):
         convlens.explain(str(run), interactive=True)
+    with pytest.raises(ConvlensError, match="one image"):
+        convlens.explain(str(run), [str(digit_png)] * 2, interactive=True)
+    page = Path(convlens.explain(str(run), [str(digit_png)], interactive=True)["page"])
+    assert "seven.png" in page.read_text()  # the image given as IMAGE, as --image
     page = Path(convlens.explain(str(run), interactive=True, image=str(digit_png))["page"])
     assert '"patches":null' in page.read_text()  # no training images left to take them from
