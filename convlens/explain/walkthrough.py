@@ -149,7 +149,7 @@ def describe(step: Step, budget: Budget) -> dict:
         rec["padding"], weights = m.padding[0], (_np(m.weight), _np(m.bias))
     elif isinstance(m, nn.Linear):
         rec["kind"], weights = "linear", (_np(m.weight), _np(m.bias))
-    elif isinstance(m, nn.MaxPool2d) and isinstance(m.kernel_size, int) and not m.padding:
+    elif isinstance(m, nn.MaxPool2d) and _plain_pool(m):
         rec |= {"kind": "pool", "k": m.kernel_size, "stride": m.stride}
     elif m is not None:
         kinds = {ReLU: "relu", Flatten: "flatten", nn.ReLU: "relu", nn.Flatten: "flatten"}
@@ -172,6 +172,12 @@ def _plain_conv(m: nn.Conv2d) -> bool:
     pad = isinstance(m.padding, tuple) and m.padding[0] == m.padding[1]
     plain = m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros"
     return square and pad and plain
+
+
+def _plain_pool(m: nn.MaxPool2d) -> bool:
+    # one int kernel and stride, no padding or dilation: the window the page draws
+    ints = isinstance(m.kernel_size, int) and isinstance(m.stride, int)
+    return ints and m.padding == 0 and m.dilation == 1
 
 
 def _np(p: torch.Tensor | None) -> np.ndarray | None:
