@@ -264,6 +264,22 @@ def test_torch_trace_keeps_each_output_before_in_place_ops():
     np.testing.assert_allclose(steps[4].out, logits, atol=0)
 
 
+def test_torch_trace_links_a_linear_layer_through_flatten():
+    """torch.flatten between modules (tv-* models' heads): the linear layer reads the pool."""
+    from convlens.explain.walkthrough import run_torch
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool, self.fc = torch.nn.AdaptiveAvgPool2d(2), torch.nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    steps, _ = run_torch(Head().eval(), torch.randn(3, 4, 4).numpy())
+    assert [(s.name, s.src) for s in steps] == [("input", None), ("pool", 0), ("fc", 1)]
+
+
 def test_without_test_images_the_page_asks_for_one(tmp_path, digit_png):
     """A run whose data folder is gone: an error asking for --image, and --image works."""
     x, y, _ = object_scenes(12, size=8, classes=2, glyph=3, seed=2)

@@ -85,21 +85,27 @@ def run_reference(model: reference.Sequential, x: np.ndarray) -> tuple[list[Step
 def run_torch(model: nn.Module, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
     """(steps, logits (K,)) of a torch model's leaf modules for x, in the order they ran.
 
-    A module's input is linked to the step whose output it is; one computed outside a module
-    (a residual sum, a functional op) has no step, so that layer is not clickable.
+    A module's input is linked to the step whose output it is (a linear layer's also through
+    torch.flatten's view of it); one computed outside a module (a residual sum, a functional
+    op) has no step, so that layer is not clickable.
     """
     xt = torch.from_numpy(x)[None]
     steps = [Step("input", None, x, None)]
     source = {id(xt): (0, xt)}  # id(tensor) -> (step, the tensor kept alive so ids stay unique)
+    storage = {}  # (data_ptr, numel) -> the step that last wrote that memory
 
     def hook(name: str):
         def run(module, inputs, output):
             if not isinstance(output, torch.Tensor) or output.shape[0] != 1:
                 return
-            src = source.get(id(inputs[0]), (None,))[0] if inputs else None
+            t = inputs[0] if inputs else None
+            src = source.get(id(t), (None,))[0]
+            if src is None and isinstance(module, nn.Linear) and isinstance(t, torch.Tensor):
+                src = storage.get((t.data_ptr(), t.numel()))  # (1, C*H*W) viewing (1, C, H, W)
             out = output.detach().float()[0].numpy().copy()  # now: an in-place op may follow
             steps.append(Step(name, module, out, src))
             source[id(output)] = (len(steps) - 1, output)
+            storage[(output.data_ptr(), output.numel())] = len(steps) - 1
 
         return run
 
