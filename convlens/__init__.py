@@ -102,10 +102,22 @@ def explain(
     data: str | None = None,
     max_shift: int = 4,
     n_images: int = 2000,
+    interactive: bool = False,
+    image: str | None = None,
 ) -> dict:
-    """Every explanation figure of RUN into `out` (default RUN/explain); the summary.json."""
+    """Every explanation figure of RUN into `out` (default RUN/explain); the summary.json.
+
+    interactive: write one clickable page of `image` (or the one of `images`) instead (`out`:
+    the page's file); then {"page": its path}."""
     from convlens.api.explain import explain_run
 
+    if interactive:
+        from convlens.api.interactive import explain_page
+        from convlens.errors import ConvlensError
+
+        if len(images) > 1 or (images and image):
+            raise ConvlensError("interactive: the page shows one image: give images or image")
+        return {"page": str(explain_page(run, image or (images[0] if images else None), out))}
     return explain_run(run, images, out=out, layer=layer, invariance=invariance,
                        baseline=baseline, data=data, max_shift=max_shift,
                        n_images=n_images)  # fmt: skip

@@ -249,11 +249,23 @@ def predict(
 @click.option("--max-shift", default=4, show_default=True, type=click.IntRange(min=0),
               help="largest test shift in pixels")  # fmt: skip
 @click.option("--n-images", default=2000, show_default=True, help="images sampled per measure")
+# the interactive explainer page (issue 20)
+@click.option("--interactive", is_flag=True,
+              help="one clickable page instead [--out: RUN/explain/explainer.html]")  # fmt: skip
+@click.option("--image", type=click.Path(), help="the page's image [default: a test image]")
 def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | None,
             invariance: bool, baseline: str | None, data: str | None, max_shift: int,
-            n_images: int) -> None:  # fmt: skip
+            n_images: int, interactive: bool, image: str | None) -> None:  # fmt: skip
     """Parameter sharing, filters, feature maps, top patches, Grad-CAM of RUN (PNGs + JSON)."""
     from convlens.api.explain import explain_run
+
+    if interactive:  # the interactive explainer page (issue 20)
+        from convlens.api.interactive import explain_page
+
+        if len(images) > 1 or (images and image):
+            raise click.UsageError("--interactive shows one image: give IMAGE or --image")
+        click.echo(f"wrote {explain_page(run, image or (images[0] if images else None), out)}")
+        return
 
     summary = explain_run(run, images, out=out, layer=layer, invariance=invariance,
                           baseline=baseline, data=data, max_shift=max_shift,

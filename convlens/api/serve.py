@@ -27,8 +27,26 @@ def serve(
     host:port until interrupted (the CLI's bounds on connections and timeouts included)."""
     limits = Limits(max_in_flight=max_in_flight, max_connections=max_connections,
                     header_timeout=header_timeout, body_timeout=body_timeout)  # fmt: skip
-    app = create_app(run, limits, engine=engine, hosts=host_names(host, tuple(allowed_hosts)))
+    graph = str(run).endswith((".onnx", ".pt"))  # an exported graph: no layers to show
+    explainer = None if graph else _explainer(run)  # the explainer page (issue 20)
+    app = create_app(run, limits, engine=engine, hosts=host_names(host, tuple(allowed_hosts)),
+                     explainer=explainer)  # fmt: skip
     if start:
         print(f"serving {run} on http://{host}:{port}/", file=sys.stderr)
         run_server(app, host, port, limits)
     return app
+
+
+def _explainer(run: str | Path):
+    """The explainer page's maker, imported on the first POST /explain: its modules (the report,
+    the run's data) take seconds to import, and serve starts as fast without them."""
+    made = []
+
+    def make(image, caption: str) -> str:
+        if not made:
+            from convlens.api.interactive import page_maker
+
+            made.append(page_maker(run))
+        return made[0](image, caption)
+
+    return make

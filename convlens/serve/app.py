@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -79,13 +81,16 @@ def create_app(
     limits: Limits | None = None,
     engine: str = "auto",
     hosts: list[str] | None = None,
+    explainer: Callable[[np.ndarray, str], str] | None = None,
 ):
     """The ASGI app serving RUN (a run folder, weights file, .onnx or TorchScript .pt file).
 
     engine: `onnx` predicts through an ONNX export of RUN made at start-up (2.7-6.9x faster
     here, BENCHMARKS.md), `torch` through the weights; `auto` is onnx where the model exports.
     Grad-CAM heatmaps always come from the torch model. hosts: the Host names answered (others
-    get 400; None: any), see convlens.serve.server.allowed_hosts.
+    get 400; None: any), see convlens.serve.server.allowed_hosts. explainer(image, name): the
+    interactive explainer page's HTML for an uploaded image (POST /explain), handed down by the
+    layer above (convlens.api.interactive.page_maker).
     """
     limits = limits or Limits()
     rec = load(run)
@@ -105,6 +110,7 @@ def create_app(
         "heatmap": task.heatmaps and not onnx_file,
         "engine": ENGINE_NAMES.get(type(served.engine), "torch"),
         "verify": task.verification,
+        "explain": explainer is not None and task.explains,  # the explainer page (issue 20)
     }
     if (threshold := task.shown_threshold(rec.meta)) is not None:
         info["threshold"] = float(threshold)
@@ -132,6 +138,23 @@ def create_app(
             return JSONResponse({"error": f"{info['task']} runs do not verify faces"}, 404)
         form, error = await _form(request, ("file1", "file2"))
         return error or await _capped(_verify, form)
+
+    # the interactive explainer page of an uploaded image (issue 20)
+    @app.post("/explain")
+    async def explain(request: Request):
+        if not info["explain"]:
+            return JSONResponse({"error": f"no explainer page for this {info['task']} model"}, 404)
+        form, error = await _form(request, ("file",))
+        return error or await _capped(_explain, form)
+
+    async def _explain(form):
+        upload = form.get("file")
+        name, data = upload.filename or "upload", await upload.read()
+        try:
+            image = await _decode(rec.preprocess, data)  # (C, H, W) uint8, the training path
+        except ConvlensError as e:
+            return JSONResponse({"error": f"{name}: {str(e).split(': ', 1)[-1]}"}, 422)
+        return HTMLResponse(await asyncio.to_thread(explainer, image.numpy(), name))
 
     async def _decode(fn, *args):
         """fn(*args) on a decoding thread: the event loop keeps answering meanwhile."""
