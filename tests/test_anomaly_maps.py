@@ -23,8 +23,6 @@ from convlens.runs.weights import load_weights, save_weights
 from tests.helpers import convlens as cli
 from tests.helpers import launch_chromium, open_page, start_server
 
-pytestmark = pytest.mark.xdist_group("anomaly-maps")
-
 SIZE = 32
 FAST = ("--epochs", "1", "--batch-size", "32", "--threads", "1")
 # measured with this set and run (seeds 0, 1, 2 of both): pixel AUROC of the predicted map PNGs

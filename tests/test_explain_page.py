@@ -20,7 +20,6 @@ from convlens.explain import object_scenes, shift_images
 from tests.helpers import convlens as cli
 from tests.helpers import launch_chromium, open_page, start_server
 
-pytestmark = pytest.mark.xdist_group("explain-page")
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
 BUDGET = 5 * 2**20  # bytes: the page of a 28x28 model stays under 5 MB
 needs_chromium = pytest.mark.skipif(not shutil.which("chromium"), reason="no Debian chromium")

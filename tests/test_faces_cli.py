@@ -15,7 +15,6 @@ from tests.helpers import convlens
 from tests.test_faces_detect import ASTRONAUT_FACE, astronaut, two_faces
 from tests.test_faces_protocols import write_pairs
 
-pytestmark = pytest.mark.xdist_group("faces-cli")
 TRAINED = range(8)  # "people" 0-7 are handwritten digit classes, 16x16 (8x8 scaled up)
 ENROLLED = range(6)  # 0-5 enrolled in the gallery; 6 was trained on but is not enrolled
 QUICK = ["--task", "embed", "--embedding-size", "32", "--batch-size", "64", "--lr", "0.02",

@@ -11,7 +11,6 @@ import yaml
 
 from tests.helpers import convlens
 
-pytestmark = pytest.mark.xdist_group("folds")
 ARGS = ["train", "--data", "digits", "--model", "textbook", "--epochs", "1", "--batch-size",
         "128", "--amp", "off"]  # fmt: skip
 N_TRAIN_VAL, N_TEST = 1257 + 270, 270  # digits' fixed 70/15/15 split

@@ -21,8 +21,6 @@ from convlens.runs.weights import load_state, load_weights, save_state, save_wei
 from tests.helpers import PEAK_RSS_CODE, start_server
 from tests.helpers import convlens as cli
 
-pytestmark = pytest.mark.xdist_group("meta-hardening")
-
 META = {"task": "classify", "classes": ["a", "b", "c"],
         "input": {"channels": 1, "height": 8, "width": 8},
         "normalize": {"mean": [0.5], "std": [0.25]}, "tta": "none",

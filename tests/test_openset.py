@@ -12,8 +12,6 @@ from PIL import Image
 from convlens.runs.weights import load_weights, save_weights
 from tests.helpers import convlens, start_server
 
-pytestmark = pytest.mark.xdist_group("openset")
-
 KNOWN = 5  # digits 0-4 are the classes; 8s are the held-out class
 
 
@@ -155,6 +153,11 @@ def test_mahalanobis_decides_the_same_in_torch_and_onnx(trained):
     ]
     with pytest.raises(ConvlensError, match="torch engine"):
         api.load(run, engine="numpy")
+    from convlens.export import export_torchscript
+
+    with pytest.raises(ConvlensError, match="does not export to TorchScript"):
+        export_torchscript(run)
+    assert not (run / "weights" / "best.pt").exists()  # refused before anything was written
 
 
 def test_without_a_threshold_predict_answers_as_before(trained, tmp_path):

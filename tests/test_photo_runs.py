@@ -41,8 +41,6 @@ from convlens.training.progress import Progress
 from tests.helpers import PEAK_RSS_CODE, free_port, start_server
 from tests.helpers import convlens as cli
 
-pytestmark = pytest.mark.xdist_group("photo-runs")  # one shared run: keep its tests together
-
 OLD = 10**9 * 3600  # ns: files an hour old are past the caches' racy window
 CLASSES = 3
 

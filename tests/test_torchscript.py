@@ -15,7 +15,6 @@ from convlens.models import create_model
 from convlens.runs.weights import save_weights
 from tests.helpers import convlens, start_server
 
-pytestmark = pytest.mark.xdist_group("torchscript")
 META = {
     "task": "classify", "classes": [str(i) for i in range(10)],
     "input": {"channels": 1, "height": 28, "width": 28},

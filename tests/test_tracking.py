@@ -12,7 +12,6 @@ from tests.helpers import convlens
 pytest.importorskip("tensorboard", reason="the track extra (tensorboard) is not installed")
 pytest.importorskip("mlflow", reason="the track extra (mlflow) is not installed")
 
-pytestmark = pytest.mark.xdist_group("tracking")
 ARGS = ["--data", "digits", "--model", "textbook", "--epochs", "2", "--batch-size", "128",
         "--amp", "off", "--lr", "0.05"]  # fmt: skip
 

@@ -32,7 +32,6 @@ from convlens.training.optim import build_optimizer, set_lr
 from convlens.training.start import read_state_dict
 from tests.helpers import convlens as cli
 
-pytestmark = pytest.mark.xdist_group("transfer")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 SMALL = {"batch_size": 16, "lr": 0.05, "threads": 1}  # 48 training images: 3 steps an epoch
 

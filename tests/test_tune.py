@@ -10,7 +10,6 @@ from tests.helpers import convlens
 
 optuna = pytest.importorskip("optuna", reason="the tune extra (optuna) is not installed")
 
-pytestmark = pytest.mark.xdist_group("tune")
 BASE = {"data": "digits", "model": "textbook", "epochs": 2, "batch_size": 256, "amp": "off"}
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in BASE.items()]
 SPACE = "lr: {low: 0.01, high: 0.2, log: true}\nmomentum: [0.8, 0.9]\n"

@@ -32,6 +32,11 @@ def export_torchscript(run: str | Path, out: str | Path | None = None) -> dict:
     if task.onnx_activation is None:
         raise ModelError(f"{read.path}: {task.name} runs do not export to TorchScript (its "
                          "answers need more than the network's outputs)")  # fmt: skip
+    openset = read.meta.decisions.openset or {}
+    if openset.get("score") == "mahalanobis":  # refused before anything is written
+        raise ModelError(f"{read.path}: a mahalanobis open-set run does not export to "
+                         "TorchScript (the traced network has no features); use --format "
+                         "onnx")  # fmt: skip
     rec = recogniser_for(TorchEngine(load_run(read)))  # what `convlens predict` uses: the oracle
     model, meta, weights = rec.model.float().eval(), rec.meta, rec.weights
     c, h, w = meta.input.shape
