@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from fashion_mnist_cpu import cpu_name  # this folder's script: the machine's name
 from PIL import Image
 
-from convlens.data.augment import train_transform
 from convlens.data.batches import normalize
 from convlens.data.images import decode_image
 from convlens.data.loader import photo_loader
 from convlens.data.preprocess import Preprocess, storage_size
 from convlens.data.stream import RamImages, folder_items, open_split
+from convlens.data.transforms import train_transform
 from convlens.models import create_model
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # fixed: statistics are not what is measured
@@ -141,7 +141,8 @@ def decoder_times(paths: list[str], side: int) -> dict:
 def epoch_rate(dataset, side: int, classes: int, args, step) -> list[float]:
     """Training images/s for each of args.epochs epochs fed by photo_loader over `dataset`."""
     t = train_transform("photo", side, 3, hflip=True)
-    loader = photo_loader(dataset, t, args.batch_size, args.workers, 0, 0, True)
+    drop_last = len(dataset) > args.batch_size  # a smoke run's few images: one short batch
+    loader = photo_loader(dataset, t, args.batch_size, args.workers, 0, 0, drop_last)
     rates = []
     for epoch in range(args.epochs):
         loader.set_epoch(epoch)
@@ -182,7 +183,7 @@ RSS_CHILD = """
 import json, sys
 import torch
 import torchvision.transforms.v2
-from convlens.data.augment import train_transform
+from convlens.data.transforms import train_transform
 from convlens.data.loader import photo_loader
 from convlens.data.preprocess import Preprocess
 from convlens.data.stream import folder_items, open_split
@@ -254,8 +255,9 @@ def synthetic_tree(root: Path, per_class: tuple[int, int, int], seed: int = 0) -
 def make_tree(root: Path, per_class: tuple[int, int, int]) -> str:
     try:
         from convlens.data import scenes
+        from convlens.data.named import fashion_items
 
-        scenes.generate(root, seed=0, per_class=per_class, download=False)
+        scenes.generate(root, fashion_items(download=False), seed=0, per_class=per_class)
         return "fashion-scenes"
     except Exception as e:  # no Fashion-MNIST here: the pipeline's cost is what is measured
         print(f"fashion-scenes unavailable ({e}); synthetic JPEGs instead", flush=True)

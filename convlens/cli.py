@@ -54,15 +54,50 @@ def _train_options(fn):
     return fn
 
 
+def _launch_options(fn):
+    """workflow (issue 18): --nproc and the flags for several machines (torch.distributed.run)."""
+    for name, kw in reversed(LAUNCH.items()):
+        fn = click.option("--" + name.replace("_", "-"), name, **kw)(fn)
+    return fn
+
+
+LAUNCH = {
+    "nproc": dict(type=click.IntRange(min=1), default=1, show_default=True,
+                  help="training processes on this machine (DDP through torch.distributed.run; "
+                  "one per GPU)"),
+    "nnodes": dict(type=click.IntRange(min=1), default=1, show_default=True,
+                   help="machines, each running this command with its --node-rank"),
+    "node_rank": dict(type=click.IntRange(min=0), default=0, show_default=True,
+                      help="this machine's number, 0 to nnodes-1"),
+    "master_addr": dict(default="127.0.0.1", show_default=True,
+                        help="address of machine 0, which every machine can reach"),
+    "master_port": dict(type=click.IntRange(1, 65535),
+                        help="port on machine 0 [default: a free one; 29500 for several]"),
+}  # fmt: skip
+
+
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(), help="YAML file of settings")
 @_train_options
+@_launch_options
 def train(config_file: str | None, model_args: tuple[str, ...], **settings: object) -> None:
     """Train a model; writes a run folder (runs/train, runs/train2, ...)."""
-    import yaml
-
     from convlens.api.train import train as run_training
     from convlens.config import make_config
+
+    launch = {k: settings.pop(k) for k in LAUNCH}  # workflow (issue 18): --nproc
+    overrides = _overrides(model_args, settings)
+    if launch["nproc"] > 1 or launch["nnodes"] > 1:
+        from convlens.api.launch import launch_training
+
+        launch_training(config_file, overrides, **launch)
+        return
+    run_training(make_config(config_file, overrides))
+
+
+def _overrides(model_args: tuple[str, ...], settings: dict) -> dict:
+    """The settings the flags give, --model-arg KEY=VALUE pairs as model_args."""
+    import yaml
 
     overrides = dict(settings)
     if model_args:
@@ -71,7 +106,7 @@ def train(config_file: str | None, model_args: tuple[str, ...], **settings: obje
         if bad:
             raise ConvlensError(f"--model-arg {bad[0]!r}: expected KEY=VALUE")
         overrides["model_args"] = {k: yaml.safe_load(v) for k, _, v in pairs}
-    run_training(make_config(config_file, overrides))
+    return overrides
 
 
 @cli.command()
@@ -125,6 +160,10 @@ def evaluate(
         from convlens.tasks.detection import detection_lines
 
         click.echo("\n".join(detection_lines(metrics["detection"])))
+    if "openset" in metrics:  # open-set rejection (issue 19): what the val threshold keeps
+        from convlens.tasks.openset import line
+
+        click.echo(line(metrics["openset"]))
 
 
 @cli.command()
@@ -135,13 +174,29 @@ def evaluate(
 @click.option("--csv", "csv_file", type=click.Path(), help="write rows to this CSV file")
 @click.option("--engine", default="torch", show_default=True, type=click.Choice(["torch", "numpy"]),
               help="numpy: the NumPy reference engine (textbook, lenet5, mlp)")  # fmt: skip
+@click.option("--maps", "maps_dir", type=click.Path(file_okay=False),
+              help="anomaly maps (patchcore, padim runs): folder for their PNG files, written "
+              "with --json, --csv or this [default: maps/ beside the CSV file, else "
+              "./maps]")  # fmt: skip
 def predict(
-    run: str, inputs: tuple[str, ...], top_k: int, as_json: bool, csv_file: str | None, engine: str
-):
+    run: str, inputs: tuple[str, ...], top_k: int, as_json: bool, csv_file: str | None, engine: str,
+    maps_dir: str | None,
+):  # fmt: skip
     """Top-k classes of each image (files, folders or globs) with probabilities."""
     from convlens.predict import expand_inputs, load
 
     rows = load(run, engine=engine).predict_files(expand_inputs(list(inputs)), top_k=top_k)
+    # anomaly maps (issue 19): PNG files in a folder, each row naming its own
+    if any("map_png" in row for row in rows):
+        from pathlib import Path
+
+        from convlens.predict.maps import FOLDER, save_maps
+
+        if as_json or csv_file or maps_dir:
+            beside = Path(csv_file).parent / FOLDER if csv_file else Path(FOLDER)
+            save_maps(rows, maps_dir or beside)
+        for row in rows:
+            row.pop("map_png", None)
     if csv_file:
         with open(csv_file, "w", newline="") as f:
             writer = csv.writer(f)
@@ -152,6 +207,8 @@ def predict(
                 if "anomaly" in row:  # anomaly run: one row, labelled anomalous or normal
                     label = "anomalous" if row["anomaly"] else "normal"
                     writer.writerow([row["file"], "", label, "", row["score"], ""])
+                if row.get("unknown"):  # open-set rejection (issue 19): below the val threshold
+                    writer.writerow([row["file"], "", "unknown", "", row["openset"]["value"], ""])
                 if "error" in row:
                     writer.writerow([row["file"], "", "", "", "", row["error"]])
     if as_json:
@@ -163,7 +220,8 @@ def predict(
                 continue
             if "anomaly" in row:  # anomaly run: a score in [0, 1], flagged at the val threshold
                 flag = "ANOMALOUS" if row["anomaly"] else "normal"
-                click.echo(f"{row['file']}: anomaly score {row['score']:.3f} {flag}")
+                where = f"  map {row['map']}" if "map" in row else ""
+                click.echo(f"{row['file']}: anomaly score {row['score']:.3f} {flag}{where}")
                 continue
             tops = ", ".join(
                 f"{p['label']} {p['score']:.3f}{' +' if p.get('positive') else ''}"
@@ -171,6 +229,10 @@ def predict(
             )  # +: multi-label, positive at the label's threshold chosen on val
             if "flag" in row:  # two-class run: the decision at the threshold chosen on val
                 tops += f"  -> {'POSITIVE' if row['flag'] else 'negative'}"
+            if row.get("unknown"):  # open-set rejection (issue 19): below the val threshold
+                point = row["openset"]
+                tops = (f"unknown ({point['score']} {point['value']:.4g} < "
+                        f"{point['threshold']:.4g}); nearest: {tops}")  # fmt: skip
             click.echo(f"{row['file']}: {tops}")
     if any("error" in row for row in rows):
         click.echo(f"{sum('error' in r for r in rows)} of {len(rows)} file(s) unreadable", err=True)
@@ -187,11 +249,23 @@ def predict(
 @click.option("--max-shift", default=4, show_default=True, type=click.IntRange(min=0),
               help="largest test shift in pixels")  # fmt: skip
 @click.option("--n-images", default=2000, show_default=True, help="images sampled per measure")
+# the interactive explainer page (issue 20)
+@click.option("--interactive", is_flag=True,
+              help="one clickable page instead [--out: RUN/explain/explainer.html]")  # fmt: skip
+@click.option("--image", type=click.Path(), help="the page's image [default: a test image]")
 def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | None,
             invariance: bool, baseline: str | None, data: str | None, max_shift: int,
-            n_images: int) -> None:  # fmt: skip
+            n_images: int, interactive: bool, image: str | None) -> None:  # fmt: skip
     """Parameter sharing, filters, feature maps, top patches, Grad-CAM of RUN (PNGs + JSON)."""
     from convlens.api.explain import explain_run
+
+    if interactive:  # the interactive explainer page (issue 20)
+        from convlens.api.interactive import explain_page
+
+        if len(images) > 1 or (images and image):
+            raise click.UsageError("--interactive shows one image: give IMAGE or --image")
+        click.echo(f"wrote {explain_page(run, image or (images[0] if images else None), out)}")
+        return
 
     summary = explain_run(run, images, out=out, layer=layer, invariance=invariance,
                           baseline=baseline, data=data, max_shift=max_shift,
@@ -209,28 +283,24 @@ def explain(run: str, images: tuple[str, ...], out: str | None, layer: str | Non
 @click.option("--data", help="dataset to evaluate on [default: the one it was trained on]")
 def report(run: str, data: str | None) -> None:
     """Rewrite RUN/report.html (and metrics.json, figures) from the run's best weights."""
-    from convlens.api.evaluate import evaluate_run
-    from convlens.runs.folder import resolve_weights
+    from convlens.api.evaluate import report_run
 
-    weights = resolve_weights(run)
-    if weights.parent.name != "weights":
-        raise ConvlensError(f"{run}: a report needs a run folder, not a loose weights file")
-    evaluate_run(run, data=data, write=True)
-    click.echo(f"wrote {weights.parent.parent / 'report.html'}")
+    click.echo(f"wrote {report_run(run, data=data)}")
 
 
 @cli.command()
 @click.argument("run")
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]))
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              type=click.Choice(["onnx", "torchscript"]))  # fmt: skip
 @click.option("--out", type=click.Path(), help="output file [default: next to the weights]")
 def export(run: str, fmt: str, out: str | None) -> None:
-    """Export RUN (ONNX, dynamic batch, metadata) and check it against torch."""
-    from convlens.export import export_onnx
+    """Export RUN (ONNX or TorchScript, dynamic batch, metadata) and check it against torch."""
+    from convlens.api.export import export_run
 
-    result = export_onnx(run, out)
+    result = export_run(run, fmt, out)
     what = "embedding" if "min_cosine" in result else "score"  # an embedding graph's parity
     click.echo(
-        f"wrote {result['onnx']}; on {result['images']} {result['source']} images the largest "
+        f"wrote {result[fmt]}; on {result['images']} {result['source']} images the largest "
         f"{what} difference from torch is {result['max_abs_diff']:.2e}"
     )
 
@@ -267,16 +337,13 @@ def serve(
     allowed_hosts: tuple[str, ...],
     engine: str,
 ) -> None:
-    """Serve RUN (run folder, weights or .onnx) over HTTP: /predict, /model, /health, page at /."""
-    from convlens.serve import Limits, create_app
-    from convlens.serve.server import allowed_hosts as host_names
-    from convlens.serve.server import run_server
+    """Serve RUN (run folder, weights, .onnx or .pt) over HTTP: /predict, /model, /health, page."""
+    from convlens.api.serve import serve as run_serve
 
-    limits = Limits(max_in_flight=max_in_flight, max_connections=max_connections,
-                    header_timeout=header_timeout, body_timeout=body_timeout)  # fmt: skip
-    app = create_app(run, limits, engine=engine, hosts=host_names(host, allowed_hosts))
-    click.echo(f"serving {run} on http://{host}:{port}/", err=True)
-    run_server(app, host, port, limits)
+    run_serve(run, host=host, port=port, max_in_flight=max_in_flight,
+              max_connections=max_connections, header_timeout=header_timeout,
+              body_timeout=body_timeout, allowed_hosts=allowed_hosts, engine=engine,
+              start=True)  # fmt: skip
 
 
 @cli.command()
@@ -365,6 +432,63 @@ def models(channels: int, image_size: int, classes: int) -> None:
         table.add_row(name, f"{info['params']:,}", flops, escape(info["description"]))
     Console().print(table)
     Console().print("and any torchvision classification model as tv-<name>, e.g. tv-resnet18")
+    # transfer learning (issue 16): timm's models by name
+    Console().print("and any timm model as timm-<name>, e.g. timm-convnext_atto "
+                    "(pip install convlens[timm])", markup=False)  # fmt: skip
+
+
+# workflow (issue 18): convlens tune
+@cli.command()
+@click.option("--space", required=True, type=click.Path(),
+              help="YAML file: each setting to sweep with its range or choices")  # fmt: skip
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1),
+              help="finished trials the study should hold (run again, it continues)")  # fmt: skip
+@click.option("--out", default="runs/tune", show_default=True, type=click.Path(),
+              help="study folder: a run folder per trial, trials.csv, best.yaml")  # fmt: skip
+@click.option("--storage", help="Optuna RDB storage URL, to share the study between machines "
+              "[default: sqlite:///OUT/study.db]")  # fmt: skip
+@click.option("--study-name", default="convlens", show_default=True, help="the study's name")
+@click.option("--pruner", default="median", show_default=True,
+              type=click.Choice(["median", "none"]),
+              help="median: stop a trial below the median val score at an epoch")  # fmt: skip
+@click.option("--startup-trials", default=5, show_default=True, type=click.IntRange(min=0),
+              help="trials run to the end before the pruner stops any")  # fmt: skip
+@click.option("--warmup-epochs", default=0, show_default=True, type=click.IntRange(min=0),
+              help="epochs of each trial before the pruner may stop it")  # fmt: skip
+@click.option("--config", type=click.Path(), help="YAML file of settings every trial shares")
+@_train_options
+def tune(model_args: tuple[str, ...], **options: object) -> None:
+    """Sweep training settings with Optuna (TPE, median pruning); train flags fix the rest."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from convlens.api.tune import tune as run_tune
+
+    names = ("space", "trials", "out", "storage", "study_name", "pruner", "startup_trials",
+             "warmup_epochs", "config")  # fmt: skip
+    own = {k: options.pop(k) for k in names}
+    result = run_tune(**own, **_overrides(model_args, options))
+    table = Table(title=f"study {result['study']} in {result['storage']}")
+    columns = [c for c in result["trials"][0] if c != "run"] if result["trials"] else []
+    for col in columns:
+        table.add_column(col, justify="left" if col == "state" else "right")
+    for row in result["trials"]:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    Console(highlight=False).print(table)
+    best = result["best"]
+    if best is None:
+        raise ConvlensError(f"no trial of the study completed; see {result['out']}/trials.csv")
+    click.echo(f"best: trial {best['number']} ({best['value']:.4f}), run {best['run']}; "
+               f"train it with: convlens train --config {best['config']}")  # fmt: skip
+
+
+tune.params = [p for p in tune.params if p.name not in ("run", "resume", "folds", "fold")]
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 from convlens.faces.cli import COMMANDS as FACE_COMMANDS  # noqa: E402 (click only; fast)

@@ -73,6 +73,9 @@ class TrainConfig:
     strict: bool = False  # stop at the first unreadable image instead of skipping it
     translate: int = within(2, "[0, 8192)")  # random translation in pixels, each axis (0 = off)
     hflip: str = "auto"  # mirroring: auto (alternate if the data allows) | random | alternate | off
+    # photos (issue 15): folders of images over 64 px, or an image_size above 64
+    augment: str = "auto"  # auto (light for images <= 64 px, else photo) | light | photo | none
+    cache_ram: str | None = None  # RAM for decoded training photos, e.g. 2G (default: half free)
     # task
     task: str = "classify"  # classify | multilabel | anomaly | embed (face identities)
     normal: str | None = None  # anomaly: normal class name(s), comma-separated (default: all)
@@ -82,11 +85,24 @@ class TrainConfig:
     embed_loss: str = "arcface"  # embed: arcface (additive angular margin) | softmax
     margin: float = within(0.5, "[0, 1.5]")  # embed: ArcFace angular margin m (radians)
     scale: float = within(30.0, "(0, 1000]")  # embed: ArcFace logit scale s
+    # anomaly maps (issue 19): a patch-feature scorer fitted on the trained anomaly backbone
+    method: str = "geom"  # anomaly: geom (GEOM's 72 views; see anomaly_method) | patchcore | padim
+    coreset: float = within(0.1, "(0, 1]")  # patchcore: share of normal patches kept in its bank
+    patch_dim: int | None = within(None, "[1, 65536]")  # patch features kept (all; padim: 100)
+    # open-set rejection (issue 19): "unknown" below a score threshold chosen on val
+    reject: str = "off"  # classify: msp (max calibrated probability) | energy | mahalanobis | off
+    reject_tpr: float = within(0.95, "(0, 1]")  # share of in-distribution val images kept
     # model
     model: str = "fastnet"  # a name from `convlens models`
     model_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
     init: str | None = None  # start from the weights in this .safetensors file or run
     pretrained: bool = False  # torchvision's published weights (tv-* models, needs internet)
+    # transfer learning (issue 16): fine-tune trains the head alone first (the body and its
+    # BatchNorm statistics frozen), then every layer, the body's stages at lrs rising from
+    # body_lr_mult x the head's (fastai's discriminative lrs; convlens.training.finetune)
+    transfer: str = "auto"  # auto (fine-tune when weights are given, else full) | fine-tune | full
+    freeze_epochs: int | None = within(None, "[0, 100000]")  # head-only epochs (default: 1/4)
+    body_lr_mult: float = within(0.1, "(0, 1]")  # fine-tune: 1st body stage's lr / the head's
     # optimisation
     epochs: int = within(8, "[1, 100000]")  # passes over the training split
     batch_size: int = within(512, "[1, 1048576]")  # images per step (512 is fastest per image here)
@@ -112,7 +128,7 @@ class TrainConfig:
     # machine
     engine: str = "torch"  # torch | numpy (the NumPy reference engine: textbook, lenet5, mlp)
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # bf16 autocast: auto (where it helps) | bf16 | off
+    amp: str = "auto"  # autocast: auto (bf16 where the hardware has it) | bf16 | fp16 | off
     channels_last: bool = True  # NHWC memory layout (1.2-1.75x faster with bf16 on this CPU)
     threads: int = within(0, "[0, 1024]")  # torch CPU threads (0 = torch's default)
     compile: bool = False  # torch.compile the model (pays a start-up cost; helps on GPUs)
@@ -122,6 +138,12 @@ class TrainConfig:
     # output
     run: str | None = None  # run folder (default runs/train, runs/train2, ...)
     resume: bool = False  # continue the run folder's last saved state
+    # workflow (issue 18): experiment tracking and k-fold cross-validation
+    log: str = "none"  # trackers besides results.csv: tensorboard, mlflow (comma list) or none
+    mlflow_uri: str | None = None  # MLflow tracking URI (default: RUN/mlflow.db, a SQLite store)
+    folds: int = within(0, "[0, 100]")  # k-fold cross-validation over train+val: K folds (0: off)
+    fold: int | None = within(None, "[1, 100]")  # train only this fold (1 to K) of --folds
+    group_by: str | None = None  # folds: a label CSV column keeping its groups (patients) together
 
 
 def config_types() -> dict[str, Any]:
@@ -231,10 +253,12 @@ _CHOICES = {
     "calibrate": ("temperature", "none"),
     "class_weights": ("none", "auto"),
     "device": ("auto", "cpu", "cuda"),
-    "amp": ("auto", "bf16", "off"),
+    "amp": ("auto", "bf16", "fp16", "off"),  # device.AMP_MODES, without importing torch here
     "engine": ("torch", "numpy"),
     "anomaly_method": ("geom", "mahalanobis"),
+    "method": ("geom", "patchcore", "padim"),  # anomaly maps
     "embed_loss": ("arcface", "softmax"),
+    "transfer": ("auto", "fine-tune", "full"),  # transfer learning (issue 16)
 }
 
 
@@ -250,6 +274,9 @@ def validate(cfg: TrainConfig) -> None:
         if value is not None and value not in allowed:
             finite = "finite and " if isinstance(value, float) and not math.isfinite(value) else ""
             raise ConfigError(f"setting {name!r} must be {finite}{allowed}, got {value!r}")
+    _validate_photos(cfg)
+    check_workflow(cfg)
+    check_reject(cfg)
     if cfg.model_args:  # imports torch: only when there is something to check
         from convlens.models.registry import check_model_args
 
@@ -257,6 +284,70 @@ def validate(cfg: TrainConfig) -> None:
             check_model_args(cfg.model, cfg.model_args)
         except ModelError as e:
             raise ConfigError(f"setting 'model_args': {e}") from None
+
+
+# --- photos (issue 15) -----------------------------------------------------------------------
+AUGMENTS = ("auto", "light", "photo", "none")  # convlens.data.augment.POLICIES
+BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _validate_photos(cfg: TrainConfig) -> None:
+    if cfg.augment not in AUGMENTS:
+        raise ConfigError(f"setting 'augment' must be one of {', '.join(AUGMENTS)}, "
+                          f"not {cfg.augment!r}")  # fmt: skip
+    cache_ram_bytes(cfg)
+
+
+def cache_ram_bytes(cfg: TrainConfig) -> int | None:
+    """--cache-ram in bytes ("512M", "2G", "1.5G", "1000000"), or None for the default."""
+    if cfg.cache_ram is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", str(cfg.cache_ram).strip(), re.I)
+    if m is None:
+        raise ConfigError(f"setting 'cache_ram' must be bytes with an optional K, M, G or T "
+                          f"suffix (e.g. 2G), not {cfg.cache_ram!r}")  # fmt: skip
+    return int(float(m[1]) * BYTE_UNITS[m[2].upper()])
+
+
+# open-set rejection (issue 19): a classifier's score of how much an image looks like training
+REJECT_SCORES = ("msp", "energy", "mahalanobis", "off")  # convlens.tasks.openset.SCORES, off
+
+
+def check_reject(cfg: TrainConfig) -> None:
+    """--reject names a score, and only for a task that can answer "unknown"."""
+    if cfg.reject not in REJECT_SCORES:
+        raise ConfigError(f"setting 'reject' must be one of {', '.join(REJECT_SCORES)}, "
+                          f"not {cfg.reject!r}")  # fmt: skip
+    if cfg.reject != "off" and not task_class(cfg.task).rejects_unknown:
+        raise ConfigError(f"setting 'reject' is for classifiers: {cfg.task} runs do not answer "
+                          "'unknown'")  # fmt: skip
+
+
+# workflow (issue 18): the trackers --log names, and the settings k-fold runs take together
+TRACKERS = ("tensorboard", "mlflow")
+
+
+def trackers(cfg: TrainConfig) -> list[str]:
+    """The trackers `cfg.log` names, in order ([] for none)."""
+    names = [n.strip().lower() for n in cfg.log.split(",") if n.strip()]
+    return [] if names == ["none"] else names
+
+
+def check_workflow(cfg: TrainConfig) -> None:
+    """--log names known trackers; --fold and --group-by come with --folds."""
+    unknown = [n for n in trackers(cfg) if n not in TRACKERS]
+    if unknown:
+        raise ConfigError(f"setting 'log' takes none or a comma list of {', '.join(TRACKERS)}, "
+                          f"not {unknown[0]!r}")  # fmt: skip
+    if cfg.folds == 1:
+        raise ConfigError("setting 'folds' must be 0 (off) or at least 2, got 1")
+    if cfg.fold is not None and not cfg.folds:
+        raise ConfigError("setting 'fold' needs 'folds' (e.g. --folds 5 --fold 2)")
+    if cfg.fold is not None and cfg.fold > cfg.folds:
+        raise ConfigError(f"setting 'fold' must be between 1 and folds ({cfg.folds}), "
+                          f"got {cfg.fold}")  # fmt: skip
+    if cfg.group_by is not None and not cfg.folds:
+        raise ConfigError("setting 'group_by' needs 'folds' (it groups the k-fold split)")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

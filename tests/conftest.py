@@ -2,7 +2,8 @@
 
 import os
 
-# Tests run two at a time (pytest -n 2) on two cores: one torch thread per process, or the
+# Tests run two at a time (pytest -n 2 --dist loadfile: a module fixture, often a trained run,
+# is built once) on two cores: one torch thread per process, or the
 # OpenMP threads of the two processes fight over the cores and each step slows down 100-fold.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

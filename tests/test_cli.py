@@ -10,8 +10,6 @@ from safetensors.torch import save_file
 
 from tests.helpers import convlens
 
-pytestmark = pytest.mark.xdist_group("cli")
-
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):

@@ -37,7 +37,6 @@ from convlens.data.images import decode_image, to_tensor
 from convlens.errors import DatasetFormatError
 from tests.helpers import PEAK_RSS_CODE, convlens
 
-pytestmark = pytest.mark.xdist_group("data-hardening")
 QUICK = ["--epochs", 1, "--model", "mlp", "--batch-size", 64, "--threads", 1]
 CHILD_MEMORY = 6 << 30  # address space of a child: torch reserves ~3 GiB, a bomb fails past it
 

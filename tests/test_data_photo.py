@@ -18,13 +18,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from convlens.data.augment import (
-    eval_transform,
-    mix_collate,
-    resolve_augment,
-    seeded,
-    train_transform,
-)
+from convlens.data.augment import resolve_augment, seeded
 from convlens.data.batches import normalize
 from convlens.data.folder import load_folder
 from convlens.data.images import decode_image, to_tensor
@@ -37,6 +31,7 @@ from convlens.data.preprocess import (
     storage_size,
 )
 from convlens.data.stream import choose_storage, folder_items, open_split, storage_preprocess
+from convlens.data.transforms import eval_transform, mix_collate, train_transform
 from convlens.errors import ConfigError, DatasetFormatError, ModelError
 from tests.helpers import PEAK_RSS_CODE
 
@@ -322,7 +317,7 @@ STREAM_RSS = """
 import json, sys
 import torch
 import torchvision.transforms.v2  # the libraries' own footprint is not the split's
-from convlens.data.augment import eval_transform
+from convlens.data.transforms import eval_transform
 from convlens.data.preprocess import Preprocess
 from convlens.data.loader import photo_loader
 from convlens.data.stream import folder_items, open_split

@@ -26,7 +26,6 @@ from convlens.errors import ConvlensError, DatasetFormatError
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = [
     pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's Fashion-MNIST (make data)"),
-    pytest.mark.xdist_group("scenes"),
 ]
 SMALL = (3, 2, 2)  # images per class in train, val, test
 FOLDERS = sorted(scenes.folder_name(c) for c in named.DATASETS["fashion-mnist"].classes)

@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 import convlens
 from convlens.data import Split, iterate_batches
 from convlens.data.batches import to_device
+from convlens.device import Caps, choose_amp
+from convlens.errors import ConvlensError
 from tests.helpers import convlens as cli
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -88,3 +90,56 @@ def test_compiled_fastnet_under_bf16_has_the_gradients_of_eager():
     for name, g in grads[1].items():  # bf16 rounds differently fused: the same direction
         assert torch.isfinite(g).all(), name
         assert F.cosine_similarity(g.flatten(), grads[0][name].flatten(), dim=0) > 0.9, name
+
+
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("caps", "device", "dtype", "why"),
+    [
+        (Caps(cpu_amx=True, cpu_bf16=True, cuda_bf16=False), CPU, torch.bfloat16, "AMX"),
+        (Caps(cpu_amx=False, cpu_bf16=True, cuda_bf16=False), CPU, None, "without AMX"),
+        (Caps(cpu_amx=False, cpu_bf16=False, cuda_bf16=False), CPU, None, "no native bf16"),
+        (Caps(cpu_amx=False, cpu_bf16=False, cuda_bf16=True), GPU, torch.bfloat16, "bf16 units"),
+        (Caps(cpu_amx=False, cpu_bf16=False, cuda_bf16=False), GPU, torch.float16, "GradScaler"),
+    ],
+)
+def test_amp_auto_takes_bf16_only_where_the_hardware_multiplies_it(caps, device, dtype, why):
+    """On AVX512_BF16 without AMX bf16 autocast was 14% slower than float32 (issue 17): auto
+    keeps float32 there; a GPU without bf16 units (T4, V100) gets fp16 with a GradScaler."""
+    got, reason = choose_amp("auto", device, caps)
+    assert got is dtype and why in reason
+
+
+def test_amp_modes_asked_for_are_kept_or_refused_in_one_line():
+    plain = Caps(cpu_amx=False, cpu_bf16=True, cuda_bf16=False)
+    assert choose_amp("bf16", CPU, plain)[0] is torch.bfloat16  # asked: kept, even if slower
+    assert choose_amp("off", GPU, plain)[0] is None
+    assert choose_amp("fp16", GPU, plain)[0] is torch.float16
+    for mode, device, caps, message in [
+        ("bf16", CPU, Caps(False, False, False), "no native bf16"),
+        ("bf16", GPU, plain, "no native bf16"),
+        ("fp16", CPU, plain, "for GPUs"),
+        ("half", CPU, plain, "must be one of"),
+    ]:
+        with pytest.raises(ConvlensError, match=message):
+            choose_amp(mode, device, caps)
+
+
+def test_this_machines_choice_is_said_in_the_runs_first_line(tmp_path):
+    """The run says which precision it chose and why; fp16's GradScaler path trains on a GPU."""
+    out = cli("train", "--data", "digits", "--model", "textbook", "--epochs", "1",
+              "--run", tmp_path / "run")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    _, reason = choose_amp("auto", CPU)
+    assert reason in out.stdout + out.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_fp16_with_a_grad_scaler_trains_on_a_gpu(tmp_path):
+    out = cli("train", "--data", "digits", "--model", "textbook", "--epochs", "2", "--device",
+              "cuda", "--amp", "fp16", "--run", tmp_path / "run")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "GradScaler" in out.stdout + out.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -6,13 +6,11 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.helpers import convlens, free_port
 
-pytestmark = pytest.mark.xdist_group("distributed")
 ARGS = ["train", "--data", "digits", "--model", "textbook", "--epochs", "2", "--batch-size", "64",
         "--lr", "0.05", "--amp", "off", "--seed", "4"]  # fmt: skip
 

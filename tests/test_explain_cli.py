@@ -13,7 +13,6 @@ from convlens.cli import main
 from convlens.explain import object_scenes
 from tests.helpers import convlens as cli
 
-pytestmark = pytest.mark.xdist_group("explain-cli")
 CLASSES = ["plus", "cross", "diamond", "empty"]  # object_scenes' glyph order, then "empty"
 QUICK = {"epochs": 4, "batch_size": 32, "lr": 0.05}
 

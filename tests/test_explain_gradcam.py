@@ -13,7 +13,6 @@ from convlens.explain import grad_cam, object_scenes, peak, pointing_game, salie
 from convlens.models import create_model, list_models
 from convlens.tasks.loading import load_model
 
-pytestmark = pytest.mark.xdist_group("explain-gradcam")
 N_TRAIN, N_TEST = 1500, 300
 
 

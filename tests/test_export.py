@@ -11,8 +11,6 @@ from convlens.models import create_model, list_models
 from convlens.runs.weights import load_weights, save_weights
 from tests.helpers import convlens, saved_decision
 
-pytestmark = pytest.mark.xdist_group("export")
-
 
 def _weights(tmp_path, name: str, tta: str = "flip-shift"):
     torch.manual_seed(0)

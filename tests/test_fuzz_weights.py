@@ -22,8 +22,6 @@ from convlens.errors import ConvlensError
 from convlens.models import create_model
 from tests.helpers import peak_rss_mb, reset_peak_rss
 
-pytestmark = pytest.mark.xdist_group("fuzz-weights")
-
 EXAMPLES = int(os.environ.get("CONVLENS_FUZZ_EXAMPLES", "120"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

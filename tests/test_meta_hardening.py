@@ -21,8 +21,6 @@ from convlens.runs.weights import load_state, load_weights, save_state, save_wei
 from tests.helpers import PEAK_RSS_CODE, start_server
 from tests.helpers import convlens as cli
 
-pytestmark = pytest.mark.xdist_group("meta-hardening")
-
 META = {"task": "classify", "classes": ["a", "b", "c"],
         "input": {"channels": 1, "height": 8, "width": 8},
         "normalize": {"mean": [0.5], "std": [0.25]}, "tta": "none",
@@ -265,6 +263,23 @@ def test_a_huge_declared_model_is_refused_before_anything_is_allocated(tmp_path)
     *errors, peak_kb = out.stdout.strip().splitlines()
     assert len(errors) == 2 and all("weights do not fit model 'mlp'" in e for e in errors)
     assert float(peak_kb) < 1000  # MB: under 1 GB (torch itself takes about 0.4)
+
+
+def test_predicting_loads_neither_torchvision_nor_scikit_learn(tmp_path):
+    # Each costs start-up time and resident memory that a prediction does not need.
+    w = weights(tmp_path / "w.safetensors")
+    script = (
+        "import sys, numpy as np, convlens\n"
+        "answer = convlens.load(sys.argv[1]).predict(np.zeros((8, 8), np.uint8), top_k=2)\n"
+        "heavy = ('torchvision', 'sklearn', 'scipy', 'pandas', 'matplotlib')\n"
+        "print(len(answer), [m for m in heavy if m in sys.modules])\n"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", script, str(w)], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "[]"]
 
 
 def test_resuming_from_another_models_state_is_one_line(tmp_path):

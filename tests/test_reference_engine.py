@@ -30,7 +30,6 @@ from convlens.training.numpy_loop import build_sgd, train_step
 from convlens.training.optim import build_optimizer, get_lr, set_lr
 from convlens.training.progress import Progress
 
-pytestmark = pytest.mark.xdist_group("reference-engine")
 ENGINES = ("torch", "numpy")
 DIGITS = [
     "--data",

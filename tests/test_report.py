@@ -18,7 +18,6 @@ from convlens.api.evaluate import evaluate_run
 from convlens.api.explain import explain_run
 from convlens.report.classify import SECTIONS
 
-pytestmark = pytest.mark.xdist_group("report")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MAX_SHIFT = 3
 

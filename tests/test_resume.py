@@ -7,13 +7,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.helpers import convlens
-
-pytestmark = pytest.mark.xdist_group("resume")
 
 # Dropout draws from the global RNG, EMA and momentum carry state: all must survive a kill.
 ARGS = ["--data", "digits", "--model", "mlp", "--model-arg", "dropout=0.3", "--epochs", "10",

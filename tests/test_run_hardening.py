@@ -26,7 +26,6 @@ import convlens
 from convlens.config import TrainConfig, config_types, make_config
 from convlens.errors import ConfigError, TrainingError
 
-pytestmark = pytest.mark.xdist_group("run-hardening")
 QUICK = ["--data", "digits", "--model", "mlp", "--batch-size", "64", "--lr", "0.05"]
 API = {"data": "digits", "model": "mlp", "batch_size": 64}
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from tests.helpers import convlens, launch_chromium, open_page, start_server
 
-pytestmark = pytest.mark.xdist_group("serve")
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
 
 

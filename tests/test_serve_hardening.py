@@ -22,7 +22,6 @@ from PIL import Image
 
 from tests.helpers import convlens, start_server
 
-pytestmark = pytest.mark.xdist_group("serve-hardening")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -15,7 +15,6 @@ from sklearn.datasets import load_digits
 from tests.helpers import convlens, launch_chromium, open_page, start_server
 from tests.test_faces_detect import astronaut
 
-pytestmark = pytest.mark.xdist_group("serve-tasks")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 

@@ -12,7 +12,6 @@ from tests.helpers import convlens
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = [
     pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not here"),
-    pytest.mark.xdist_group("fashion"),
 ]
 
 

@@ -14,7 +14,6 @@ from convlens.config import make_config
 from convlens.errors import ConvlensError, DatasetFormatError, TrainingError
 from convlens.training.optim import get_lr
 
-pytestmark = pytest.mark.xdist_group("train-options")
 QUICK = {"data": "digits", "model": "mlp", "batch_size": 64, "lr": 0.05}
 
 

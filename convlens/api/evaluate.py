@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens.data import Dataset
+from convlens.errors import ConvlensError
 from convlens.report import write_report
+from convlens.runs.folder import resolve_weights
 from convlens.tasks.loading import load_run
 from convlens.training.data import load_run_data
 
@@ -28,10 +30,20 @@ def evaluate_run(
     """
     loaded = load_run(run, device, target_sensitivity=target_sensitivity)
     if dataset is None:
-        dataset = load_run_data(data, loaded.folder.path if loaded.folder else None)
+        dataset = load_run_data(data, loaded.folder.path if loaded.folder else None,
+                                meta=loaded.meta)  # fmt: skip
     if split == "test" and dataset.test is None:
         split = "val"  # the source has no test split; say which split was used in the result
     ev = loaded.task.evaluate(loaded, dataset, split, write)
     if write:
         write_report(loaded, ev)
     return ev.metrics
+
+
+def report_run(run: str | Path, data: str | None = None) -> Path:
+    """Rewrite RUN/report.html (and metrics.json, figures) from its best weights; the page."""
+    weights = resolve_weights(run)
+    if weights.parent.name != "weights":
+        raise ConvlensError(f"{run}: a report needs a run folder, not a loose weights file")
+    evaluate_run(run, data=data, write=True)
+    return weights.parent.parent / "report.html"

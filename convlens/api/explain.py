@@ -132,7 +132,7 @@ def explain_images(rec, pictures, names, stages, layer, out: Path, summary: dict
     """Grad-CAM, saliency and feature maps for each picture (uint8 (N, C, H, W))."""
     model, prep = rec.model, _normalizer(rec.meta)
     x = prep(pictures)
-    probs = rec.predict_tensor(pictures)  # as `convlens predict` reports them
+    probs = rec.predict_tensor(pictures)[:, : len(rec.classes)]  # as predict's, no open-set score
     target = probs.argmax(1)
     cams = None  # an MLP has no feature map to weigh: saliency only
     if layer is not None or has_feature_map(model, x):
@@ -192,7 +192,7 @@ def measure_invariance(rec, baseline, ds, *, max_shift=4, angles=ANGLES, n_image
 def load_data(rec, data: str | None, home: Path):
     """The run's dataset (or `data`), checked against the model's classes and input."""
     run_dir = home if Run(home).is_run() else None
-    ds = load_run_data(data, run_dir)
+    ds = load_run_data(data, run_dir, meta=rec.meta)  # a photo run: its own crop
     check_compatible(rec.meta, ds, rec.weights)
     return ds
 
@@ -243,7 +243,7 @@ def train_baseline(home: Path, data: str, config: Path | None) -> Path:
             "remove it, or pass --baseline RUN"
         )
     settings = load_yaml(config) if config and config.is_file() else {}
-    for key in ("model_args", "init", "pretrained", "resume"):
+    for key in ("model_args", "init", "pretrained", "resume", "transfer", "freeze_epochs"):
         settings.pop(key, None)
     settings.update(model="mlp", data=data, run=str(target))
     return train(make_config(None, settings))

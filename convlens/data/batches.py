@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -100,13 +100,20 @@ def normalize(
 def channel_stats(split: Split, chunk: int = 4096) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a split's pixels in [0, 1] units (std at least 1e-3)."""
     c = split.images.shape[1]
+    return pixel_stats((split.images[i : i + chunk] for i in range(0, len(split), chunk)), c)
+
+
+def pixel_stats(batches: Iterable[torch.Tensor], c: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the pixels of uint8 batches (n, C, H, W), one at a time."""
     total = torch.zeros(c, dtype=torch.float64)
     squares = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, len(split), chunk):
-        x = split.images[i : i + chunk].double().transpose(0, 1).reshape(c, -1) / 255  # (C, n)
+    count = 0
+    for batch in batches:
+        x = batch.double().transpose(0, 1).reshape(c, -1) / 255  # (C, n)
         total += x.sum(1)
         squares += (x * x).sum(1)
-    count = max(split.images.numel() // c, 1)
+        count += batch.numel() // c
+    count = max(count, 1)
     mean = total / count
     std = (squares / count - mean**2).clamp(min=1e-6).sqrt()  # >= 1e-3: normalize never / 0
     return mean.tolist(), std.tolist()

@@ -18,12 +18,14 @@ class Split:
 
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64 class indices, or (N, L) float32 0/1 for multi-label
+    groups: np.ndarray | None = None  # (N,) str: a label CSV's --group-by column (patients)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
+        groups = None if self.groups is None else self.groups[index.numpy()]
+        return Split(self.images[index], self.labels[index], groups)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from convlens.data.dataset import MAX_CLASSES, Dataset, Split, complete_splits
@@ -34,11 +35,13 @@ def load_label_csv(
     val_fraction: float = 0.1,
     strict: bool = False,
     image_size: int | None = None,
+    group_by: str | None = None,
 ) -> Dataset:
-    """A multi-label Dataset from a `path,labels[,split]` CSV; unreadable images are skipped."""
+    """A multi-label Dataset from a `path,labels[,split]` CSV; unreadable images are skipped.
+    `group_by` names a column whose value each image's Split.groups entry keeps (k-fold)."""
     path = Path(path)
-    rows = read_rows(path)
-    classes = sorted({name for _, names, _ in rows for name in names})
+    rows = read_rows(path, group_by)
+    classes = sorted({name for _, names, _, _ in rows for name in names})
     if not classes:
         raise DatasetFormatError(f"{path}: no row names a label")
     if len(classes) > MAX_CLASSES or len(rows) * len(classes) > MAX_LABEL_CELLS:
@@ -47,16 +50,18 @@ def load_label_csv(
             f"{MAX_LABEL_CELLS}-cell limit of a label table"
         )
     items: dict[str, list[tuple[str, int]]] = {}
-    for i, (file, _, split) in enumerate(rows):  # the row number stands in for the label
+    for i, (file, _, split, _) in enumerate(rows):  # the row number stands in for the label
         items.setdefault(split, []).append((str(path.parent / file), i))
     if "train" not in items:
         raise DatasetFormatError(f"{path}: no row is in the train split")
     column = {name: j for j, name in enumerate(classes)}
     vectors = torch.zeros(len(rows), len(classes))  # (rows, L) 0/1
-    for i, (_, names, _) in enumerate(rows):
+    for i, (_, names, _, _) in enumerate(rows):
         vectors[i, [column[n] for n in names]] = 1.0
     decoded = _decode(path, items, strict=strict, image_size=image_size, workers=0)
-    splits = {k: Split(s.images, vectors[s.labels]) for k, s in decoded.splits.items()}
+    groups = np.array([g for *_, g in rows], dtype=object) if group_by else None  # (rows,)
+    splits = {k: Split(s.images, vectors[s.labels], None if groups is None else
+                       groups[s.labels.numpy()]) for k, s in decoded.splits.items()}  # fmt: skip
     notes = list(decoded.notes)
     complete_splits(splits, val_fraction, seed, notes, missing_test="no test rows in the CSV")
     return Dataset(
@@ -78,8 +83,9 @@ def is_label_csv(path: Path) -> bool:
     return head.startswith("path,labels")
 
 
-def read_rows(path: Path) -> list[tuple[str, list[str], str]]:
-    """(file, label names, split) per row; errors name the file and the line."""
+def read_rows(path: Path, group_by: str | None = None) -> list[tuple[str, list[str], str, str]]:
+    """(file, label names, split, the `group_by` column or "") per row; errors name the file
+    and the line."""
     data = read_regular(path)
     try:
         lines = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
@@ -88,6 +94,11 @@ def read_rows(path: Path) -> list[tuple[str, list[str], str]]:
     if not lines or [c.strip().lower() for c in lines[0][:2]] != ["path", "labels"]:
         raise DatasetFormatError(f"{path}: the first line must be the header path,labels[,split]")
     has_split = len(lines[0]) > 2 and lines[0][2].strip().lower() == "split"
+    header = [c.strip().lower() for c in lines[0]]
+    if group_by is not None and group_by.strip().lower() not in header:
+        raise DatasetFormatError(f"{path}: no column {group_by!r} to group by (the header is "
+                                 f"{','.join(lines[0])})")  # fmt: skip
+    at = header.index(group_by.strip().lower()) if group_by is not None else None
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not any(cell.strip() for cell in line):
@@ -100,7 +111,12 @@ def read_rows(path: Path) -> list[tuple[str, list[str], str]]:
                 f"{path}: line {number}: split {line[2]!r} is not train, val or test"
             )
         names = sorted({class_name(n.strip()) for n in line[1].split(";") if n.strip()})
-        rows.append((line[0].strip(), names, split))
+        group = ""
+        if at is not None:
+            group = line[at].strip() if at < len(line) else ""
+            if not group:
+                raise DatasetFormatError(f"{path}: line {number}: no {group_by} to group by")
+        rows.append((line[0].strip(), names, split, group))
     if not rows:
         raise DatasetFormatError(f"{path}: no rows after the header")
     return rows

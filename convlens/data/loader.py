@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, get_worker_info
 from torch.utils.data import Dataset as TorchDataset
 
-from convlens.data.augment import mix_collate, sample_seed, seeded
+from convlens.data.augment import sample_seed, seeded
 from convlens.data.folder import MAX_BAD_FRACTION
 from convlens.data.stream import SkipBad, check_bad
 from convlens.errors import ConvlensError, DatasetFormatError
@@ -48,7 +48,11 @@ def photo_loader(
     if batch_size < 1:
         raise ConvlensError(f"batch_size must be at least 1, got {batch_size}")
     order = _EpochOrder(len(dataset), seed, epoch, shuffle)
-    mixer = mix_collate(*mix) if mix else None
+    mixer = None
+    if mix:
+        from convlens.data.transforms import mix_collate  # torchvision: photo runs only
+
+        mixer = mix_collate(*mix)
     return PhotoLoader(
         _Transformed(dataset, transform, seed),
         batch_size=batch_size,

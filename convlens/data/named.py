@@ -294,13 +294,27 @@ def _load_tree(
     """A class-folder set, generated or downloaded once (under a lock) where none is found."""
     from convlens.data.folder import load_folder
 
+    return name_tree(load_folder(tree_root(name, data_dir, download), **split_args), name)
+
+
+def tree_root(name: str, data_dir: str | None = None, download: bool = True) -> Path | None:
+    """The folder of a named class-folder set (fashion-scenes, imagenette, ...), generated or
+    downloaded once (under a lock) where none is found; None for a set that is not a tree."""
+    d = DATASETS[name]
+    if not (d.scenes or d.archives):
+        return None
     root = _find_tree(name, d, data_dir)
     if root is None:
         root = _tree_dir(name, data_dir)
         with _locked(root):  # a second process waits, then finds the tree the first made
             if not _tree_ready(d, root):
                 _make_tree(name, d, root, data_dir, download)
-    ds = load_folder(root, **split_args)
+    return root
+
+
+def name_tree(ds: Dataset, name: str) -> Dataset:
+    """A named tree's Dataset, loaded as a folder, under its name (and mirroring rule)."""
+    d = DATASETS[name]
     ds.name, ds.hflip = name, d.hflip
     if d.scenes:
         ds.notes.insert(

@@ -11,19 +11,19 @@ so evaluation, predict, serve, ONNX and the NumPy engine all cut images the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from PIL import ExifTags, Image, ImageOps
 
 from convlens.data.images import to_mode, to_tensor
-from convlens.errors import ConfigError, ConvlensError, DatasetFormatError, ModelError
+from convlens.errors import ConfigError, ConvlensError, DatasetFormatError
+from convlens.runs.checks import MAX_SIDE
+from convlens.runs.meta import PreprocessSpec, WeightsMeta
 
 if TYPE_CHECKING:
     import torch
 
-MAX_SIDE = 8192  # as convlens.runs.checks: pixels per side of the model input
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # torchvision InterpolationMode
 SMALL_SIDE = 64  # images up to this side keep the old squash-to-size path (28x28, 8x8, 64x64)
 GPU_SIDE = 224  # pretrained weights and GPU runs: torchvision's and timm's default input
 # A CPU from scratch: fastnet trains 180/85/64/50/31/14 images/s at 64/96/112/128/160/224 px
@@ -35,21 +35,18 @@ CPU_SIDE = 96
 MIN_PHOTO_SIDE = 16  # a photo's shorter side under this is an icon or a broken file, not a photo
 MAX_ASPECT = 10.0  # longer / shorter side: a 20000x100 strip centre-cropped shows 0.5 % of it
 CROP_RATIO = 256 / 224  # resize side / model side in torchvision's presets (crop_pct 0.875)
-FIELDS = ("size", "channels", "resize", "interpolation", "antialias")
 
 
 @dataclass(frozen=True)
-class Preprocess:
-    """How one decoded image becomes the model's uint8 (C, H, W) input."""
+class Preprocess(PreprocessSpec):
+    """How one decoded image becomes the model's uint8 (C, H, W) input (fields: PreprocessSpec)."""
 
-    size: tuple[int, int]  # model input (H, W): the centre crop
-    channels: int  # 1 (8-bit grey, PIL "L") or 3 (RGB), converted as images.to_tensor does
-    resize: int | None = None  # shorter side before the crop, px; None: squash to `size` (old)
-    interpolation: str = "bilinear"  # torchvision InterpolationMode name
-    antialias: bool = True  # False: resize the uint8 tensor without antialiasing
-
-    def __post_init__(self) -> None:
-        _check(self.to_dict(), "Preprocess")
+    @classmethod
+    def of(cls, meta: WeightsMeta) -> Preprocess:
+        """A trained model's own: its metadata's, else (older files) squashed to its input."""
+        if meta.preprocess is None:
+            return cls(meta.input.size, meta.input.channels)
+        return cls(**{**meta.preprocess.to_dict(), "size": meta.preprocess.size})
 
     @classmethod
     def photo(cls, side: int, channels: int, **kwargs: Any) -> Preprocess:
@@ -78,18 +75,6 @@ class Preprocess:
         x = F.pil_to_tensor(img)  # (C, H, W) uint8
         x = F.resize(x, [self.resize], interpolation=mode, antialias=False)
         return F.center_crop(x, crop).contiguous()
-
-    def to_dict(self) -> dict:
-        """JSON-safe fields for the weights' metadata."""
-        out = asdict(self)
-        out["size"] = list(self.size)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "preprocess") -> Preprocess:
-        """A Preprocess from `to_dict`'s output, or ModelError naming `source` and the field."""
-        _check(data, source)
-        return cls(**{**data, "size": tuple(data["size"])})
 
 
 def storage_size(side: int) -> int:
@@ -153,7 +138,8 @@ def choose_input_size(
     else the median height x width, squashed (data/folder.py's rule below its 64 px cap).
     Photos get GPU_SIDE for pretrained weights or a GPU run, else CPU_SIDE, never more than
     their median shorter side (rounded down to 8 px) unless the weights are pretrained.
-    `image_size` (--image-size) wins; the images still decide small path or photo path.
+    `image_size` (--image-size) wins; the images decide small path or photo path, but an
+    `image_size` above SMALL_SIDE always takes the photo path (the user asked for a big input).
     """
     if not shapes:
         raise ConvlensError("no readable images to choose an input size from")
@@ -165,7 +151,7 @@ def choose_input_size(
     else:
         h, w = np.median(np.array(shapes), axis=0).round().astype(int).tolist()
         seen = f"images of {len(set(shapes))} sizes (median {h}x{w})"
-    small = max(h, w) <= SMALL_SIDE
+    small = max(h, w) <= SMALL_SIDE and (image_size is None or image_size <= SMALL_SIDE)
     if image_size is not None:
         if not isinstance(image_size, int) or not 1 <= image_size <= MAX_SIDE:
             raise ConfigError(f"image_size must be a whole number of pixels 1-{MAX_SIDE}")
@@ -188,41 +174,3 @@ def choose_input_size(
         "(--image-size chooses)"
     )
     return InputSize((side, side), True, reason)
-
-
-def _check(data: Any, source: str) -> None:
-    """ModelError naming `source` and the field unless `data` is a valid Preprocess dict."""
-
-    def fail(field: str, why: str) -> None:
-        raise ModelError(f"{source}: {field} {why}")
-
-    def whole(value: Any, lo: int, hi: int, field: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            fail(field, f"must be a whole number {lo}-{hi}, got {value!r:.40}")
-        return value
-
-    if not isinstance(data, dict):
-        fail("preprocess", f"must be an object, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(FIELDS), key=str)
-    if unknown:
-        fail(f"preprocess.{unknown[0]!s:.40}", f"is not a field ({', '.join(FIELDS)})")
-    for field in ("size", "channels"):
-        if field not in data:
-            fail(f"preprocess.{field}", "is missing")
-    size = data["size"]
-    if not isinstance(size, (list, tuple)) or len(size) != 2:
-        fail("preprocess.size", f"must be [height, width], got {size!r:.40}")
-    h, w = (whole(v, 1, MAX_SIDE, "preprocess.size") for v in size)
-    if whole(data["channels"], 1, 3, "preprocess.channels") == 2:
-        fail("preprocess.channels", "must be 1 (grey) or 3 (RGB), got 2")
-    resize = data.get("resize")
-    if resize is not None and whole(resize, 1, MAX_SIDE, "preprocess.resize") < max(h, w):
-        fail("preprocess.resize", f"{resize} is under the {h}x{w} crop (it would pad)")
-    interpolation = data.get("interpolation", "bilinear")
-    if interpolation not in INTERPOLATIONS:
-        fail("preprocess.interpolation", f"must be one of {', '.join(INTERPOLATIONS)}")
-    antialias = data.get("antialias", True)
-    if not isinstance(antialias, bool):
-        fail("preprocess.antialias", f"must be true or false, got {antialias!r:.40}")
-    if interpolation == "lanczos" and not antialias and resize is not None:
-        fail("preprocess.antialias", "must be true for lanczos (torchvision has no other)")

@@ -256,6 +256,11 @@ def _lut(values: np.ndarray) -> list[int]:
     return np.clip(np.round(values), 0, 255).astype(np.uint8).ravel().tolist()
 
 
+def bundled_photo(source: tuple[str, str]) -> Image.Image:
+    """A photograph scikit-image or scikit-learn ships, as RGB, at most PHOTO_SIDE px a side."""
+    return _photo(source)
+
+
 @cache
 def _photo(source: tuple[str, str]) -> Image.Image:
     """A bundled photograph as RGB, read from the installed package (never downloaded)."""

@@ -146,11 +146,11 @@ class ShardSamples(IterableDataset):
                 image = to_tensor(
                     decode_image(sample[fields[0]], name=name), channels=self.channels
                 )
+                if self.transform is not None:  # it may refuse an image (a 1x1 icon) too
+                    image = self.transform(image)  # (C, H, W) uint8 -> (C, size, size) uint8
             except DatasetFormatError as e:
                 self._skip(name, str(e).removeprefix(f"{name}: "))
                 continue
-            if self.transform is not None:
-                image = self.transform(image)  # (C, H, W) uint8 -> (C, size, size) uint8
             yield (image, label, sample["__key__"]) if self.keys else (image, label)
 
     def _skip(self, where: str, why: str) -> None:

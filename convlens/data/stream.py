@@ -105,6 +105,7 @@ class FileImages(TorchDataset):
 
     def __init__(self, items: list[Item], prep: Preprocess) -> None:
         self.items, self.prep = items, prep
+        self.labels = np.array([label for _, label in items], np.int64)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -209,7 +210,7 @@ def open_split(
         return Stored(FileImages(items, store), [], kind, f"{split}: {note}")
     if kind == "ram":
         images = np.zeros((len(items), c, h, w), np.uint8)
-        rows, bad = _decode_all(items, store, workers, strict, images.__setitem__)
+        rows, bad = decode_all(items, store, workers, strict, images.__setitem__)
         dataset: TorchDataset = RamImages(images, labels[rows], rows)
     else:
         try:
@@ -248,7 +249,7 @@ def _npy_cache(root, folder, items, store, split, workers, strict) -> tuple[NpyI
             np.lib.format.write_array_header_1_0(
                 f, {"descr": "|u1", "fortran_order": False, "shape": shape}
             )
-            rows, bad = _decode_all(items, store, workers, strict, lambda i, x: f.write(x.numpy()))
+            rows, bad = decode_all(items, store, workers, strict, lambda i, x: f.write(x.numpy()))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, array)
@@ -264,8 +265,11 @@ def _npy_cache(root, folder, items, store, split, workers, strict) -> tuple[NpyI
     return NpyImages(array, labels[rows], rows), bad
 
 
-def _decode_all(items, store, workers, strict, put) -> tuple[np.ndarray, list]:
-    """Decode every item in order, calling put(i, uint8 (C, S, S)); zeros for bad files."""
+def decode_all(
+    items: list[Item], store: Preprocess, workers: int, strict: bool, put: Any
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode every item as `store` says, in order, calling put(i, uint8 (C, H, W)) (zeros for a
+    bad file); (rows of the good ones, (path, reason) of the bad)."""
     c, (h, w) = store.channels, store.size
     blank = torch.zeros(c, h, w, dtype=torch.uint8)
     loader = DataLoader(
@@ -324,23 +328,6 @@ def folder_items(
         items["train"], items["val"] = [train[i] for i in rest], [train[i] for i in val]
         notes.append(f"no validation split: {val_fraction:.0%} of train held out (seed {seed})")
     return classes, items, notes
-
-
-def image_shapes(paths: list[str], *, limit: int = 2000, seed: int = 0) -> list[tuple[int, int]]:
-    """(H, W) as shown of `paths` (a seeded `limit` of them), from headers; bad ones left out."""
-    from convlens.data.images import open_image, shown_size
-
-    rng = np.random.default_rng(seed)
-    if len(paths) > limit:
-        paths = [paths[i] for i in sorted(rng.choice(len(paths), limit, replace=False))]
-    shapes = []
-    for path in paths:
-        try:
-            w, h = shown_size(open_image(path), path)
-        except DatasetFormatError:
-            continue
-        shapes.append((h, w))
-    return shapes
 
 
 def npy_layout(path: str | Path) -> tuple[tuple[int, ...], int]:

@@ -2,8 +2,6 @@
 calibration metrics, temperature scaling, the figures, MedMNIST score files.
 
 A run is evaluated by its task (convlens.tasks); `convlens evaluate` is convlens.api.evaluate.
+Nothing is imported here: callers name the submodule, so scikit-learn and SciPy load only when
+a run is measured, not when it only predicts.
 """
-
-from convlens.evaluation.metrics import classification_metrics
-
-__all__ = ["classification_metrics"]

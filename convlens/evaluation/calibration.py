@@ -14,7 +14,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import minimize_scalar
 from torch import nn
 
 from convlens.data import Dataset
@@ -51,6 +50,8 @@ def nll(logits: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, t: fl
 
 def fit_temperature(logits: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor) -> float:
     """The T that minimises the NLL (bounded Brent search over log T)."""
+    from scipy.optimize import minimize_scalar  # SciPy loads when a run is calibrated
+
     best = minimize_scalar(
         lambda log_t: nll(logits, weights, labels, math.exp(log_t)),
         bounds=LOG_T_RANGE,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def classification_metrics(labels: torch.Tensor, probs: torch.Tensor, classes: list[str]) -> dict:
     """Accuracy, top-5, per-class precision/recall/F1/support, macro F1, calibration error (ECE)
     with its reliability bins, confusion matrix."""
+    # scikit-learn loads when a run is measured, not when one only predicts
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     y = labels.numpy()
     k = len(classes)
     pred = probs.argmax(1).numpy()

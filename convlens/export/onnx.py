@@ -1,6 +1,7 @@
 """ONNX export: the graph (dynamic batch) with the run's metadata, checked against torch.
 
-The runs whose task has an ONNX output (classify, multilabel, embed) export; each export is
+The runs whose task has an ONNX graph (classify, multilabel, embed; anomaly runs with a patch
+method, whose graph gives a score and a map) export; each export is
 compared, on validation images, with the torch recogniser that `convlens predict` uses,
 through onnxruntime (convlens.predict.onnx.OnnxModel). onnx is imported when a run exports.
 """
@@ -27,7 +28,7 @@ from convlens.tasks.registry import task_class
 from convlens.training.data import load_run_data
 
 TOLERANCE = 1e-4  # largest allowed |onnx - torch| over the check images: probability, score or
-# embedding entry (unit embeddings: 1 - cosine <= TOLERANCE**2 / 2 * D)
+# embedding entry (unit embeddings: 1 - cosine <= TOLERANCE**2 / 2 * D); relative above 1
 CHECK_IMAGES = 100  # validation images run through both
 CHECK_BYTES = 64 << 20  # at most this many uint8 pixels of them (fewer images when they are big)
 
@@ -38,12 +39,13 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
 
     read = read_run_weights(run)  # the header says whether the task exports: no model built
     task = task_class(read.meta.task)
-    if task.onnx_output is None:
+    graph = task.onnx_graph(read.meta)  # output name -> one image's shape
+    if not graph:
         raise ModelError(f"{read.path}: {task.name} runs do not export to ONNX "
                          f"({task.onnx_refusal}); they predict in torch")  # fmt: skip
     loaded = load_run(read)
     rec = recogniser_for(TorchEngine(loaded))  # what `convlens predict` uses: the parity oracle
-    model, meta, weights = rec.model.float().eval(), rec.meta, rec.weights
+    model, meta, weights = task.onnx_module(loaded).float().eval(), rec.meta, rec.weights
     c, h, w = meta.input.shape
     out = Path(out) if out else weights.with_suffix(".onnx")
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -54,7 +56,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
             (torch.zeros(2, c, h, w),),
             dynamo=True,
             input_names=["images"],
-            output_names=[task.onnx_output],
+            output_names=list(graph),
             dynamic_shapes=({0: batch},),
         )
     proto = program.model_proto
@@ -67,7 +69,8 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> dict:
     images, source = _check_images(meta, weights)
     onnx_model = OnnxModel(out)
     ours, theirs = (_answers(m, task.onnx_output, images) for m in (rec, onnx_model))
-    diff = float(np.abs(ours - theirs).max()) if ours.size else 0.0
+    # relative to entries above 1 (an open-set energy or distance): absolute for the rest
+    diff = float((np.abs(ours - theirs) / np.maximum(1, np.abs(ours))).max()) if ours.size else 0.0
     if diff > TOLERANCE:
         raise ConvlensError(f"{out}: onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE})")
     result = {"onnx": str(out), "task": task.name, "images": len(images), "source": source,
@@ -95,20 +98,20 @@ def _check_images(meta: WeightsMeta, weights: Path) -> tuple[torch.Tensor, str]:
     """
     c, h, w = meta.input.shape
     n = max(1, min(CHECK_IMAGES, CHECK_BYTES // (c * h * w)))
-    ds = _own_data(weights)
+    ds = _own_data(weights, meta)
     if ds is not None and (ds.channels, *ds.image_size) == (c, h, w) and len(ds.val):
         return ds.val.images[:n], f"{ds.name} validation split"
     noise = torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(0))
     return noise.to(torch.uint8), "seeded random"  # the CLI: "on 100 seeded random images"
 
 
-def _own_data(weights: Path):
+def _own_data(weights: Path, meta: WeightsMeta):
     """The dataset of the run folder holding `weights` (RUN/weights/*.safetensors beside
     RUN/config.yaml), as that run split it, if it is on disk; None otherwise. Never downloads."""
     run = Run.of_weights(weights)
     if run is None or not run.is_run():
         return None
     try:
-        return load_run_data(None, run.path, download=False)
+        return load_run_data(None, run.path, download=False, meta=meta)  # cut as it trained
     except ConvlensError:
         return None

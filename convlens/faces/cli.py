@@ -107,18 +107,10 @@ def identify(run: str, gallery: str, image: str, top_k: int, as_json: bool, dete
 def lfw(run: str, lfw_dir: str, pairs: str | None, as_json: bool, detect: bool,
         confirm: str | None, device: str) -> None:  # fmt: skip
     """LFW verification protocol: 10-fold accuracy, AUC, EER, TAR@FAR on LFW_DIR/Name/*.jpg."""
-    from pathlib import Path
+    from convlens.faces.lfw import find_pairs, run_protocol
 
-    from convlens.errors import ConvlensError
-    from convlens.faces.lfw import run_protocol
-
-    root = Path(lfw_dir)
-    if pairs is None:
-        found = [p for p in (root / "pairs.txt", root.parent / "pairs.txt") if p.is_file()]
-        if not found:
-            raise ConvlensError(f"{root}: no pairs.txt in it or beside it; pass --pairs FILE")
-        pairs = str(found[0])
-    result = run_protocol(_recogniser(run, detect, confirm, device), pairs, root)
+    result = run_protocol(_recogniser(run, detect, confirm, device), find_pairs(lfw_dir, pairs),
+                          lfw_dir)  # fmt: skip
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -19,7 +19,6 @@ from torch import nn
 
 from convlens.data import Dataset, Split
 from convlens.errors import TrainingError
-from convlens.faces.figures import write_outputs
 from convlens.faces.head import EmbeddingNet, embed_images, embedding_loss
 from convlens.faces.metrics import (
     accuracy,
@@ -149,6 +148,8 @@ class EmbedTask(Task):
         metrics["embedding_size"] = meta["embedding_size"]
         metrics.update(_closed_set(model, meta, dataset.train, emb, part.labels, device))
         if write and run.folder is not None:
+            from convlens.faces.figures import write_outputs  # matplotlib, sklearn: late
+
             write_outputs(run.folder, metrics, scores, same)
         return Evaluation(metrics, {"scores": scores, "same": same})
 

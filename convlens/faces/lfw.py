@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.errors import DatasetFormatError
+from convlens.errors import ConvlensError, DatasetFormatError
 from convlens.faces.metrics import accuracy, best_threshold, verification_metrics
 
 
@@ -94,6 +94,17 @@ def ten_fold_accuracy(scores: np.ndarray, same: np.ndarray, fold: np.ndarray) ->
         "fold_accuracy": [float(a) for a in accs],
         "fold_threshold": thresholds,
     }
+
+
+def find_pairs(root: str | Path, pairs: str | Path | None = None) -> Path:
+    """`pairs`, else pairs.txt in the LFW folder `root` or beside it."""
+    if pairs is not None:
+        return Path(pairs)
+    root = Path(root)
+    found = [p for p in (root / "pairs.txt", root.parent / "pairs.txt") if p.is_file()]
+    if not found:
+        raise ConvlensError(f"{root}: no pairs.txt in it or beside it; pass --pairs FILE")
+    return found[0]
 
 
 def run_protocol(recogniser, pairs_txt: str | Path, root: str | Path) -> dict:

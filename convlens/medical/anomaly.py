@@ -1,10 +1,12 @@
 """Anomaly detection trained on normal images only: `convlens train --task anomaly`.
 
 The network learns GEOM's pretext task (convlens.medical.geom): name which of 72 flips,
-translations and rotations was applied to a normal image. A new image is scored by how well its
-72 transformations are named (--anomaly-method geom) or by how far their features lie from the
-normal ones (mahalanobis); convlens.medical.anomaly_score turns that into [0, 1] with a flag at
-a threshold chosen on validation. The test split is never used for any choice.
+translations and rotations was applied to a normal image. With --method geom (the default) a new
+image is scored by how well its 72 transformations are named (--anomaly-method geom) or by how
+far their features lie from the normal ones (mahalanobis); with --method patchcore or padim the
+trained network's patch features score every patch (convlens.medical.patch_run), which gives an
+anomaly map besides the image score. convlens.medical.anomaly_score turns scores into [0, 1]
+with a flag at a threshold chosen on validation. The test split is never used for any choice.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.data import Dataset, Split
+from convlens.data.mvtec import GOOD, MaskedSplit
 from convlens.device import resolve_amp, resolve_device
 from convlens.errors import ConfigError, ConvlensError, ModelError
 from convlens.evaluation.detection import curves, detection_metrics
 from convlens.evaluation.plots import save_curves, save_roc_pr, save_score_histogram
 from convlens.medical import anomaly_score as scoring
-from convlens.medical import geom
+from convlens.medical import geom, patch_run
 from convlens.runs.checks import Checker
 from convlens.runs.folder import Run
 from convlens.runs.meta import WeightsMeta
@@ -37,7 +40,7 @@ from convlens.tasks.registry import register_task
 FIT_IMAGES = 1000  # normal train images fitting the Mahalanobis statistics; anomalous val images
 
 
-METHODS = ("mahalanobis", "geom")
+METHODS = ("mahalanobis", "geom", *patch_run.METHODS)  # the scores a run decides with
 
 
 @register_task("anomaly")
@@ -47,9 +50,12 @@ class AnomalyTask(Task):
     score = "val_acc"  # transformation accuracy on normal validation images
     gpu_batches = False  # its batch hook mixes in CPU tensors (the transformation maps)
     onnx_refusal = (
-        "a score runs the network over 72 transformed views of each image and compares "
-        "their features with Mahalanobis statistics of normal images, outside one graph"
+        "a GEOM score runs the network over 72 transformed views of each image and compares "
+        "their features with Mahalanobis statistics of normal images, outside one graph; "
+        "--method patchcore and padim runs export"
     )
+    onnx_activation = "none"  # a patch run's graph gives its calibrated score and map
+    serves_onnx = True  # patch runs; a GEOM run's export is refused, and torch serves it
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -66,7 +72,10 @@ class AnomalyTask(Task):
                 f"--hflip {self.cfg.hflip}: anomaly runs learn to recognise mirroring, so training "
                 "images must not be mirrored at random; use --hflip auto or off"
             )
-        self.normal = normal_classes(self.cfg.normal, ds.classes, ds.name)
+        spec = self.cfg.normal
+        if spec is None and isinstance(ds.train, MaskedSplit):  # a mask set: "good" is normal
+            spec = GOOD
+        self.normal = normal_classes(spec, ds.classes, ds.name)
         keep = [ds.classes.index(c) for c in self.normal]
         train, val = (only(s, keep) for s in (ds.train, ds.val))
         if len(train) == 0 or len(val) == 0:
@@ -75,7 +84,7 @@ class AnomalyTask(Task):
         self.maps = geom.index_maps(ds.image_size[0])
         t = geom.shift_for(ds.image_size[0])
         note = (
-            f"anomaly ({self.cfg.anomaly_method}): normal = {', '.join(self.normal)}; "
+            f"anomaly ({self.method}): normal = {', '.join(self.normal)}; "
             f"{len(train)} training and {len(val)} validation images; 72 transformations "
             f"(mirror x shifts of 0/+-{t} px, reflect fill x 4 rotations)"
         )
@@ -85,17 +94,27 @@ class AnomalyTask(Task):
         """One logit per transformation."""
         return geom.COUNT
 
+    @property
+    def method(self) -> str:
+        """The score the run decides with: a patch method, or GEOM's (its anomaly_method)."""
+        return self.cfg.method if self.cfg.method in patch_run.METHODS else self.cfg.anomaly_method
+
     def meta(self, ds: Dataset) -> dict:
-        """The normal classes, the method and the transformations; calibration comes at finish."""
-        return {
+        """The normal classes, the method and the transformations; calibration comes at finish
+        (and a patch method's "patch" field). A patch map is never averaged over mirrored views."""
+        out = {
             "normal": self.normal,
-            "method": self.cfg.anomaly_method,
+            "method": self.method,
             "transformations": {"count": geom.COUNT, "shift": geom.shift_for(ds.image_size[0])},
         }
+        return {**out, "tta": "none"} if self.method in patch_run.METHODS else out
 
     @classmethod
     def wrap(cls, model: nn.Module, meta: dict) -> nn.Module:
-        """The model plus buffers for the Mahalanobis statistics (saved with the weights)."""
+        """The model plus buffers for the Mahalanobis statistics, or a patch method's tensors
+        (saved with the weights)."""
+        if meta.get("method") in patch_run.METHODS:
+            return patch_run.wrap(model, meta)
         return scoring.AnomalyNet(model)
 
     # --- training ----------------------------------------------------------------------------
@@ -124,12 +143,18 @@ class AnomalyTask(Task):
         """Fit scoring on the best weights (train and val images only) and save it with them."""
         model, meta, weights = load_model(run_dir)
         kw = score_settings(self.cfg.device)
+        gen = torch.Generator().manual_seed(self.cfg.seed)
         if meta["method"] == "mahalanobis":
-            gen = torch.Generator().manual_seed(self.cfg.seed)
             pick = torch.randperm(len(ds.train), generator=gen)[:FIT_IMAGES]
             scoring.fit_mahalanobis(model, ds.train.images[pick], meta, **kw)
         val = self.calibration_images(ds.classes)
-        raw = scoring.raw_scores(model, val.images, meta, **kw)[meta["method"]]
+        if meta["method"] in patch_run.METHODS:
+            pick = torch.randperm(len(ds.train), generator=gen)[: patch_run.FIT_IMAGES]
+            model = patch_run.fit(model, ds.train.images[pick], meta, self.cfg, kw["device"])
+            meta.extras["patch"] = model.saved
+            raw = model.maps(val.images)[0]
+        else:
+            raw = scoring.raw_scores(model, val.images, meta, **kw)[meta["method"]]
         is_normal = normal_mask(val, ds.classes, self.normal)
         meta.calibration = scoring.calibrate(
             raw[is_normal], raw[~is_normal], self.cfg.target_sensitivity
@@ -161,6 +186,8 @@ class AnomalyTask(Task):
             cal = check.kind(meta.calibration, dict, "calibration", "an object")
             check.number(cal.get("threshold"), "calibration.threshold")
             check.number(cal.get("spread"), "calibration.spread", positive=True)
+        if meta.extras["method"] in patch_run.METHODS and "patch" in meta.extras:
+            patch_run.check_saved(meta, check)
 
     @classmethod
     def check_predictable(cls, meta: WeightsMeta, source: Path) -> None:
@@ -168,12 +195,17 @@ class AnomalyTask(Task):
         themselves."""
         _calibration(meta, source)
         geom.check_square(*meta.input.size, where=str(source))
+        if meta["method"] in patch_run.METHODS and "patch" not in meta.extras:
+            raise ModelError(f"{source}: this {meta['method']} run has no fitted patch method "
+                             "(metadata field 'patch')")  # fmt: skip
 
     @classmethod
     def evaluate(cls, run: LoadedRun, dataset: Dataset, split: str, write: bool) -> Evaluation:
-        """AUROC (normal classes negative, all others positive) and the flags' sens/spec.
-        details: "raw" {score name: (N,) raw scores}, "classes" (N,) class name per image and
-        "images" (N, C, H, W) uint8 of the split, for the report."""
+        """AUROC (normal classes negative, all others positive) and the flags' sens/spec; a
+        patch run's pixel AUROC and PRO where the split has defect masks. details: "raw" {score
+        name: (N,) raw scores}, "classes" (N,) class name per image, "images" (N, C, H, W) uint8
+        of the split, and for a patch run "maps" (N, H, W) in [0, 1] and "masks" (N, H, W)
+        bool (None without masks), for the report."""
         from sklearn.metrics import roc_auc_score
 
         meta = run.meta
@@ -181,6 +213,10 @@ class AnomalyTask(Task):
         part = dataset.split(split)
         geom.check_square(*dataset.image_size, where=dataset.name)
         raws = scoring.raw_scores(run.net, part.images, meta, **score_settings(str(run.device)))
+        maps = raw_maps = None
+        if meta["method"] in patch_run.METHODS:  # GEOM's score too: the same network's
+            raws[meta["method"]], raw_maps = run.net.maps(part.images)  # (N,), (N, H, W)
+            maps = scoring.to_unit(raw_maps, calibration).numpy()
         anomalous = (~normal_mask(part, dataset.classes, meta["normal"])).numpy()
         metrics = {
             "task": cls.name,
@@ -207,22 +243,53 @@ class AnomalyTask(Task):
             metrics["sensitivity"] = block["sensitivity"]["value"]
             metrics["specificity"] = block["specificity"]["value"]
             metrics["detection"] = block  # with bootstrap 95% CIs; thresholds on the raw score
+        masks = part.masks.numpy() if isinstance(part, MaskedSplit) and maps is not None else None
+        if masks is not None:
+            metrics.update(patch_run.localisation(raw_maps.numpy(), masks))  # no sigmoid ties
         names = [dataset.classes[i] for i in part.labels.tolist()]  # (N,)
         scores = {k: v.numpy() for k, v in raws.items()}
         if write and run.folder is not None:
             _write(run.folder, metrics, scores, names)
-        return Evaluation(metrics, {"raw": scores, "classes": names, "images": part.images})
+        details = {"raw": scores, "classes": names, "images": part.images}
+        if maps is not None:
+            details.update(maps=maps, masks=masks)
+        return Evaluation(metrics, details)
 
     @classmethod
     def scores(cls, run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
-        """Anomaly scores (N,) in [0, 1], 0.5 at the threshold chosen on validation."""
+        """Anomaly scores (N,) in [0, 1], 0.5 at the threshold chosen on validation; a patch
+        run's (N, 1 + H * W): the score, then its map on the same scale."""
+        calibration = _calibration(run.meta, run.weights)
+        if run.meta["method"] in patch_run.METHODS:
+            score, raw_map = run.net.maps(images)  # (N,), (N, H, W)
+            return scoring.to_unit(torch.cat([score[:, None], raw_map.flatten(1)], 1), calibration)
         raw = scoring.raw_scores(run.net, images, run.meta, **score_settings(str(run.device)))
-        return scoring.to_unit(raw[run.meta["method"]], _calibration(run.meta, run.weights))
+        return scoring.to_unit(raw[run.meta["method"]], calibration)
 
     @classmethod
     def answer(cls, scores: torch.Tensor, meta: WeightsMeta, top_k: int) -> dict:
-        """{"score" in [0, 1], "anomaly": flagged, "threshold": 0.5}; top_k is ignored."""
-        return {"score": float(scores), "anomaly": bool(scores >= 0.5), "threshold": 0.5}
+        """{"score" in [0, 1], "anomaly": flagged, "threshold": 0.5}, and for a patch run
+        "map_png": its map as a grey PNG (base64) at the model's input size, 255 x the map
+        (128: the threshold); top_k is ignored."""
+        score = float(scores.flatten()[0])
+        out = {"score": score, "anomaly": score >= 0.5, "threshold": 0.5}
+        if scores.numel() > 1:
+            out["map_png"] = patch_run.map_png(scores.flatten()[1:].view(meta.input.size))
+        return out
+
+    @classmethod
+    def onnx_graph(cls, meta: WeightsMeta) -> dict[str, tuple[int, ...]]:
+        """A patch run's graph gives "score" (N,) and "map" (N, H, W), both in [0, 1]; a GEOM
+        run's does not export."""
+        if meta["method"] not in patch_run.METHODS:
+            return {}
+        return {"score": (), "map": meta.input.size}
+
+    @classmethod
+    def onnx_module(cls, run: LoadedRun) -> nn.Module:
+        """The fitted scorer with its calibration: the bank (or Gaussians) become constants."""
+        scorer = run.net.fitted().scoring_module()
+        return patch_run.Calibrated(scorer, _calibration(run.meta, run.weights))
 
     @classmethod
     def shown_threshold(cls, meta: WeightsMeta) -> float | None:
@@ -231,14 +298,17 @@ class AnomalyTask(Task):
 
     @staticmethod
     def summary(metrics: dict) -> str:
-        """AUROC and the flags' sensitivity and specificity, one line."""
+        """AUROC and the flags' sensitivity and specificity (pixel AUROC and PRO), one line."""
 
         def fmt(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.4f}"
 
+        where = ""  # a patch run on a mask set: how well its maps find the defects
+        if "pixel_auroc" in metrics:
+            where = f"  pixel AUROC {fmt(metrics['pixel_auroc'])}  PRO {fmt(metrics['pro'])}"
         return (
             f"{metrics['split']}: AUROC {fmt(metrics['auroc'])}  sensitivity "
-            f"{fmt(metrics['sensitivity'])}  specificity {fmt(metrics['specificity'])}  "
+            f"{fmt(metrics['sensitivity'])}  specificity {fmt(metrics['specificity'])}{where}  "
             f"(normal {metrics['n_normal']}, anomalous {metrics['n_anomalous']})"
         )
 

@@ -20,11 +20,17 @@ import torch
 from torch import nn
 
 from convlens.evaluation.detection import choose_threshold
+from convlens.evaluation.gaussians import fit_tied, squared_distance
 from convlens.medical import geom
 from convlens.training.optim import param_groups
 
 QUANTILE = 0.95  # without anomalies in val: flag what scores above 95% of normal val images
-SCORE_NAMES = {"geom": "GEOM", "mahalanobis": "Mahalanobis"}  # raw score name -> shown name
+SCORE_NAMES = {
+    "geom": "GEOM",
+    "mahalanobis": "Mahalanobis",
+    "patchcore": "PatchCore",
+    "padim": "PaDiM",
+}  # raw score name -> shown name
 
 
 class AnomalyNet(nn.Module):
@@ -63,21 +69,18 @@ def raw_scores(model: AnomalyNet, images: torch.Tensor, meta: dict, **kw: Any) -
 
 def mahalanobis(feats: torch.Tensor, centers: torch.Tensor, precision: torch.Tensor):
     """Mean over transformations of squared Mahalanobis distances: (N, 72, D) -> (N,)."""
-    d = feats - centers.float()  # (N, 72, D)
-    return torch.einsum("ntd,de,nte->nt", d, precision.float(), d).mean(1)
+    return squared_distance(feats - centers.float(), precision.float()).mean(1)  # (N, 72) -> (N,)
 
 
 @torch.no_grad()
 def fit_mahalanobis(model: AnomalyNet, images: torch.Tensor, meta: dict, **kw: Any) -> None:
     """Set the per-transformation means and the shared precision from normal training images."""
     _, feats = geom.score_pass(model, images, meta, features=True, **kw)  # (n, 72, D)
-    centers = feats.double().mean(0)  # (72, D)
-    resid = (feats.double() - centers).reshape(-1, feats.shape[-1])  # (n * 72, D)
-    cov = resid.T @ resid / max(1, len(resid) - 1)  # (D, D)
-    shrink = 1e-3 * cov.diagonal().mean().clamp_min(1e-12)  # ridge: few images, 128 dims
-    eye = torch.eye(len(cov), dtype=cov.dtype)
-    model.centers.copy_(centers.float())
-    model.precision.copy_(torch.linalg.inv(cov + shrink * eye).float())
+    n, count, d = feats.shape
+    groups = torch.arange(count).repeat(n)  # each image's transformations in order
+    centers, precision = fit_tied(feats.reshape(-1, d), groups, count)
+    model.centers.copy_(centers)
+    model.precision.copy_(precision)
 
 
 def calibrate(normal: torch.Tensor, anomalous: torch.Tensor, sensitivity: float | None) -> dict:

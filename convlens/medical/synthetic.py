@@ -3,7 +3,8 @@
 `lesion_images` draws a smooth random texture (blurred noise plus grain, like soft tissue) with
 or without one small bright Gaussian blob (the lesion); `finding_images` draws up to three
 findings per image (bright blob, dark blob, bright streak) for multi-label runs. `write_lesions`
-and `write_findings` save them as PNG files that convlens reads like any other data.
+and `write_findings` save them as PNG files that convlens reads like any other data;
+`lesion_masks` adds each lesion's mask and `write_lesion_masks` saves those in MVTec AD's layout.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ def texture(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
 
 def add_blob(
     img: np.ndarray, rng: np.random.Generator, amplitude: float, sigma: tuple = (1.2, 2.0)
-) -> None:
-    """Add a Gaussian blob (sigma in px) of `amplitude` grey levels somewhere, in place."""
+) -> np.ndarray:
+    """Add a Gaussian blob (sigma in px) of `amplitude` grey levels somewhere, in place; the
+    blob's profile (size, size), 1 at its centre, is returned (for its mask)."""
     size = img.shape[0]
     cy, cx = rng.uniform(5, size - 5, 2)
     sigma = rng.uniform(*sigma)
     yy, xx = np.mgrid[:size, :size]
-    img += amplitude * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    profile = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    img += amplitude * profile
+    return profile
 
 
 def add_streak(img: np.ndarray, rng: np.random.Generator, amplitude: float = 60) -> None:
@@ -52,12 +56,31 @@ def lesion_images(
     n: int, size: int = 32, seed: int = 0, prevalence: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, size, size) and bool labels (N,): True where a bright blob was added."""
+    images, labels, _ = lesion_masks(n, size, seed, prevalence)
+    return images, labels
+
+
+MASK_LEVEL = 0.5  # a lesion's mask: where its blob reaches half its peak (its FWHM disc)
+
+
+def lesion_masks(
+    n: int,
+    size: int = 32,
+    seed: int = 0,
+    prevalence: float = 0.5,
+    sigma: tuple[float, float] = (1.2, 2.0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`lesion_images` with the lesions' masks: uint8 (N, size, size), bool labels (N,), and
+    bool masks (N, size, size), True where the blob reaches MASK_LEVEL of its peak; `sigma`
+    (px) is the blobs' range (larger for larger images)."""
     rng = np.random.default_rng(seed)
     images = texture(rng, n, size)
     labels = rng.random(n) < prevalence
+    masks = np.zeros((n, size, size), bool)
     for i in np.flatnonzero(labels):
-        add_blob(images[i], rng, amplitude=rng.uniform(70, 100))
-    return images.clip(0, 255).round().astype(np.uint8), labels
+        blob = add_blob(images[i], rng, amplitude=rng.uniform(70, 100), sigma=sigma)
+        masks[i] = blob >= MASK_LEVEL
+    return images.clip(0, 255).round().astype(np.uint8), labels, masks
 
 
 def finding_images(
@@ -95,6 +118,20 @@ def write_lesions(folder: str | Path, n: int = 300, size: int = 32, seed: int = 
         out.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(out / f"{i:04d}.png")
     return folder
+
+
+def write_lesion_masks(
+    folder: str | Path, n: int = 300, size: int = 32, seed: int = 0, sigma=(1.2, 2.0)
+) -> Path:
+    """Write `lesion_masks` in MVTec AD's layout (convlens.data.mvtec): train/good holds the
+    normal images of the train split, val and test their normal and lesion images with masks."""
+    from convlens.data.mvtec import write_mask_set
+
+    images, labels, masks = lesion_masks(n, size, seed, sigma=sigma)
+    splits = split_names(n, seed)
+    keep = [i for i, (s, y) in enumerate(zip(splits, labels, strict=True)) if s != "train" or not y]
+    kinds = ["lesion" if labels[i] else "good" for i in keep]
+    return write_mask_set(folder, images[keep], kinds, masks[keep], [splits[i] for i in keep])
 
 
 def write_findings(folder: str | Path, n: int = 300, size: int = 32, seed: int = 0) -> Path:

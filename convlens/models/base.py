@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -53,3 +55,28 @@ def max_pool() -> nn.MaxPool2d:
 def pooled(size: int) -> int:
     """Side length after `max_pool()`; odd sides keep their last row/column."""
     return -(-size // 2)
+
+
+def head_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """(dotted name, module) of the layer that gives the logits: timm's `get_classifier()`,
+    else the last Linear (or squeezenet's final 1x1 conv) built, as every registry model and
+    torchvision classifier builds it."""
+    if hasattr(model, "get_classifier"):
+        layer = model.get_classifier()
+        found = [(n, m) for n, m in model.named_modules() if m is layer and n]
+        if found and not isinstance(layer, nn.Identity):
+            return found[0]
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    return layers[-1]
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """(dotted name, module) of the conv that takes the image: timm's `pretrained_cfg`
+    'first_conv', else the first Conv2d built; None for a model without one (mlp)."""
+    named = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if isinstance(named, str):
+        with contextlib.suppress(AttributeError):
+            layer = model.get_submodule(named)
+            if isinstance(layer, nn.Conv2d):
+                return named, layer
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)

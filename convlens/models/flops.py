@@ -47,6 +47,8 @@ def model_info(
     )
     if name.startswith("tv-"):
         description = f"torchvision {name[3:]}"
+    elif name.startswith("timm-"):
+        description = f"timm {name[5:]}"
     else:
         description = (model_entrypoint(name).__doc__ or "").strip().splitlines()[0:1]
         description = description[0] if description else ""

@@ -37,7 +37,8 @@ def model_entrypoint(name: str) -> ModelFn:
     _load_builtin()
     if name not in _MODELS:
         known = ", ".join(sorted(_MODELS))
-        raise ModelError(f"unknown model {name!r}; known models: {known}, or tv-<torchvision name>")
+        raise ModelError(f"unknown model {name!r}; known models: {known}, "
+                         "tv-<torchvision name> or timm-<timm name>")  # fmt: skip
     return _MODELS[name]
 
 
@@ -60,6 +61,12 @@ def create_model(
         return create_torchvision_model(
             name[3:], in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs
         )
+    if name.startswith("timm-"):
+        from convlens.models.timm_models import create_timm_model
+
+        return create_timm_model(
+            name[5:], in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs
+        )
     fn = model_entrypoint(name)
     check_model_args(name, kwargs)
     args = dict(in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs)
@@ -72,8 +79,8 @@ def create_model(
 
 def check_model_args(name: str, kwargs: dict) -> None:
     """Refuse keyword arguments that model `name` does not take, naming those it does."""
-    if name.startswith("tv-"):
-        return  # torchvision's builders take **kwargs; create_torchvision_model names a bad one
+    if name.startswith(("tv-", "timm-")):
+        return  # their builders take **kwargs; create_*_model names a bad one
     params = inspect.signature(model_entrypoint(name)).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return

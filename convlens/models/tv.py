@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.errors import ModelError
+from convlens.models.base import head_layer
+from convlens.models.probe import adapt_conv_weight, check_input
 
 Features = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (m, x) -> (B, C', H', W')
 Head = Callable[[nn.Module, torch.Tensor, bool], torch.Tensor]  # (m, map, pre_logits) -> (B, .)
@@ -149,8 +151,8 @@ def create_torchvision_model(
     _set_in_channels(model, in_channels, pretrained)
     model.__class__ = _with_split(type(model))
     model.arch = name
-    model.num_features = _num_inputs(_last_layer(model)[1])
-    _check_input(model, name, in_channels, image_size)
+    model.num_features = _num_inputs(head_layer(model)[1])
+    check_input(model, f"tv-{name}", in_channels, image_size)
     return model
 
 
@@ -175,15 +177,6 @@ def _pretrained(name: str, **kwargs: object) -> nn.Module:
             f"cannot download pretrained weights for {name}: {reason}; "
             "use --init FILE with a local weights file"
         ) from e
-
-
-def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """RGB filters (out, 3, k, k) for in_channels: summed for grey, else tiled and rescaled."""
-    if in_channels == 1:
-        return weight.sum(1, keepdim=True)  # a grey image is R = G = B
-    repeats = -(-in_channels // weight.shape[1])
-    tiled = weight.repeat(1, repeats, 1, 1)[:, :in_channels]
-    return tiled * (weight.shape[1] / in_channels)  # as timm; flat-image response kept for 3k
 
 
 def _set_in_channels(model: nn.Module, in_channels: int, pretrained: bool) -> None:
@@ -212,18 +205,12 @@ def _set_in_channels(model: nn.Module, in_channels: int, pretrained: bool) -> No
     _set_module(model, name, new)
 
 
-def _last_layer(model: nn.Module) -> tuple[str, nn.Module]:
-    """The classifier's final Linear (or squeezenet's final 1x1 conv): the last one built."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    return layers[-1]
-
-
 def _num_inputs(layer: nn.Module) -> int:
     return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
 
 
 def _replace_last_layer(model: nn.Module, num_classes: int) -> None:
-    name, last = _last_layer(model)
+    name, last = head_layer(model)
     if isinstance(last, nn.Linear):
         new: nn.Module = nn.Linear(last.in_features, num_classes)
     else:
@@ -234,21 +221,3 @@ def _replace_last_layer(model: nn.Module, num_classes: int) -> None:
 def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
     parent, _, child = dotted.rpartition(".")
     setattr(root.get_submodule(parent), child, module)
-
-
-def _check_input(
-    model: nn.Module, name: str, in_channels: int, image_size: tuple[int, int]
-) -> None:
-    """Fail now, with the model's name, if images of this size cannot pass through it."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, *image_size))
-    except (RuntimeError, ValueError, AssertionError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(
-            f"tv-{name} cannot take {in_channels}x{image_size[0]}x{image_size[1]} images: {first}"
-        ) from e
-    finally:
-        model.train(was_training)

@@ -1,4 +1,5 @@
-"""The engines a Recogniser runs over: torch, the NumPy reference engine, onnxruntime.
+"""The engines a Recogniser runs over: torch, the NumPy reference engine, onnxruntime, and
+TorchScript archives.
 
 Each gives the scores (N, ...) of preprocessed uint8 images (N, C, H, W) as the run's task
 defines them, and the metadata and Task class its file was trained for. Opening one reads the
@@ -15,9 +16,11 @@ import torch
 from convlens import reference
 from convlens.errors import ConvlensError
 from convlens.predict.onnx import OnnxModel
+from convlens.predict.torchscript import check_outputs, load_archive
 from convlens.runs.meta import WeightsMeta
+from convlens.tasks import openset
 from convlens.tasks.base import LoadedRun, Task
-from convlens.tasks.loading import load_checked, load_run
+from convlens.tasks.loading import load_checked, load_run, task_of
 from convlens.tasks.registry import task_class
 
 
@@ -54,11 +57,18 @@ class NumpyEngine:
         f = load_checked(run)
         self.meta, self.task, self.source = f.meta, task_class(f.meta.task), f.path
         refuse_engine(self.task, "numpy", run)
+        point = f.meta.decisions.openset
+        if point is not None and point["score"] == "mahalanobis":  # needs penultimate features
+            raise ConvlensError(f"{f.path}: a mahalanobis open-set score predicts with the torch "
+                                "engine, not numpy")  # fmt: skip
         arrays = {k: v.numpy() for k, v in f.tensors.items()}
         self.model = reference.model_from(f.meta, arrays, f.path)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, K), test-time views averaged as in training."""
+        """Probabilities (N, K), test-time views averaged as in training; a run with an open-set
+        threshold adds its score (N, K + 1)."""
+        if self.meta.decisions.openset is not None:
+            return torch.from_numpy(openset.numpy_scores(self.model, images.numpy(), self.meta))
         norm = self.meta.normalize
         probs = self.model.predict_proba(images.numpy(), norm.mean, norm.std, tta=self.meta.tta)
         return torch.from_numpy(probs)
@@ -83,10 +93,32 @@ class OnnxEngine:
         return torch.from_numpy(self.model.predict_proba(images.numpy()))
 
 
+class TorchScriptEngine:
+    """An exported TorchScript archive (.pt, convlens.predict.torchscript): the task's own
+    scores of the traced network, as the torch engine computes them from the weights."""
+
+    def __init__(self, path: str | Path, device: torch.device) -> None:
+        if not Path(path).is_file():
+            raise ConvlensError(f"{path}: no such TorchScript file")
+        self.model, self.meta = load_archive(path, device)
+        self.source = Path(path)
+        self.task = task_of(self.meta, self.source)
+        if self.task.onnx_activation is None:  # its scores need more than the exported graph
+            raise ConvlensError(f"{path}: {self.task.name} runs predict from their weights, "
+                                "not from an exported graph")  # fmt: skip
+        check_outputs(self.model, self.meta, self.task.graph_width(self.meta), path)
+        self.run = LoadedRun(self.model, self.meta, self.source, None, device)
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        return self.task.scores(self.run, images)
+
+
 def open_engine(run: str | Path, device: str | torch.device, engine: str) -> Engine:
-    """The engine that predicts RUN (a run folder, weights file or .onnx file)."""
+    """The engine that predicts RUN (a run folder, weights file, .onnx or TorchScript .pt)."""
     if str(run).endswith(".onnx"):
         return OnnxEngine(run)
+    if str(run).endswith(".pt"):  # workflow (issue 18): a TorchScript export
+        return TorchScriptEngine(run, torch.device(device))
     device = torch.device(device)
     opened = NumpyEngine(run, device) if engine == "numpy" else TorchEngine(load_run(run, device))
     opened.task.check_predictable(opened.meta, opened.source)

@@ -21,7 +21,7 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -z))
 
 
-ACTIVATIONS = {"softmax": softmax, "sigmoid": sigmoid}  # a task's onnx_activation -> function
+ACTIVATIONS = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda z: z}  # onnx_activation
 
 
 class OnnxModel:
@@ -50,13 +50,20 @@ class OnnxModel:
         """The graph's input name, once its input and output shapes agree with the metadata."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         want_in = list(self.meta.input.shape)
-        width = self.kind.graph_width(self.meta)
+        graph = self.kind.onnx_graph(self.meta)  # output name -> one image's shape
         if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
             raise ModelError(f"{self.path}: the graph does not take one float (N, C, H, W) input")
-        if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        ranks = [len(o.shape) for o in outputs]
+        if len(graph) == 1 and (len(outputs) != 1 or ranks[0] != 2):
             raise ModelError(f"{self.path}: the graph does not give one (N, K) output")
-        for what, got, want in (("input", inputs[0].shape[1:], want_in),
-                                ("output", outputs[0].shape[1:], [width])):  # fmt: skip
+        if ranks != [1 + len(s) for s in graph.values()]:
+            raise ModelError(f"{self.path}: the graph does not give the outputs its task's "
+                             f"graph has ({', '.join(graph) or 'none'})")  # fmt: skip
+        checks = [("input", inputs[0].shape[1:], want_in)]
+        checks += [
+            ("output", o.shape[1:], list(s)) for o, s in zip(outputs, graph.values(), strict=True)
+        ]
+        for what, got, want in checks:
             if any(isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
                 raise ModelError(f"{self.path}: the graph's {what} is {got} per image, but the "
                                  f"metadata says {want}")  # fmt: skip
@@ -70,8 +77,13 @@ class OnnxModel:
                              f"{self.kind.onnx_output}s ({self.task}), not scores")  # fmt: skip
         act, tta = ACTIVATIONS[self.kind.onnx_activation], self.meta.tta
 
+        def activated(x: np.ndarray) -> np.ndarray:  # the activation on the first output only
+            first, *rest = self.session.run(None, {self.input: x})  # e.g. an open-set score
+            return np.concatenate([act(first).reshape(len(x), -1),
+                                   *(o.reshape(len(x), -1) for o in rest)], 1)  # fmt: skip
+
         def scores(x: np.ndarray) -> np.ndarray:  # (B, K), test-time views averaged
-            return sum(w * act(self._run(v)) for v, w in tta_views(x, tta))
+            return sum(w * activated(v) for v, w in tta_views(x, tta))
 
         return self._map(images, batch_size, scores)
 
@@ -81,6 +93,14 @@ class OnnxModel:
             raise ModelError(f"{self.path}: not a multilabel model (no per-label thresholds)")
         return self.predict_proba(images) >= np.asarray(self.thresholds, np.float32)
 
+    def unknown(self, images: np.ndarray) -> np.ndarray:
+        """(N,) bool: the open-set score (the graph's last output) below the threshold chosen
+        on validation, as `convlens predict` answers "unknown"."""
+        point = self.meta.decisions.openset
+        if point is None:
+            raise ModelError(f"{self.path}: no open-set threshold (trained without --reject)")
+        return self.predict_proba(images)[:, -1] < point["threshold"]
+
     def embed(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Unit embeddings (N, D) float32 of uint8 images (N, C, H, W); an embed run's two
         images show the same person when their dot product is >= `threshold`."""
@@ -89,7 +109,9 @@ class OnnxModel:
         return self._map(images, batch_size, self._run)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: x})[0]
+        """The graph's output (B, K); several outputs joined, each flattened (B, K1 + K2 ...)."""
+        out = self.session.run(None, {self.input: x})
+        return out[0] if len(out) == 1 else np.concatenate([o.reshape(len(x), -1) for o in out], 1)
 
     def _map(self, images: np.ndarray, batch_size: int, fn) -> np.ndarray:
         """fn(normalised batch) (B, ...) over uint8 images (N, C, H, W), concatenated, float32."""

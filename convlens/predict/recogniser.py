@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convlens.data.images import decode_image, to_tensor
+from convlens.data.images import decode_image
+from convlens.data.preprocess import Preprocess, check_photo
 from convlens.errors import ConvlensError
 from convlens.predict.engines import Engine, open_engine
 
@@ -35,6 +36,7 @@ class Recogniser:
         self.classes: list[str] = self.meta.classes
         self.channels = self.meta.input.channels
         self.size = self.meta.input.size
+        self.prep = Preprocess.of(self.meta)  # as the run's training and evaluation cut images
 
     @property
     def model(self) -> object:
@@ -47,7 +49,8 @@ class Recogniser:
         return self.meta.decisions.operating_point
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
-        """uint8 (C, H, W) at the model's input size and channels, as in training."""
+        """uint8 (C, H, W) at the model's input size and channels, as in training: a photo
+        run's shorter side resized and centre-cropped, else the image squashed to the input."""
         if isinstance(image, torch.Tensor):
             image = image.numpy()
         if isinstance(image, np.ndarray):
@@ -56,9 +59,12 @@ class Recogniser:
             if image.dtype != np.uint8:
                 raise ConvlensError(f"arrays must be uint8 images, got {image.dtype}")
             image = Image.fromarray(image.squeeze())
+        name = str(image) if isinstance(image, str | Path) else "<image>"
         if not isinstance(image, Image.Image):
             image = decode_image(image)
-        return to_tensor(image, channels=self.channels, size=self.size)
+        if not self.prep.legacy:  # a strip or an icon is refused as training skips it
+            check_photo(image.width, image.height, name)
+        return self.prep.apply(image)
 
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """The task's scores (N, ...) for preprocessed uint8 images (N, C, H, W): class
@@ -72,9 +78,10 @@ class Recogniser:
 
     def predict(self, image: ImageLike, top_k: int = 5) -> list[dict] | dict:
         """One image's top-k `{"label", "index", "score"}` (a path, bytes, PIL image or array);
-        a task that answers otherwise gives its answer's fields (anomaly: score and flag)."""
+        a task that answers otherwise gives its answer's fields (anomaly: score and flag), and
+        so does a classifier that may answer "unknown" (its "predictions", "unknown", "openset")."""
         fields = self.answer(self.predict_tensor(self.preprocess(image)[None])[0], top_k)
-        return fields.get("predictions", fields)
+        return fields if "unknown" in fields else fields.get("predictions", fields)
 
     def flag(self, image: ImageLike) -> dict:
         """A two-class run's decision at its operating point: {"flag", "positive_score"}."""

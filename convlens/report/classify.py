@@ -98,6 +98,10 @@ def _cards(metrics: dict, run: LoadedRun) -> str:
         cal = metrics["calibration"]
         ece = " &rarr; ".join(f"{100 * e:.1f}%" for e in cal["val_ece"])
         items.append(("temperature (val ECE)", f"{cal['temperature']:.3f} ({ece})"))
+    if "openset" in metrics:  # open-set rejection: what the val threshold keeps of this split
+        o = metrics["openset"]
+        kept = f"{100 * o['kept']:.1f}% at {o['score']} &ge; {o['threshold']:.4g}"
+        items.append(("kept as known", kept))
     rows = run.folder.read_results()
     if rows:
         items += [

@@ -11,13 +11,14 @@ import html
 import numpy as np
 import torch
 
-from convlens.explain.figures import png_image, to_rgb
+from convlens.explain.figures import overlay, png_image, to_rgb
 from convlens.medical.anomaly_score import SCORE_NAMES as METHODS
 from convlens.medical.anomaly_score import to_unit
 from convlens.report.html import cards, img, img_file, note, page, settings_table, table
 from convlens.tasks.base import Evaluation, LoadedRun
 
 GALLERY = 8  # images per gallery: the normal images scored highest, the anomalies scored lowest
+MAP_TILES = (6, 2)  # anomaly maps shown: anomalous and normal images, spread over the split
 DETECTION = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV",
              "npv": "NPV", "f1": "F1", "pr_auc": "PR AUC (AP)"}  # fmt: skip
 
@@ -50,7 +51,8 @@ def multilabel_page(run: LoadedRun, ev: Evaluation) -> str:
 def anomaly_page(run: LoadedRun, ev: Evaluation) -> str:
     """An anomaly run's page from what AnomalyTask.evaluate measured: its details hold "raw"
     {score name: (N,) raw scores, high = anomalous}, "classes" (N,) each image's class name
-    and "images" (N, C, H, W) uint8, for the gallery."""
+    and "images" (N, C, H, W) uint8, for the gallery; a patch run's also "maps" (N, H, W) in
+    [0, 1] and "masks" (N, H, W) bool or None."""
     metrics, run_dir = ev.metrics, run.folder.path
     raw, classes, images = ev.details["raw"], ev.details["classes"], ev.details.get("images")
     method, calibration = metrics["method"], metrics["calibration"]
@@ -60,6 +62,7 @@ def anomaly_page(run: LoadedRun, ev: Evaluation) -> str:
     top = [("AUROC", _num(metrics["auroc"]))]
     top += [(f"AUROC {name}", _num(v)) for name, v in _other_aurocs(metrics)]
     top += [(k, _num(metrics[k])) for k in ("sensitivity", "specificity")]
+    top += [(label, _num(metrics[k])) for k, label in LOCALISATION.items() if k in metrics]
     top.append(("normal / anomalous", f"{metrics['n_normal']:,} / {metrics['n_anomalous']:,}"))
     roc = img_file(run_dir / "roc_pr.png", "ROC and precision-recall curves") or note(
         f"no ROC curve: the {metrics['split']} split needs both normal and anomalous images"
@@ -81,10 +84,16 @@ def anomaly_page(run: LoadedRun, ev: Evaluation) -> str:
         "gallery": ("False alarms and misses", _gallery(images, scores, unit, metrics, classes)),
         "settings": ("Settings", settings_table(cfg)),
     }
+    how = f"{METHODS[method]} score over GEOM's 72 transformations"
+    if "maps" in ev.details:  # a patch method: its maps, before the settings
+        settings = sections.pop("settings")
+        sections["maps"] = ("Anomaly maps", _maps(images, ev.details, unit, metrics, classes))
+        sections["settings"] = settings
+        how = f"{METHODS[method]} patch scores of the GEOM-trained network, with anomaly maps"
     model = f"{html.escape(str(cfg['model']))} on " if cfg.get("model") else ""
     sub = (
         f"{model}{_sub(metrics)}<br>normal: {html.escape(', '.join(metrics['normal']))} &middot; "
-        f"method: {METHODS[method]} score over GEOM's 72 transformations"
+        f"method: {how}"
     )
     kicker = "convlens report · anomaly detection"
     return page(run_dir.name, kicker, sub, cards(top), sections)
@@ -104,6 +113,7 @@ def _anomaly_metrics(metrics: dict) -> str:
     others = _other_aurocs(metrics)  # measured, not bootstrapped
     rows += [_row(f"AUROC ({other})", v, None) for other, v in others]
     rows += [_row(label, block[k]["value"], block[k]["ci"]) for k, label in DETECTION.items()]
+    rows += [_row(label, metrics[k], None) for k, label in LOCALISATION.items() if k in metrics]
     boot = block["bootstrap"]
     aside = " (none for the AUROC of a second score)" if others else ""
     text = (
@@ -176,10 +186,45 @@ def _gallery(images, raw: np.ndarray, unit: np.ndarray, metrics: dict, classes) 
     return "".join(parts)
 
 
+def _maps(images, details: dict, unit: np.ndarray, metrics: dict, classes) -> str:
+    """A few images of the split with their maps over them, beside their defect masks."""
+    if images is None:
+        return note("the split's images are not at hand: `convlens report RUN` draws this section")
+    maps, masks = details["maps"], details["masks"]
+    anomalous = np.array([c not in metrics["normal"] for c in classes], dtype=bool)  # (N,)
+    picks = []
+    for group, count in zip((anomalous, ~anomalous), MAP_TILES, strict=True):
+        where = np.flatnonzero(group)
+        picks += where[np.linspace(0, len(where) - 1, min(count, len(where))).astype(int)].tolist()
+    scale = max(1, 112 // max(images.shape[-2:]))
+    tiles = []
+    for i in sorted(set(picks)):
+        shown = overlay(images[i], torch.from_numpy(maps[i]))  # (H, W, 3) uint8
+        right, what = to_rgb(images[i]), "image"
+        if masks is not None:
+            right, what = np.repeat(masks[i][..., None], 3, axis=2).astype(np.float64), "mask"
+        tiles.append(
+            f'<figure class="mistake"><div class="pair">{img(png_image(shown, scale), "map")}'
+            f"{img(png_image(right, scale), what)}</div><figcaption>score <b>{unit[i]:.3f}</b>"
+            f"<br><span>class {html.escape(classes[i])} &middot; max of the map "
+            f"{float(maps[i].max()):.3f}</span></figcaption></figure>"
+        )
+    text = (
+        "<p>Each patch's score, upsampled to the image and smoothed (Gaussian, sigma 4 px at "
+        "224 px), on the image score's [0, 1] scale: 0.5 is the threshold chosen on validation. "
+        + ("Right: the defect's ground-truth mask." if masks is not None else "Right: the image.")
+        + "</p>"
+    )
+    return text + f'<div class="mistakes">{"".join(tiles)}</div>'
+
+
 def _other_aurocs(metrics: dict) -> list[tuple[str, float]]:
     """("GEOM", AUROC) etc.: each score measured beside the run's own (auroc_geom in metrics)."""
     others = [(k.removeprefix("auroc_"), v) for k, v in metrics.items() if k.startswith("auroc_")]
     return [(METHODS.get(k, k), v) for k, v in others if v is not None]
+
+
+LOCALISATION = {"pixel_auroc": "pixel AUROC", "pro": "PRO (FPR 0.3)"}  # with masks
 
 
 def _sub(metrics: dict) -> str:

@@ -19,6 +19,8 @@ MAX_SIDE = 8192  # pixels per side of the model input
 MAX_PIXELS = 4096 * 4096  # height x width: a (4, 4096, 4096) uint8 input is 64 MiB per image
 MAX_EMBEDDING = 8192  # an embed run's embedding length
 TTA_MODES = ("none", "flip", "flip-shift")  # test-time views (convlens.models.infer.tta_views)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # torchvision InterpolationMode
+PREPROCESS_FIELDS = ("size", "channels", "resize", "interpolation", "antialias")
 
 
 def validate_meta(meta: Any, source: str | Path) -> dict:
@@ -28,7 +30,8 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
     Checks, in order: a JSON object; model (name, args); input (channels, height, width, area);
     classes (1..MAX_CLASSES unique strings); outputs; normalize (finite means, finite stds > 0,
     one or one per channel); tta; versions; data; the decisions (a two-class operating point,
-    per-label thresholds, a threshold). The task's name and its own fields are checked by the
+    per-label thresholds, a threshold); preprocess (convlens.data.preprocess), matching input.
+    The task's name and its own fields are checked by the
     task (convlens.tasks.loading.task_of): this module knows no task.
     """
     check = Checker(source)
@@ -70,6 +73,12 @@ def validate_meta(meta: Any, source: str | Path) -> dict:
     if meta.get("data") is not None:
         check.kind(meta["data"], str, "data", "a dataset name or path")
 
+    if meta.get("preprocess") is not None:  # None or absent: the old squash-to-size path
+        prep = check_preprocess(check, meta["preprocess"])
+        if list(prep["size"]) != [h, w] or prep["channels"] != c:
+            check.fail("preprocess", f"gives {prep['channels']}x{prep['size'][0]}x"
+                       f"{prep['size'][1]} images, but 'input' is {c}x{h}x{w}")  # fmt: skip
+
     if "thresholds" in meta:  # the per-label decisions of an older multilabel export
         check_label_thresholds(check, meta["thresholds"], classes, "thresholds")
     if "label_thresholds" in meta:
@@ -110,6 +119,38 @@ def check_label_thresholds(
     if len(values) != len(classes):
         check.fail(field, f"holds {len(values)} values for {len(classes)} labels")
     return [check.number(v, field) for v in values]
+
+
+def check_preprocess(check: Checker, data: Any, field: str = "preprocess") -> dict:
+    """How images are cut for the model (convlens.data.preprocess.Preprocess.to_dict)."""
+
+    def whole(value: Any, key: str, lo: int, hi: int) -> int:
+        return check.integer(value, lo, hi, f"{field}.{key}")
+
+    check.kind(data, dict, field, "an object")
+    unknown = sorted(set(data) - set(PREPROCESS_FIELDS), key=str)
+    if unknown:
+        check.fail(f"{field}.{str(unknown[0])[:40]}", f"is not a field ({', '.join(PREPROCESS_FIELDS)})")
+    for key in ("size", "channels"):
+        if key not in data:
+            check.fail(f"{field}.{key}", "is missing")
+    size = data["size"]
+    if not isinstance(size, list | tuple) or len(size) != 2:
+        check.fail(f"{field}.size", f"must be [height, width], not {show(size)}")
+    h, w = (whole(v, "size", 1, MAX_SIDE) for v in size)
+    if whole(data["channels"], "channels", 1, 3) == 2:
+        check.fail(f"{field}.channels", "must be 1 (grey) or 3 (RGB), not 2")
+    resize = data.get("resize")
+    if resize is not None and whole(resize, "resize", 1, MAX_SIDE) < max(h, w):
+        check.fail(f"{field}.resize", f"is {resize}, under the {h}x{w} crop (it would pad)")
+    interpolation = data.get("interpolation", "bilinear")
+    check.choice(interpolation, INTERPOLATIONS, f"{field}.interpolation")
+    antialias = data.get("antialias", True)
+    if not isinstance(antialias, bool):
+        check.fail(f"{field}.antialias", f"must be true or false, not {show(antialias)}")
+    if interpolation == "lanczos" and not antialias and resize is not None:
+        check.fail(f"{field}.antialias", "must be true for lanczos (torchvision has no other)")
+    return data
 
 
 def _sub(field: str, key: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convlens.runs.checks import validate_meta
+from convlens.runs.checks import Checker, check_preprocess, validate_meta
 
 
 @dataclass
@@ -34,6 +34,31 @@ class InputSpec:
     def shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image."""
         return (self.channels, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How one decoded image is cut to the model's input (convlens.data.preprocess.Preprocess
+    gives it its operations); absent in older files: the whole image squashed to `input`."""
+
+    size: tuple[int, int]  # model input (H, W): the centre crop
+    channels: int  # 1 (8-bit grey) or 3 (RGB)
+    resize: int | None = None  # shorter side before the crop, px; None: squash to `size`
+    interpolation: str = "bilinear"  # torchvision InterpolationMode name
+    antialias: bool = True  # False: resize the uint8 tensor without antialiasing
+
+    def __post_init__(self) -> None:
+        check_preprocess(Checker(type(self).__name__), self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path = "preprocess") -> Any:
+        """One from `to_dict`'s output, or ModelError naming `source` and the field."""
+        check_preprocess(Checker(source), data)
+        return cls(**{**data, "size": tuple(data["size"])})
+
+    def to_dict(self) -> dict:
+        """JSON-safe fields, as the weights header holds them."""
+        return {**dataclasses.asdict(self), "size": list(self.size)}
 
 
 @dataclass
@@ -64,6 +89,8 @@ class Decisions:
     label_thresholds: dict | None = None
     # "threshold": an embed run's cosine similarity at and above which two faces match
     threshold: float | None = None
+    # "openset": a classifier's {"score", "threshold", "target_tpr", ...}: "unknown" below it
+    openset: dict | None = None
 
     @property
     def thresholds(self) -> list[float] | None:
@@ -88,6 +115,7 @@ class WeightsMeta(Mapping):
     decisions: Decisions = field(default_factory=Decisions)
     extras: dict[str, Any] = field(default_factory=dict)  # the task's own fields, any other
     format: int | None = None  # the weights file format's version
+    preprocess: PreprocessSpec | None = None  # how images are cut (None: squashed to input)
 
     @classmethod
     def from_header(cls, header: Any, source: str | Path) -> WeightsMeta:
@@ -99,6 +127,7 @@ class WeightsMeta(Mapping):
             operating_point=d.pop("operating_point", None),
             label_thresholds=d.pop("label_thresholds", None),
             threshold=d.pop("threshold", None),
+            openset=d.pop("openset", None),
         )
         if decisions.label_thresholds is None and "thresholds" in d:  # an older export
             decisions.label_thresholds = {"labels": d["classes"], "thresholds": d.pop("thresholds")}
@@ -115,6 +144,7 @@ class WeightsMeta(Mapping):
             calibration=d.pop("calibration", None),
             decisions=decisions,
             format=d.pop("format", None),
+            preprocess=_preprocess(d.pop("preprocess", None)),
             extras=d,
         )
 
@@ -126,6 +156,7 @@ class WeightsMeta(Mapping):
             "classes": self.classes,
             "outputs": self.outputs,
             "input": dataclasses.asdict(self.input),
+            "preprocess": None if self.preprocess is None else self.preprocess.to_dict(),
             "normalize": dataclasses.asdict(self.normalize),
             "tta": self.tta,
             "model": dataclasses.asdict(self.model),
@@ -155,3 +186,8 @@ class WeightsMeta(Mapping):
 
     def __len__(self) -> int:
         return len(self.to_dict())
+
+
+def _preprocess(data: dict | None) -> PreprocessSpec | None:
+    # checked by validate_meta already
+    return None if data is None else PreprocessSpec(**{**data, "size": tuple(data["size"])})

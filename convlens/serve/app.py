@@ -1,5 +1,6 @@
 """The HTTP API: POST /predict (micro-batched), POST /verify (face embedding runs), GET /model,
-GET /health, and the page at GET /. Anomaly runs answer /predict with a score and a flag.
+GET /health, and the page at GET /. Anomaly runs answer /predict with a score and a flag (and
+a PatchCore or PaDiM run with its anomaly map, "map_png", which the page shows).
 
 Fails closed: bodies over the limit get 413 before they are read whole, bodies slower than the
 body timeout 408, undecodable or oversized images 422, malformed multipart 400, and more requests
@@ -14,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -30,8 +33,10 @@ from convlens.explain.figures import overlay, png_image
 from convlens.explain.gradcam import grad_cam
 from convlens.export import export_onnx
 from convlens.predict import Recogniser, load
-from convlens.predict.engines import OnnxEngine
+from convlens.predict.engines import OnnxEngine, TorchScriptEngine
 from convlens.serve.limits import BodyLimit, BodyRefused, Limits
+
+ENGINE_NAMES = {OnnxEngine: "onnxruntime", TorchScriptEngine: "torchscript"}  # /model's engine
 
 
 class Batcher:
@@ -76,17 +81,20 @@ def create_app(
     limits: Limits | None = None,
     engine: str = "auto",
     hosts: list[str] | None = None,
+    explainer: Callable[[np.ndarray, str], str] | None = None,
 ):
-    """The ASGI app serving RUN (a run folder, weights file or .onnx file).
+    """The ASGI app serving RUN (a run folder, weights file, .onnx or TorchScript .pt file).
 
     engine: `onnx` predicts through an ONNX export of RUN made at start-up (2.7-6.9x faster
     here, BENCHMARKS.md), `torch` through the weights; `auto` is onnx where the model exports.
     Grad-CAM heatmaps always come from the torch model. hosts: the Host names answered (others
-    get 400; None: any), see convlens.serve.server.allowed_hosts.
+    get 400; None: any), see convlens.serve.server.allowed_hosts. explainer(image, name): the
+    interactive explainer page's HTML for an uploaded image (POST /explain), handed down by the
+    layer above (convlens.api.interactive.page_maker).
     """
     limits = limits or Limits()
     rec = load(run)
-    task, onnx_file = rec.task, str(run).endswith(".onnx")
+    task, onnx_file = rec.task, str(run).endswith((".onnx", ".pt"))  # an exported graph itself
     plain = onnx_file or engine == "torch" or not task.serves_onnx
     fast = rec if plain else _onnx_twin(run, engine)  # other tasks score in torch
     served = fast or rec
@@ -100,8 +108,9 @@ def create_app(
         "classes": rec.classes,
         "input": rec.meta["input"],
         "heatmap": task.heatmaps and not onnx_file,
-        "engine": "onnxruntime" if isinstance(served.engine, OnnxEngine) else "torch",
+        "engine": ENGINE_NAMES.get(type(served.engine), "torch"),
         "verify": task.verification,
+        "explain": explainer is not None and task.explains,  # the explainer page (issue 20)
     }
     if (threshold := task.shown_threshold(rec.meta)) is not None:
         info["threshold"] = float(threshold)
@@ -129,6 +138,23 @@ def create_app(
             return JSONResponse({"error": f"{info['task']} runs do not verify faces"}, 404)
         form, error = await _form(request, ("file1", "file2"))
         return error or await _capped(_verify, form)
+
+    # the interactive explainer page of an uploaded image (issue 20)
+    @app.post("/explain")
+    async def explain(request: Request):
+        if not info["explain"]:
+            return JSONResponse({"error": f"no explainer page for this {info['task']} model"}, 404)
+        form, error = await _form(request, ("file",))
+        return error or await _capped(_explain, form)
+
+    async def _explain(form):
+        upload = form.get("file")
+        name, data = upload.filename or "upload", await upload.read()
+        try:
+            image = await _decode(rec.preprocess, data)  # (C, H, W) uint8, the training path
+        except ConvlensError as e:
+            return JSONResponse({"error": f"{name}: {str(e).split(': ', 1)[-1]}"}, 422)
+        return HTMLResponse(await asyncio.to_thread(explainer, image.numpy(), name))
 
     async def _decode(fn, *args):
         """fn(*args) on a decoding thread: the event loop keeps answering meanwhile."""

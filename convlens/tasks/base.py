@@ -78,10 +78,11 @@ class Task:
     heatmaps: ClassVar[bool] = False  # a Grad-CAM of the top output shows the evidence for it
     verification: ClassVar[bool] = False  # compares two faces (/verify, `convlens verify`)
     onnx_output: ClassVar[str | None] = None  # the exported graph's output name, if it exports
-    onnx_activation: ClassVar[str | None] = None  # softmax | sigmoid of the graph's output
+    onnx_activation: ClassVar[str | None] = None  # softmax | sigmoid | none of the graph's output
     onnx_refusal: ClassVar[str] = "no ONNX graph gives its answers"  # why it does not export
     serves_onnx: ClassVar[bool] = False  # `serve --engine auto` predicts through an ONNX export
     recogniser: ClassVar[type | None] = None  # its runs load as this Recogniser subclass
+    rejects_unknown: ClassVar[bool] = False  # open-set rejection: --reject answers "unknown"
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -165,6 +166,17 @@ class Task:
     def graph_width(cls, meta: WeightsMeta) -> int:
         """The numbers an exported graph gives per image: one per class."""
         return len(meta.classes)
+
+    @classmethod
+    def onnx_graph(cls, meta: WeightsMeta) -> dict[str, tuple[int, ...]]:
+        """The exported graph's outputs for these weights, name -> one image's shape (several
+        are joined, each flattened, into the task's scores); empty when they do not export."""
+        return {cls.onnx_output: (cls.graph_width(meta),)} if cls.onnx_output else {}
+
+    @classmethod
+    def onnx_module(cls, run: LoadedRun) -> nn.Module:
+        """What an export writes: normalised images (N, C, H, W) in, onnx_graph's outputs out."""
+        return run.net
 
     @classmethod
     def shown_threshold(cls, meta: WeightsMeta) -> float | None:

@@ -7,6 +7,7 @@ validation, detection metrics with CIs, and a flag in every answer.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from convlens.models.infer import predict_proba
 from convlens.runs.checks import Checker
 from convlens.runs.meta import WeightsMeta
 from convlens.runs.weights import save_weights
+from convlens.tasks import openset
 from convlens.tasks.base import (
     Evaluation,
     LoadedRun,
@@ -48,6 +50,7 @@ class ClassifyTask(Task):
     onnx_output = "logits"
     onnx_activation = "softmax"
     serves_onnx = True
+    rejects_unknown = True  # open-set rejection (issue 19): --reject msp|energy|mahalanobis
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -87,9 +90,16 @@ class ClassifyTask(Task):
         return calibrate_run(run_dir, ds, device=str(resolve_device(self.cfg.device)))
 
     @classmethod
+    def wrap(cls, model: nn.Module, meta: Any) -> nn.Module:
+        """The model, holding a mahalanobis open-set score's class Gaussians as buffers."""
+        point = meta.get("openset")  # meta: a dict while training, else WeightsMeta
+        return openset.attach(model, point and point.get("score"), len(meta["classes"]))
+
+    @classmethod
     def check_meta(cls, meta: WeightsMeta, check: Checker) -> None:
-        """One output per class."""
+        """One output per class; an open-set threshold, if any, of a known score."""
         check_outputs_are_classes(meta, check)
+        openset.check_point(meta, check)
 
     @classmethod
     def read_old_decisions(cls, meta: WeightsMeta, weights: Path) -> None:
@@ -103,13 +113,18 @@ class ClassifyTask(Task):
         Split) and "probs" (N, K), for the report's most confident mistakes."""
         part = dataset.split(split)
         check_compatible(run.meta, dataset, run.weights)
-        probs = cls.scores(run, part.images)
+        if write:
+            choose_openset(run, dataset)
+        probs, unknown_scores = openset.split(cls.scores(run, part.images), run.meta)
         metrics = {"data": dataset.name, "split": split, "weights": str(run.weights)}
         metrics.update(classification_metrics(part.labels, probs, run.meta.classes))
         if run.meta.calibration is not None:  # the temperature folded into the weights
             metrics["calibration"] = run.meta.calibration
+        if unknown_scores is not None:  # open-set rejection: what the val threshold keeps here
+            right = probs.argmax(1) == part.labels
+            metrics["openset"] = openset.block(unknown_scores, right, run.meta.decisions.openset)
         if len(run.meta.classes) == 2:  # a finding or not: the clinical view, threshold from val
-            val_probs = cls.scores(run, dataset.val.images)
+            val_probs = openset.split(cls.scores(run, dataset.val.images), run.meta)[0]
             add_detection(metrics, run, dataset.val, val_probs, part, probs, write=write)
         if write and run.folder is not None:
             _write_outputs(run, metrics, part, probs)
@@ -120,16 +135,20 @@ class ClassifyTask(Task):
 
     @staticmethod
     def summary(metrics: dict) -> str:
-        """Accuracy, top-5 and macro F1, one line."""
-        return (
+        """Accuracy, top-5 and macro F1 (and what an open-set threshold keeps), one line."""
+        line = (
             f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}  top5 {metrics['top5']:.4f}"
             f"  macro_f1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
         )
+        return line + (f"; {openset.line(metrics['openset'])}" if "openset" in metrics else "")
 
     # --- predicting -----------------------------------------------------------------------------
     @classmethod
     def scores(cls, run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, K), test-time views averaged as in training."""
+        """Class probabilities (N, K), test-time views averaged as in training; a run with an
+        open-set threshold adds its score (N, K + 1) (convlens.tasks.openset)."""
+        if (point := run.meta.decisions.openset) is not None:
+            return openset.torch_scores(run, images, point["score"])
         norm = run.meta.normalize
         return predict_proba(run.net, images, mean=norm.mean, std=norm.std, tta=run.meta.tta,
                              device=run.device)  # fmt: skip
@@ -137,12 +156,31 @@ class ClassifyTask(Task):
     @classmethod
     def answer(cls, scores: torch.Tensor, meta: WeightsMeta, top_k: int) -> dict:
         """{"predictions": top-k {"label", "index", "score"}}; a two-class run with an operating
-        point adds its {"positive_score", "flag"}."""
+        point adds its {"positive_score", "flag"}, one with an open-set threshold {"unknown",
+        "openset": {"score", "value", "threshold"}}."""
+        scores, unknown_score = openset.split(scores, meta)
         fields: dict = {"predictions": top_predictions(scores, meta.classes, top_k)}
+        if unknown_score is not None:
+            fields.update(openset.fields(float(unknown_score), meta.decisions.openset))
         point = meta.decisions.operating_point
         if point is not None and len(meta.classes) == 2:
             fields.update(flag(fields["predictions"], point))
         return fields
+
+    @classmethod
+    def onnx_graph(cls, meta: WeightsMeta) -> dict[str, tuple[int, ...]]:
+        """The logits (N, K); a run with an open-set threshold adds "openset_score" (N,)."""
+        graph = {"logits": (len(meta.classes),)}
+        return graph if meta.decisions.openset is None else {**graph, "openset_score": ()}
+
+    @classmethod
+    def onnx_module(cls, run: LoadedRun) -> nn.Module:
+        """The network, or with an open-set threshold the network and its score (its class
+        Gaussians become constants): the threshold is in the graph's metadata."""
+        point = run.meta.decisions.openset
+        if point is None:
+            return run.net
+        return openset.OpenSetNet(run.net, point["score"], openset.temperature(run.meta))
 
 
 def calibrate_run(run_dir: Path, ds: Dataset, device: str = "cpu") -> str:
@@ -155,6 +193,25 @@ def calibrate_run(run_dir: Path, ds: Dataset, device: str = "cpu") -> str:
     if entry:
         save_weights(path, model.state_dict(), meta.replace(calibration=entry))
     return note
+
+
+def choose_openset(run: LoadedRun, ds: Dataset) -> None:
+    """Choose the open-set threshold the run's `reject` setting asks for on val (fitting the
+    class Gaussians on train for mahalanobis) and save it with the weights; off: leave them."""
+    score = run.setting("reject")
+    if score in (None, "off"):
+        return
+    if score not in openset.SCORES:
+        raise ConfigError(f"setting 'reject' must be one of {', '.join(openset.SCORES)}, off; "
+                          f"not {score!r}")  # fmt: skip
+    tpr = run.setting("reject_tpr") or 0.95
+    openset.attach(run.net, score, len(run.meta.classes)).to(run.device)
+    if score == "mahalanobis":
+        openset.fit_gaussians(run, ds.train.images, ds.train.labels, run.setting("seed") or 0)
+    val = openset.torch_scores(run, ds.val.images, score)[:, -1]
+    point = openset.choose(val, score, tpr)
+    decisions = dataclasses.replace(run.meta.decisions, openset=point)
+    run.save_meta(run.meta.replace(decisions=decisions))
 
 
 def single_label(ds: Dataset) -> None:

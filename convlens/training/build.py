@@ -9,12 +9,13 @@ from torch import nn
 from convlens.config import TrainConfig
 from convlens.data import Dataset
 from convlens.data.batches import normalize
+from convlens.data.photoset import init_images, streamed
 from convlens.errors import ConvlensError
 from convlens.models import create_model
-from convlens.runs.folder import resolve_weights
-from convlens.runs.weights import read_safetensors
 from convlens.training.hooks import TrainingHooks
+from convlens.training.mapping import map_onto
 from convlens.training.progress import Progress
+from convlens.training.start import StartWeights, start_weights
 from convlens.version import __version__
 
 
@@ -25,8 +26,13 @@ def weights_meta(
     std: list[float],
     hflip: str,
     task: TrainingHooks,
+    start: StartWeights | None = None,
 ) -> dict:
-    """What `predict` needs besides the weights: classes, input, normalisation, model, TTA."""
+    """What `predict` needs besides the weights: classes, input, normalisation, model, TTA.
+    Weights to start from bring their own normalisation (`start.defaults`), else the data's
+    `mean` and `std` are used."""
+    if start is not None and start.defaults is not None:
+        mean, std = start.defaults.normalize(ds.channels)
     tta = cfg.tta
     if tta == "auto":  # mirrored views help only a model that was trained on mirrored images
         tta = "flip-shift" if hflip != "off" else "none"
@@ -35,6 +41,7 @@ def weights_meta(
         "classes": ds.classes,
         "outputs": task.outputs(ds),
         "input": {"channels": ds.channels, "height": ds.image_size[0], "width": ds.image_size[1]},
+        **preprocess_meta(ds),
         "normalize": {"mean": mean, "std": std},
         "tta": tta,
         "model": {"name": cfg.model, "args": cfg.model_args},
@@ -42,6 +49,11 @@ def weights_meta(
         "versions": {"convlens": __version__, "torch": torch.__version__},
         **task.meta(ds),
     }
+
+
+def preprocess_meta(ds: Dataset) -> dict:
+    """{"preprocess": how a photo run cuts its images}; {} for images squashed to the input."""
+    return {"preprocess": ds.train.prep.to_dict()} if streamed(ds.train) else {}
 
 
 def build_model(
@@ -52,36 +64,44 @@ def build_model(
     std: list[float],
     task: TrainingHooks | None = None,
     meta: dict | None = None,
+    start: StartWeights | None = None,
 ) -> nn.Module:
-    """The task's model (a plain classifier without hooks), with weights from --init, or a
-    data-based init where it has one."""
+    """The task's model (a plain classifier without hooks), with the weights of --init (read
+    here unless `start` holds them already), or a data-based init where it has one."""
     kwargs = dict(cfg.model_args)
     if cfg.pretrained:
         kwargs["pretrained"] = True
-    model = create_model(
+    net = create_model(
         cfg.model,
         in_channels=ds.channels,
         num_classes=task.outputs(ds) if task else ds.num_classes,
         image_size=ds.image_size,
         **kwargs,
     )
-    if not cfg.init and hasattr(model, "init_from_data"):  # e.g. fastnet's whitening layer
-        model.init_from_data(normalize(ds.train.images[:5000], mean, std))
-    if task is not None:
-        model = task.wrap(model, meta or {})
+    if hasattr(net, "init_from_data"):  # e.g. fastnet's whitening layer; a file's own replaces it
+        net.init_from_data(normalize(init_images(ds.train), mean, std))
+    model = task.wrap(net, meta or {}) if task is not None else net
     if cfg.init:
-        log.note(init_from_file(model, cfg.init))
+        log.note(init_from_file(model, net, start or start_weights(cfg), ds.classes))
+    if start is not None and start.defaults is not None:
+        log.note(start.defaults.describe())
     return model
 
 
-def init_from_file(model: nn.Module, path: str) -> str:
-    """Copy every tensor whose name and shape match from a weights file; say what was kept."""
-    tensors, _ = read_safetensors(resolve_weights(path))
-    own = model.state_dict()
-    taken = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
-    if not taken:
-        raise ConvlensError(f"--init {path}: no tensor matches this model's names and shapes")
-    model.load_state_dict(taken, strict=False)
-    skipped = sorted(set(own) - set(taken))
-    more = f"; kept this model's own {', '.join(skipped)}" if skipped else ""
-    return f"init: {len(taken)} of {len(own)} tensors loaded from {path}{more}"
+def init_from_file(
+    model: nn.Module, net: nn.Module, start: StartWeights, classes: list[str]
+) -> str:
+    """Copy the file's tensors that fit `model` (the task's wrapper around the registry model
+    `net`); say what was kept. A convlens run's head is left out when it was trained for other
+    classes: its rows are those classes' (a torchvision or timm head is kept where it fits)."""
+    meta = start.meta
+    per_class = meta is not None and meta.n_outputs == len(meta.classes)
+    other_classes = per_class and meta.classes != list(classes)
+    mapped = map_onto(model, net, start.tensors or {}, keep_head=not other_classes)
+    if not mapped.tensors:
+        raise ConvlensError(f"--init {start.path}: no tensor matches this model's names and shapes")
+    model.load_state_dict(mapped.tensors, strict=False)
+    note = mapped.describe(len(model.state_dict()), start.path)
+    if other_classes and mapped.head:
+        note += " (the file's was trained for other classes)"
+    return note

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens.config import TrainConfig, make_config
-from convlens.data import Dataset, load_dataset
-from convlens.data.batches import channel_stats
+from convlens.config import TrainConfig, cache_ram_bytes, make_config
+from convlens.data import Dataset, PhotoOptions, load_dataset
+from convlens.data.augment import AugmentPlan, resolve_augment
+from convlens.data.folds import fold_dataset
+from convlens.data.photoset import split_stats, streamed
+from convlens.data.preprocess import Preprocess
+from convlens.device import resolve_device
 from convlens.errors import ConfigError, ConvlensError
 from convlens.runs.folder import Run
+from convlens.runs.meta import WeightsMeta
+from convlens.runs.weights import read_weights
 from convlens.training.hooks import TrainingHooks
 from convlens.training.progress import Progress
 
@@ -26,7 +32,19 @@ def load_data(
         strict=cfg.strict,
         image_size=cfg.image_size,
         workers=cfg.workers,
+        photo=PhotoOptions(
+            device=str(resolve_device(cfg.device)),
+            pretrained=cfg.pretrained,
+            cache_ram=cache_ram_bytes(cfg),
+            workers=cfg.workers,
+            preprocess=_resumed_preprocess(cfg),
+        ),
+        group_by=cfg.group_by,
     )
+    ds = one_fold(ds, cfg)
+    if streamed(ds.train) and ds.train.per_rank and cfg.class_weights == "auto":
+        raise ConfigError("setting 'class_weights': auto needs each class's count, which is "
+                          "not known before shards are read; use none")  # fmt: skip
     if hooks is not None:
         ds = hooks.prepare(ds)
     side = min(ds.image_size)
@@ -35,30 +53,69 @@ def load_data(
                           f"here), got {cfg.translate}")  # fmt: skip
     for note in ds.notes:
         log.note(note)
-    mean, std = channel_stats(ds.train)
+    plan = augment_plan(cfg, ds)
+    if streamed(ds.train) or not plan.in_batches:  # else: the shifts and flips of before
+        log.note(plan.reason)
+    mean, std = split_stats(ds.train)  # of a sample of a streamed split
     hflip = cfg.hflip
     if hflip == "auto":  # airbench: every image mirrored on every other epoch
         hflip = "alternate" if ds.hflip else "off"
+    if plan.policy == "none":  # nor a mirrored view at test time (tta auto)
+        hflip = "off"
     return ds, mean, std, hflip
 
 
-def load_run_data(data: str | None, run_dir: Path | None, download: bool = True) -> Dataset:
+def _resumed_preprocess(cfg: TrainConfig) -> Preprocess | None:
+    """A resumed photo run's own cut (its last weights'): resumed on another device, it must
+    not choose another input size."""
+    last = Run(cfg.run).last if cfg.resume and cfg.run else None
+    if last is None or not last.is_file():
+        return None
+    meta = read_weights(last).meta
+    return None if meta.preprocess is None else Preprocess.of(meta)
+
+
+def augment_plan(cfg: TrainConfig, ds: Dataset) -> AugmentPlan:
+    """What --augment means for this dataset (auto: by its image size and channels)."""
+    return resolve_augment(cfg.augment, ds.image_size, ds.channels, photos=streamed(ds.train))
+
+
+def load_run_data(
+    data: str | None,
+    run_dir: Path | None,
+    download: bool = True,
+    meta: WeightsMeta | None = None,
+) -> Dataset:
     """`data` (or, by default, the dataset the run in `run_dir` trained on), split as that run
-    split it (its seed and val share).
+    split it (its seed and val share), its images cut as the weights in `meta` were trained.
 
     The default comes from the run folder's own config.yaml, never from the weights header: a
-    weights file is data, and must not choose what is read, written or downloaded."""
+    weights file is data, and must not choose what is read, written or downloaded (its
+    checked `preprocess` only says how images are cut)."""
     run = Run(run_dir) if run_dir else None
     own = run is not None and run.is_run()
     cfg = make_config(run.config) if own else make_config()
     spec = data or (cfg.data if own else None)
     if not spec:
         raise ConvlensError("a weights file outside its run folder: pass --data")
-    return load_dataset(
+    # a photo run's train split stays in its files: evaluation decodes only what it reads
+    photo = None if meta is None else PhotoOptions(preprocess=Preprocess.of(meta), source="decode")
+    ds = load_dataset(
         spec,
         data_dir=cfg.data_dir,
         seed=cfg.seed,
         val_fraction=cfg.val_fraction,
         image_size=cfg.image_size,
         download=download,
+        photo=photo,
+        group_by=cfg.group_by if own and not data else None,
     )
+    return one_fold(ds, cfg) if own and not data else ds
+
+
+# workflow (issue 18): a fold of --folds, the same for training and for the finished run
+def one_fold(ds: Dataset, cfg: TrainConfig) -> Dataset:
+    """The dataset, or its fold `cfg.fold` of `cfg.folds` (convlens.data.folds)."""
+    if cfg.fold is None:
+        return ds
+    return fold_dataset(ds, cfg.folds, cfg.fold, cfg.seed, cfg.val_fraction)

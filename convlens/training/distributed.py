@@ -62,6 +62,15 @@ def from_main(value: object, group: Group) -> object:
     return box[0]
 
 
+def total(value: int, group: Group, device: torch.device) -> int:
+    """The sum of every process's `value`."""
+    if group.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)  # NCCL reduces GPU tensors
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def teardown(group: Group) -> None:
     if group.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
@@ -94,3 +103,12 @@ def wrap(model: nn.Module, group: Group) -> nn.Module:
 def shard(batch: torch.Tensor, group: Group) -> torch.Tensor:
     """This process's equal share of a global batch."""
     return batch.chunk(group.world)[group.rank] if group.world > 1 else batch
+
+
+def uneven(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """DDP's join() while `enabled` (ranks reading their own shards may get unequal numbers of
+    batches: a rank that runs out shadows the others' gradient averaging), else nothing."""
+    ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+    if enabled and isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return ddp.join()
+    return contextlib.nullcontext()

@@ -58,3 +58,10 @@ class Finish(Protocol):
     calibration, test evaluation and the report, from the layer above (convlens.api.train)."""
 
     def __call__(self, hooks: Any, run_dir: Path, ds: Dataset, log: Any) -> None: ...
+
+
+class EpochEnd(Protocol):
+    """What runs after each epoch's row is saved, on the main process: trackers and a sweep's
+    pruning (convlens.api), which may stop the training by raising."""
+
+    def __call__(self, cfg: Any, run_dir: Path, row: dict) -> None: ...

@@ -7,20 +7,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from convlens.config import TrainConfig, save_config
 from convlens.data import Dataset
+from convlens.data.augment import AugmentPlan
 from convlens.data.badfiles import write_bad_files
 from convlens.data.batches import iterate_batches
-from convlens.errors import TrainingError
+from convlens.data.loader import photo_loader
+from convlens.data.photoset import streamed
+from convlens.data.stream import RamImages
+from convlens.errors import ConfigError, TrainingError
 from convlens.runs.folder import Run
 from convlens.runs.lock import claim_new_run_dir, claim_run_dir_to_resume
 from convlens.runs.weights import save_weights
 from convlens.training import distributed
+from convlens.training.data import augment_plan
 from convlens.training.ema import Lookahead
 from convlens.training.progress import Progress
 from convlens.training.resume import RunState, resumed_config
@@ -69,6 +76,72 @@ def lookahead(cfg: TrainConfig, steps_per_epoch: int) -> Lookahead | None:
     if not cfg.ema:
         return None
     return Lookahead(cfg.ema, cfg.ema_start, min(cfg.ema_every, steps_per_epoch))
+
+
+class TrainBatches:
+    """Each epoch's (uint8 images, labels) batches: cut from the split in memory with today's
+    shifts and flips (small images, --augment light), or from data/loader.py's photo_loader (a
+    streamed photo split, or --augment photo) with the augmentation seeded per sample."""
+
+    def __init__(
+        self, cfg: TrainConfig, ds: Dataset, hflip: str, drop_last: bool, world: int = 1
+    ) -> None:
+        self.cfg, self.ds, self.hflip, self.drop_last = cfg, ds, hflip, drop_last
+        plan = augment_plan(cfg, ds)
+        self.loader: Any = None  # set_epoch, iterate, .bad
+        self.per_rank = streamed(ds.train) and ds.train.per_rank  # shards: each rank its own
+        if streamed(ds.train) or plan.policy == "photo":
+            self.loader = _photo_loader(cfg, ds, plan, hflip != "off", drop_last, world)
+        elif plan.policy == "none":
+            self.cfg = dataclasses.replace(cfg, translate=0)
+            self.hflip = "off"
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether batches are cut from ds.train as it is (which may then move to a GPU)."""
+        return self.loader is None
+
+    @property
+    def bad(self) -> list[tuple[str, str]]:
+        """(path, reason) of the training files photo_loader skipped so far."""
+        return [] if self.loader is None else self.loader.bad
+
+    def __call__(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if self.loader is None:
+            return epoch_batches(self.cfg, self.ds, epoch, self.hflip, self.drop_last)
+        self.loader.set_epoch(epoch)
+        return self.loader
+
+
+def _photo_loader(
+    cfg: TrainConfig, ds: Dataset, plan: AugmentPlan, hflip: bool, drop_last: bool, world: int
+) -> Any:
+    """The streamed split's own loader (photo_loader, or its shards' with each rank's share of
+    the batch), or photo_loader over the split in memory (--augment photo)."""
+    if ds.multilabel:
+        raise ConfigError("setting 'augment': photo augmentation takes one class per image; "
+                          "use light or none for multi-label data")  # fmt: skip
+    from convlens.data.transforms import train_transform  # torchvision: photo runs only
+
+    transform = train_transform(plan.policy, ds.image_size[0], ds.channels, hflip, grey=plan.grey)
+    if streamed(ds.train):
+        size = cfg.batch_size // world if ds.train.per_rank else cfg.batch_size
+        return ds.train.loader(transform, size, workers=cfg.workers, seed=cfg.seed,
+                               drop_last=drop_last, strict=cfg.strict)  # fmt: skip
+    n = len(ds.train)
+    source = RamImages(ds.train.images.numpy(), ds.train.labels.numpy(), np.arange(n))
+    return photo_loader(source, transform, cfg.batch_size, cfg.workers, cfg.seed, 0, drop_last,
+                        strict=cfg.strict)  # fmt: skip
+
+
+def note_bad_files(run_dir: Path, ds: Dataset, found: list[tuple[str, str]], log: Progress) -> None:
+    """Add the training files skipped while streaming to ds.bad_files and bad_files.csv."""
+    known = {path for path, _ in ds.bad_files}
+    new = [(path, why) for path, why in found if path not in known]
+    if new:
+        ds.bad_files += new
+        write_bad_files(run_dir / "bad_files.csv", ds.bad_files)
+        log.note(f"{len(new)} unreadable training image(s) skipped, listed in bad_files.csv")
 
 
 def epoch_batches(cfg: TrainConfig, ds: Dataset, epoch: int, hflip: str, drop_last: bool):

@@ -14,39 +14,49 @@ import torch
 
 from convlens.config import TrainConfig
 from convlens.data.batches import normalize, to_device
-from convlens.device import autocast, resolve_amp, resolve_device, sync_debug
+from convlens.device import autocast, choose_amp, resolve_device, sync_debug
 from convlens.runs.folder import Run
 from convlens.training import distributed
 from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
-from convlens.training.hooks import Finish, MakeHooks, TrainingHooks
+from convlens.training.finetune import Recipe, resolve
+from convlens.training.hooks import EpochEnd, Finish, MakeHooks, TrainingHooks
 from convlens.training.lifecycle import (
+    TrainBatches,
     check_loss,
     early_stop,
     end_epoch,
-    epoch_batches,
     epoch_steps,
     lookahead,
+    note_bad_files,
     open_run,
     resolve_run,
 )
-from convlens.training.optim import build_optimizer, get_lr, set_lr
+from convlens.training.optim import build_optimizer, set_lr
 from convlens.training.progress import Progress
 from convlens.training.resume import RunState, load_run_state, save_run_state
+from convlens.training.start import start_weights
 
 
-def fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None = None) -> Path:
+def fit(
+    cfg: TrainConfig,
+    make_hooks: MakeHooks,
+    finish: Finish | None = None,
+    epoch_end: EpochEnd | None = None,
+) -> Path:
     """Train as `cfg` says for the task whose hooks `make_hooks` gives for the config it
-    resolves (a resumed run's own); then `finish` on the main process, the run folder still
-    held. Returns the run folder."""
+    resolves (a resumed run's own); `epoch_end` after each epoch and then `finish` on the main
+    process, the run folder still held. Returns the run folder."""
     torch.set_flush_denormal(True)  # denormal floats are ~100x slower on x86 CPUs
     try:
-        return _fit(cfg, make_hooks, finish)
+        return _fit(cfg, make_hooks, finish, epoch_end)
     finally:
         torch.set_flush_denormal(False)  # torch's default, for whatever runs next
 
 
-def _fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None) -> Path:
+def _fit(
+    cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None, epoch_end: EpochEnd | None
+) -> Path:
     with resolve_run(cfg) as (cfg, run_dir):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -55,7 +65,7 @@ def _fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None) -> Path
         group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
         try:
             run_dir = distributed.from_main(run_dir, group)  # the folder rank 0 holds
-            return _train(cfg, run_dir, group, device, make_hooks(cfg), finish)
+            return _train(cfg, run_dir, group, device, make_hooks(cfg), finish, epoch_end)
         finally:
             distributed.teardown(group)
 
@@ -67,18 +77,25 @@ def _train(
     device: torch.device,
     task: TrainingHooks,
     finish: Finish | None,
+    epoch_end: EpochEnd | None = None,
 ) -> Path:
-    amp = resolve_amp(cfg.amp, device)
+    cfg = resolve(cfg)  # transfer: auto -> fine-tune or full, as config.yaml records it
+    amp, precision = choose_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16's underflow
     log = Progress(enabled=group.main)
     with distributed.local_main_first(group):  # one process per machine builds a folder cache
         ds, mean, std, hflip = load_data(cfg, log, task)
-    meta = weights_meta(cfg, ds, mean, std, hflip, task)
+    start = start_weights(cfg)  # --init's tensors and the preprocessing the weights expect
+    meta = weights_meta(cfg, ds, mean, std, hflip, task, start)
+    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]  # the weights' own, if given
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, ds, log, mean, std, task, meta).to(device)
+    model = build_model(cfg, ds, log, mean, std, task, meta, start).to(device)
     if device.type == "cuda":  # fixed batch shapes: let cuDNN time its kernels once, keep the best
         torch.backends.cudnn.benchmark = not cfg.deterministic
-    if device.type == "cuda" and task.gpu_batches:
+    drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    batches = TrainBatches(cfg, ds, hflip, drop_last, group.world)  # in memory, or a loader
+    if device.type == "cuda" and task.gpu_batches and batches.in_memory:
         # Images cross to the GPU once; batches are cut, mirrored and shifted there. A task with
         # its own batch hook keeps CPU batches: its augmentation may mix in CPU tensors.
         ds.train = to_device(ds.train, device)
@@ -86,37 +103,40 @@ def _train(
         open_run(cfg, run_dir, ds, log)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg)
-    drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    recipe = Recipe(cfg, model)  # before the optimiser: its groups split head from body
+    opt = build_optimizer(model, cfg, recipe.body_shares)
     ema = lookahead(cfg, steps_per_epoch)
     state = RunState()
     state_path = Run(run_dir).state
     if cfg.resume:
         state = load_run_state(state_path, model, opt, ema)
         log.note(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
-    log.start(cfg, ds, run_dir, model, device, amp)
-    trained = distributed.wrap(model, group)  # DDP when torchrun started several processes
-    if cfg.compile:  # `model` itself stays plain: its state_dict names carry no _orig_mod.
-        trained = torch.compile(trained)
+    log.start(cfg, ds, run_dir, model, device, precision)
+    if note := recipe.describe():
+        log.note(note)
+    trained = None
 
     # Reading the loss back each step would make the CPU wait for the GPU at every step; on a
     # GPU it is summed there and read (and checked) once an epoch.
     per_step = device.type == "cpu"
     norm = [torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std)]
     for epoch in range(state.epoch, cfg.epochs):
-        batches = epoch_batches(cfg, ds, epoch, hflip, drop_last)
-        model.train()
+        if recipe.begin_epoch(model, epoch) or trained is None:  # model.train(), body frozen or not
+            trained = distributed.wrap(model, group)  # DDP (torchrun): of what trains now
+            if cfg.compile:  # `model` itself stays plain: its state_dict names carry no _orig_mod.
+                trained = torch.compile(trained)
         t0 = time.perf_counter()
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
         aug = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # the task's own draws
-        with sync_debug(device):
-            for i, (xb, yb) in enumerate(batches):
+        with sync_debug(device), distributed.uneven(trained, batches.per_rank):
+            for i, (xb, yb) in enumerate(batches(epoch)):
                 xb, yb = task.batch(xb, yb, aug)
                 step = epoch * steps_per_epoch + i
-                lr = get_lr(step, total_steps, steps_per_epoch, cfg)
-                set_lr(opt, lr, step / total_steps)
-                xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
+                lr, body_frozen = recipe.lr(step, steps_per_epoch)
+                set_lr(opt, lr, step / total_steps, body_frozen)
+                if not batches.per_rank:  # shards: each rank reads its own batches
+                    xb, yb = distributed.shard(xb, group), distributed.shard(yb, group)
                 x = normalize(xb.to(device, non_blocking=True), *norm)  # (B, C, H, W) float32
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -125,8 +145,9 @@ def _train(
                     logits = trained(x)  # (B, K)
                 loss = task.loss(model, logits, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()  # as loss.backward() when fp16 is off
+                scaler.step(opt)
+                scaler.update()
                 if ema:
                     ema.step(model, step + 1, total_steps)
                 loss_sum += loss.detach() * len(y)
@@ -139,6 +160,12 @@ def _train(
         check_loss(train_loss, epoch, None, state, run_dir)
         seconds = time.perf_counter() - t0
 
+        if batches.per_rank:  # shards: every sample once an epoch, over all the processes
+            read = distributed.total(seen, group, device)
+            log.note(f"epoch {epoch + 1}: {read} of {len(ds.train)} training samples read by "
+                     f"{group.world} process(es)")  # fmt: skip
+        if group.main:
+            note_bad_files(run_dir, ds, batches.bad, log)
         if ema:
             ema.end_epoch(model)
         scores = task.validate(
@@ -160,6 +187,8 @@ def _train(
         if group.main:
             save_run_state(state_path, state, model, opt, ema)
         log.epoch_end(row, best=state.stale == 0)
+        if group.main and epoch_end is not None:
+            epoch_end(cfg, run_dir, row)
         if early_stop(cfg, state, log):
             break
 

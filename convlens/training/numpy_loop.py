@@ -23,14 +23,15 @@ from convlens.data.batches import normalize
 from convlens.errors import ConfigError
 from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
-from convlens.training.hooks import Finish, MakeHooks, NumpyHooks
+from convlens.training.hooks import EpochEnd, Finish, MakeHooks, NumpyHooks
 from convlens.training.lifecycle import (
+    TrainBatches,
     check_loss,
     early_stop,
     end_epoch,
-    epoch_batches,
     epoch_steps,
     lookahead,
+    note_bad_files,
     open_run,
     resolve_run,
 )
@@ -41,15 +42,26 @@ from convlens.training.resume import RunState
 DEVICE = SimpleNamespace(type="cpu (numpy engine)")  # what the start line names as the device
 
 
-def fit(cfg: TrainConfig, make_hooks: MakeHooks, finish: Finish | None = None) -> Path:
-    """Train as `cfg` says with the NumPy engine (a classifier's hooks, from `make_hooks`); then
-    `finish`, the run folder still held. Returns the run folder."""
+def fit(
+    cfg: TrainConfig,
+    make_hooks: MakeHooks,
+    finish: Finish | None = None,
+    epoch_end: EpochEnd | None = None,
+) -> Path:
+    """Train as `cfg` says with the NumPy engine (a classifier's hooks, from `make_hooks`);
+    `epoch_end` after each epoch, then `finish`, the run folder still held. Returns it."""
     check_supported(cfg)
     with resolve_run(cfg) as (cfg, run_dir):
-        return _fit(cfg, run_dir, make_hooks(cfg), finish)
+        return _fit(cfg, run_dir, make_hooks(cfg), finish, epoch_end)
 
 
-def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | None) -> Path:
+def _fit(
+    cfg: TrainConfig,
+    run_dir: Path,
+    task: NumpyHooks,
+    finish: Finish | None,
+    epoch_end: EpochEnd | None = None,
+) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # the data pipeline's threads
     log = Progress()
@@ -74,16 +86,17 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
     loss_fn = reference.CrossEntropyLoss(cfg.label_smoothing, weight=weight)
 
     drop_last, steps_per_epoch, total_steps = epoch_steps(cfg, len(ds.train))
+    batches = TrainBatches(cfg, ds, hflip, drop_last)  # in memory, or photo_loader's
     ema = lookahead(cfg, steps_per_epoch)
     state = RunState()
-    log.start(cfg, ds, run_dir, init, DEVICE, False)
+    log.start(cfg, ds, run_dir, init, DEVICE, "float32, the NumPy engine")
     with threadpool_limits(cfg.threads or None):  # BLAS threads, as torch's for its engine
         for epoch in range(cfg.epochs):
             model.train()
             t0 = time.perf_counter()
             loss_sum, seen = 0.0, 0
             log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
-            for i, (xb, yb) in enumerate(epoch_batches(cfg, ds, epoch, hflip, drop_last)):
+            for i, (xb, yb) in enumerate(batches(epoch)):
                 step = epoch * steps_per_epoch + i
                 lr = get_lr(step, total_steps, steps_per_epoch, cfg)
                 set_lr(opt, lr, step / total_steps)
@@ -96,6 +109,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
                 seen += len(yb)
                 log.step(value)
             seconds = time.perf_counter() - t0
+            note_bad_files(run_dir, ds, batches.bad, log)
             if ema:
                 ema.end_epoch(shared)
 
@@ -114,6 +128,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, task: NumpyHooks, finish: Finish | Non
                 seconds=seconds,
             )
             log.epoch_end(row, best=state.stale == 0)
+            if epoch_end is not None:
+                epoch_end(cfg, run_dir, row)
             if early_stop(cfg, state, log):
                 break
 

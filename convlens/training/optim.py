@@ -29,14 +29,33 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (Nesterov optional) or AdamW, at the schedule's starting rate."""
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, body: dict[int, float] | None = None
+) -> torch.optim.Optimizer:
+    """SGD with momentum (Nesterov optional) or AdamW, at the schedule's starting rate; with
+    `body` (parameter id -> its share of the lr), each group split by those shares."""
     groups = param_groups(model, cfg.weight_decay)
+    if body is not None:
+        groups = split_groups(groups, body)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(
         groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
     )
+
+
+def split_groups(groups: list[dict], body: dict[int, float]) -> list[dict]:
+    """Each group as its head part and one part per share of the body's (`"body_share"`),
+    empty parts left out, so that `set_lr` can freeze the body or give it its own lr."""
+    out = []
+    for group in groups:
+        head = [p for p in group["params"] if id(p) not in body]
+        if head:
+            out.append({**group, "params": head})
+        for share in sorted({body[id(p)] for p in group["params"] if id(p) in body}):
+            params = [p for p in group["params"] if body.get(id(p)) == share]
+            out.append({**group, "params": params, "body_share": share})
+    return out
 
 
 def get_lr(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -56,8 +75,11 @@ def get_lr(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) 
     return cfg.lr * (1 - (1 - end) * (t - cfg.warmup) / (1 - cfg.warmup))
 
 
-def set_lr(opt, lr: float, progress: float = 0.0) -> None:
-    """Give each group `lr` times its `lr_scale`, or 0 once `progress` reaches its `until`."""
+def set_lr(opt, lr: float, progress: float = 0.0, body_frozen: bool = False) -> None:
+    """Give each group `lr` times its `lr_scale` and `body_share`, or 0 once `progress`
+    reaches its `until` (and a body group's 0 while the body is frozen)."""
     for group in opt.param_groups:
-        active = progress < group.get("until", 1.0)
-        group["lr"] = lr * group.get("lr_scale", 1.0) if active else 0.0
+        frozen = body_frozen and "body_share" in group
+        active = progress < group.get("until", 1.0) and not frozen
+        scale = group.get("lr_scale", 1.0) * group.get("body_share", 1.0)
+        group["lr"] = lr * scale if active else 0.0

@@ -26,14 +26,14 @@ class Progress:
     def note(self, text: str) -> None:
         self.console.print(f"[dim]note:[/dim] {escape(text)}")
 
-    def start(self, cfg, ds, run_dir, model: torch.nn.Module, device, amp: bool) -> None:
+    def start(self, cfg, ds, run_dir, model: torch.nn.Module, device, precision: str) -> None:
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         h, w = ds.image_size
         test = len(ds.test) if ds.test is not None else 0
         self.console.print(
             f"train {cfg.model} ({params:,} params) on {ds.name}: {len(ds.train)} train / "
             f"{len(ds.val)} val / {test} test images, {ds.channels}x{h}x{w}, "
-            f"{ds.num_classes} classes; {device.type}{' bf16' if amp else ''}; run {run_dir}",
+            f"{ds.num_classes} classes; {device.type}, {precision}; run {run_dir}",
             markup=False,
         )
 
