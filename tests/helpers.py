@@ -115,3 +115,15 @@ def saved_decision(run, key: str) -> dict:
 
     with safe_open(run / "weights" / "best.safetensors", "pt") as f:
         return json.loads(f.metadata()["convlens"])[key]
+
+
+def seven_png(path):
+    """The last 7 of scikit-learn's digits as an 8x8 grey PNG at `path`."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = int(np.flatnonzero(d.target == 7)[-1])
+    Image.fromarray((d.images[idx] * 255 / 16).astype(np.uint8)).save(path)
+    return path

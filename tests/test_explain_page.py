@@ -18,7 +18,7 @@ from convlens.data.batches import normalize
 from convlens.errors import ConvlensError
 from convlens.explain import object_scenes, shift_images
 from tests.helpers import convlens as cli
-from tests.helpers import launch_chromium, open_page, start_server
+from tests.helpers import launch_chromium, open_page, seven_png, start_server
 
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
 BUDGET = 5 * 2**20  # bytes: the page of a 28x28 model stays under 5 MB
@@ -34,13 +34,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digit_png(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
-    path = tmp_path_factory.mktemp("img") / "seven.png"
-    d = load_digits()
-    idx = int(np.flatnonzero(d.target == 7)[-1])
-    Image.fromarray((d.images[idx] * 255 / 16).astype(np.uint8)).save(path)
-    return path
+    return seven_png(tmp_path_factory.mktemp("img") / "seven.png")
 
 
 @pytest.fixture(scope="module")

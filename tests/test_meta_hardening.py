@@ -4,6 +4,7 @@ written or downloaded because a file says so, no allocation a file declares."""
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import zipfile
@@ -240,6 +241,14 @@ def test_nan_weights_are_refused_at_load(tmp_path):
             convlens.load(w, engine=engine)
 
 
+def _child(script: str, *args) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter (its own imports and peak RSS); it must succeed."""
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_a_huge_declared_model_is_refused_before_anything_is_allocated(tmp_path):
     # An MLP over 4x4096x4096 inputs would hold 17e9 parameters (68 GB): the file holds 8x8's.
     mlp = create_model("mlp", in_channels=1, num_classes=3, image_size=(8, 8))
@@ -255,11 +264,7 @@ def test_a_huge_declared_model_is_refused_before_anything_is_allocated(tmp_path)
         "        print(e)\n"
         "print(peak_rss_mb())\n"
     )
-    import subprocess
-
-    out = subprocess.run([sys.executable, "-c", script, str(w)], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    out = _child(script, w)
     *errors, peak_kb = out.stdout.strip().splitlines()
     assert len(errors) == 2 and all("weights do not fit model 'mlp'" in e for e in errors)
     assert float(peak_kb) < 1000  # MB: under 1 GB (torch itself takes about 0.4)
@@ -274,11 +279,7 @@ def test_predicting_loads_neither_torchvision_nor_scikit_learn(tmp_path):
         "heavy = ('torchvision', 'sklearn', 'scipy', 'pandas', 'matplotlib')\n"
         "print(len(answer), [m for m in heavy if m in sys.modules])\n"
     )
-    import subprocess
-
-    out = subprocess.run([sys.executable, "-c", script, str(w)], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    out = _child(script, w)
     assert out.stdout.split() == ["2", "[]"]
 
 

@@ -8,11 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import convlens, launch_chromium, open_page, start_server
+from tests.helpers import convlens, launch_chromium, open_page, seven_png, start_server
 
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
 
@@ -36,13 +35,7 @@ def server(run):
 
 @pytest.fixture(scope="module")
 def digit_png(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
-    path = tmp_path_factory.mktemp("img") / "seven.png"
-    d = load_digits()
-    idx = int(np.flatnonzero(d.target == 7)[-1])
-    Image.fromarray((d.images[idx] * 255 / 16).astype(np.uint8)).save(path)
-    return path
+    return seven_png(tmp_path_factory.mktemp("img") / "seven.png")
 
 
 def test_predict_answers_like_the_cli(server, run, digit_png):
