@@ -136,7 +136,7 @@ class AnomalyTask(Task):
         images = split.images.repeat_interleave(views, 0)  # (n * 8, C, H, W)
         x = geom.apply(images, index.flatten(), geom.index_maps(images.shape[-1]))
         split = Split(x, index.flatten())
-        return softmax_validation(model, split, {**meta, "tta": "none"}, **kw)
+        return softmax_validation(model, split, meta, **kw)
 
     # --- after training ----------------------------------------------------------------------
     def calibrate(self, run_dir: Path, ds: Dataset) -> str | None:

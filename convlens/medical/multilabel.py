@@ -22,7 +22,7 @@ from convlens.errors import ConfigError, ConvlensError
 from convlens.evaluation.detection import choose_threshold
 from convlens.evaluation.medmnist import write_scores
 from convlens.evaluation.plots import save_curves, save_label_rocs
-from convlens.models.infer import map_batches, tta_views
+from convlens.models.infer import layout, map_batches, tta_views
 from convlens.runs.checks import Checker, validate_label_thresholds
 from convlens.runs.meta import WeightsMeta
 from convlens.tasks.base import Evaluation, LoadedRun, Task, check_outputs_are_classes
@@ -62,8 +62,9 @@ class MultilabelTask(Task):
         )
 
     def validate(self, model: nn.Module, split: Split, meta: dict, **kw: Any) -> dict:
-        """{"val_loss": unweighted BCE, "val_auc": macro ROC AUC} on the validation split."""
-        scores = sigmoid_scores(model, split.images, meta, **kw)
+        """{"val_loss": unweighted BCE, "val_auc": macro ROC AUC} on the validation split, one
+        view per image (the run's test-time views run once, after training)."""
+        scores = sigmoid_scores(model, split.images, {**meta, "tta": "none"}, **kw)
         loss = F.binary_cross_entropy(scores.clamp(1e-7, 1 - 1e-7), split.labels.float())
         aucs = [a for a in label_aucs(split.labels.numpy(), scores.numpy()) if a is not None]
         return {"val_loss": loss.item(), "val_auc": float(np.mean(aucs)) if aucs else 0.0}
@@ -137,13 +138,13 @@ def sigmoid_scores(
     *,
     device: torch.device | str = "cpu",
     amp: bool = False,
-    channels_last: bool = False,
+    channels_last: bool = True,
     batch_size: int = 500,
 ) -> torch.Tensor:
     """Per-label probabilities (N, L) float32 for uint8 images (N, C, H, W), TTA as trained."""
 
     def scores(x: torch.Tensor) -> torch.Tensor:  # (B, L), test-time views averaged
-        views = tta_views(x, meta.get("tta", "none"))
+        views = tta_views(x, meta.get("tta", "none"), layout(channels_last))
         return sum(w * model(v).float().sigmoid() for v, w in views)
 
     norm = meta["normalize"]

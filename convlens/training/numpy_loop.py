@@ -114,7 +114,7 @@ def _fit(
                 ema.end_epoch(shared)
 
             val = ds.val.images.numpy()  # (N, C, H, W) uint8
-            probs = model.predict_proba(val, mean, std, tta=meta["tta"])  # (N, K)
+            probs = model.predict_proba(val, mean, std)  # (N, K), one view, as the torch loop
             row = end_epoch(
                 run_dir,
                 state,
