@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import convlens
+from convlens.data import load_dataset
 from convlens.data.batches import normalize
 from convlens.errors import ConvlensError
 from convlens.explain import object_scenes, shift_images
@@ -101,15 +102,57 @@ def test_default_image_is_a_stored_test_image(run):
     assert len(page.encode()) < BUDGET
 
 
-def test_page_of_a_28x28_lenet5_stays_under_budget(scenes):
-    """Every conv layer's inputs and weights are embedded, and the page is under 5 MB."""
+@pytest.fixture(scope="module")
+def lenet5(scenes):
+    """A lenet5 run on the scenes and its page of the default (first stored test) image."""
     run = convlens.train(data=str(scenes / "data"), model="lenet5", run=str(scenes / "lenet5"),
                          **QUICK)  # fmt: skip
-    page = Path(convlens.explain(str(run), interactive=True)["page"]).read_text()
+    return run, Path(convlens.explain(str(run), interactive=True)["page"])
+
+
+def test_page_of_a_28x28_lenet5_stays_under_budget(lenet5):
+    """Every conv layer's inputs and weights are embedded, and the page is under 5 MB."""
+    page = lenet5[1].read_text()
     _self_contained(page)
     assert len(page.encode()) < BUDGET
     assert '"name":"features.conv2"' in page and '"values":null' not in page
     assert '"weight":null' not in page
+
+
+@needs_chromium
+def test_lenet5_conv_click_shows_the_sum_relu_and_max_pool_choice(scenes, lenet5, browser):
+    """lenet5 on the NumPy engine: conv1's sum, its ReLU and pool1's max, each equal to torch."""
+    run, out = lenet5
+    rec = convlens.load(str(run))
+    test = load_dataset(str(scenes / "data")).test  # the page's default image is test 0
+    norm = rec.meta.normalize
+    x = normalize(test.images[:1], norm.mean, norm.std)
+    net = dict(rec.model.named_modules())
+    with torch.no_grad():
+        relu1 = net["features.relu1"](net["features.conv1"](x))[0]  # (6, 28, 28)
+        pool1 = net["features.pool1"](relu1[None])[0]  # (6, 14, 14)
+    page, errors = open_page(browser, out.as_uri(), height=900)
+    assert "NumPy reference engine" in page.locator("#sub").text_content()
+    # a pixel that pool1 keeps and one it drops, in the same 2x2 window
+    ch, py, px = 4, 6, 7
+    window = relu1[ch, 2 * py : 2 * py + 2, 2 * px : 2 * px + 2]
+    kept = divmod(int(window.argmax()), 2)
+    dropped = divmod(int(window.argmin()), 2) if window.max() > window.min() else None
+    for dy, dx in [kept] + ([dropped] if dropped else []):
+        row, col = 2 * py + dy, 2 * px + dx
+        shown, summed = click_conv(page, 1, ch, row, col, (28, 28))
+        assert abs(summed - shown) <= 1e-4
+        relu = float(page.locator("#calc-relu").text_content())
+        assert abs(relu - float(relu1[ch, row, col])) <= 1e-4
+        pooled = float(page.locator("#calc-pool").text_content())
+        assert abs(pooled - float(pool1[ch, py, px])) <= 1e-4
+        cell = page.locator("#calc table.win td.max")  # the window's largest, highlighted
+        assert cell.count() == 1 and abs(float(cell.text_content()) - pooled) <= 1e-4
+        said = page.locator("#calc").text_content()
+        assert ("this pixel is the one kept" in said) == ((dy, dx) == kept)
+    page.screenshot(path=str(ARTIFACTS / "explainer_lenet5.png"), full_page=True)
+    page.close()
+    assert not errors, errors
 
 
 @needs_chromium
