@@ -23,6 +23,7 @@ from tests.helpers import launch_chromium, open_page, seven_png, start_server
 
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
 BUDGET = 5 * 2**20  # bytes: the page of a 28x28 model stays under 5 MB
+TV_BUDGET = 8 * 2**20  # bytes: a tv-resnet18's page at 32 px (60-odd columns of 64 maps)
 needs_chromium = pytest.mark.skipif(not shutil.which("chromium"), reason="no Debian chromium")
 QUICK = {"epochs": 1, "batch_size": 128, "amp": "off"}
 
@@ -69,8 +70,8 @@ def browser():
         browser.close()
 
 
-def click_conv(page, layer: int, ch: int, row: int, col: int, size: tuple[int, int]):
-    """Click pixel (row, col) of a conv map: (the map's value, the page's sum) as printed."""
+def click_map(page, layer: int, ch: int, row: int, col: int, size: tuple[int, int]) -> None:
+    """Click pixel (row, col) of channel `ch`'s map of layer (column) `layer`."""
     img = page.locator(f'img.map[data-layer="{layer}"][data-ch="{ch}"]')
     box = img.bounding_box()
     img.click(position={"x": (col + 0.5) * box["width"] / size[1],
@@ -78,8 +79,18 @@ def click_conv(page, layer: int, ch: int, row: int, col: int, size: tuple[int, i
     calc = page.locator("#calc")
     assert [calc.get_attribute(f"data-{k}") for k in ("ch", "y", "x")] == [
         str(ch), str(row), str(col)]  # fmt: skip
+
+
+def click_conv(page, layer: int, ch: int, row: int, col: int, size: tuple[int, int]):
+    """Click pixel (row, col) of a conv map: (the map's value, the page's sum) as printed."""
+    click_map(page, layer, ch, row, col, size)
     return (float(page.locator("#calc-value").text_content()),
             float(page.locator("#calc-sum").text_content()))  # fmt: skip
+
+
+def shown(page, name: str) -> float:
+    """The number the page prints in #calc-NAME."""
+    return float(page.locator(f"#calc-{name}").text_content())
 
 
 def torch_input(rec, image) -> torch.Tensor:
@@ -151,6 +162,70 @@ def test_lenet5_conv_click_shows_the_sum_relu_and_max_pool_choice(scenes, lenet5
         said = page.locator("#calc").text_content()
         assert ("this pixel is the one kept" in said) == ((dy, dx) == kept)
     page.screenshot(path=str(ARTIFACTS / "explainer_lenet5.png"), full_page=True)
+    page.close()
+    assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def tv_page(scenes):
+    """A tv-resnet18 run (no pretrained weights) on the scenes at 32 px, and its page."""
+    run = convlens.train(data=str(scenes / "data"), model="tv-resnet18", image_size=32,
+                         run=str(scenes / "tv"), **QUICK)  # fmt: skip
+    image = sorted((scenes / "data" / "test").rglob("*.png"))[0]
+    out = Path(convlens.explain(str(run), interactive=True, image=str(image),
+                                out=str(scenes / "tv.html"))["page"])  # fmt: skip
+    return run, image, out
+
+
+@needs_chromium
+def test_tv_resnet18_layers_convs_and_residual_sums_in_chromium(tv_page, browser):
+    """Every module of a torchvision ResNet and every residual sum (`out + identity`, outside
+    any module) is a column; conv1's click redoes conv, BatchNorm and ReLU, and a click on a
+    sum shows both operands added, each number equal to torch's."""
+    run, image, out = tv_page
+    assert len(out.read_bytes()) < TV_BUDGET
+    rec = convlens.load(str(run))
+    m = rec.model
+    x = torch_input(rec, image)
+    with torch.no_grad():
+        conv1 = m.conv1(x)
+        bn1 = m.bn1(conv1)
+        pool = m.maxpool(torch.relu(bn1))  # (1, 64, 8, 8): layer1.0's input and identity
+        blk = m.layer1[0]
+        bn2 = blk.bn2(blk.conv2(torch.relu(blk.bn1(blk.conv1(pool)))))
+        block = blk(pool.clone())  # relu(bn2 + pool)
+    page, errors = open_page(browser, out.as_uri(), height=900)
+    text = "c => [c.querySelector('h3').textContent, c.querySelector('.meta').textContent]"
+    cols = page.eval_on_selector_all(".col", f"cs => cs.map({text})")  # [[name, meta], ...]
+    names = [n for n, _ in cols]
+    for name, module in m.named_modules():  # each module with weights, with its count
+        n = sum(p.numel() for p in module.parameters(recurse=False))
+        if n:
+            assert name in names, name
+            assert f"{n:,} parameters" in cols[names.index(name)][1], name
+    sums = [i for i, (_, meta) in enumerate(cols) if "added outside a module" in meta]
+    assert len(sums) == 8  # one per BasicBlock
+    assert cols[sums[0]][1].startswith("add · 64×8×8")
+    assert "layer1.0.bn2 + maxpool" in cols[sums[0]][1]
+
+    for ch, row, col in [(5, 7, 9), (60, 0, 15)]:  # inside, and on the padding
+        value, summed = click_conv(page, names.index("conv1"), ch, row, col, (16, 16))
+        assert abs(summed - value) <= 1e-4 and abs(summed - float(conv1[0, ch, row, col])) <= 1e-4
+        assert abs(shown(page, "bn") - float(bn1[0, ch, row, col])) <= 1e-3
+        assert abs(shown(page, "relu") - max(0.0, float(bn1[0, ch, row, col]))) <= 1e-3
+        py, px = min(7, (row + 1) // 2), min(7, (col + 1) // 2)  # a 3x3 window holding it
+        assert abs(shown(page, "pool") - float(pool[0, ch, py, px])) <= 1e-3
+    page.screenshot(path=str(ARTIFACTS / "explainer_tv_conv.png"), full_page=True)
+
+    for layer in (sums[0], sums[0] + 1):  # the sum, and the block's ReLU after it
+        ch, row, col = 7, 3, 2
+        click_map(page, layer, ch, row, col, (8, 8))
+        a, b, total = shown(page, "a"), shown(page, "b"), shown(page, "add")
+        assert abs(a - float(bn2[0, ch, row, col])) <= 1e-3
+        assert abs(b - float(pool[0, ch, row, col])) <= 1e-3
+        assert abs(total - (a + b)) <= 1e-4 and abs(total - shown(page, "value")) <= 1e-4
+        assert abs(shown(page, "relu") - float(block[0, ch, row, col])) <= 1e-3
+    page.screenshot(path=str(ARTIFACTS / "explainer_tv_sum.png"), full_page=True)
     page.close()
     assert not errors, errors
 
@@ -283,26 +358,27 @@ def test_serve_shows_the_page_for_an_uploaded_image(run, digit_png, browser):
 
 def test_torch_trace_keeps_each_output_before_in_place_ops():
     """A BatchNorm's output as it was, though an in-place ReLU overwrote that tensor after."""
-    from convlens.explain.walkthrough import run_torch
+    from convlens.explain.torch_trace import run_hooks, run_torch
 
     torch.manual_seed(0)
     nn = torch.nn
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
                         nn.Conv2d(4, 2, 3)).eval()  # fmt: skip
     x = torch.randn(1, 8, 8).numpy()
-    steps, logits = run_torch(net, x)
-    assert [s.name for s in steps] == ["input", "0", "1", "2", "3"]
-    assert [s.src for s in steps] == [None, 0, 1, 2, 3]
     with torch.no_grad():
         bn = net[1](net[0](torch.from_numpy(x)[None]))[0]
     assert (bn < 0).any()  # so the ReLU changed it
-    np.testing.assert_allclose(steps[2].out, bn.numpy(), atol=1e-6)
-    np.testing.assert_allclose(steps[4].out, logits, atol=0)
+    for trace in (run_torch, run_hooks):  # fx's graph, and the hooks for untraceable models
+        steps, logits = trace(net, x)
+        assert [s.name for s in steps] == ["input", "0", "1", "2", "3"]
+        assert [s.src for s in steps] == [None, 0, 1, 2, 3]
+        np.testing.assert_allclose(steps[2].out, bn.numpy(), atol=1e-6)
+        np.testing.assert_allclose(steps[4].out, logits, atol=0)
 
 
 def test_torch_trace_links_a_linear_layer_through_flatten():
     """torch.flatten between modules (tv-* models' heads): the linear layer reads the pool."""
-    from convlens.explain.walkthrough import run_torch
+    from convlens.explain.torch_trace import run_hooks, run_torch
 
     class Head(torch.nn.Module):
         def __init__(self):
@@ -312,8 +388,31 @@ def test_torch_trace_links_a_linear_layer_through_flatten():
         def forward(self, x):
             return self.fc(torch.flatten(self.pool(x), 1))
 
-    steps, _ = run_torch(Head().eval(), torch.randn(3, 4, 4).numpy())
+    x = torch.randn(3, 4, 4).numpy()
+    steps, _ = run_hooks(Head().eval(), x)
     assert [(s.name, s.src) for s in steps] == [("input", None), ("pool", 0), ("fc", 1)]
+    steps, _ = run_torch(Head().eval(), x)  # fx sees the flatten itself
+    assert [(s.name, s.src) for s in steps] == [
+        ("input", None), ("pool", 0), ("flatten", 1), ("fc", 2)]  # fmt: skip
+    assert steps[2].layer == "flatten"
+
+
+def test_torch_trace_falls_back_to_hooks_where_fx_cannot_trace():
+    """Python control flow on a value: fx cannot trace it, the hooks still give the modules."""
+    from convlens.explain.torch_trace import run_torch
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return (y if y.sum() > 0 else -y).flatten(1)
+
+    steps, logits = run_torch(Branchy().eval(), torch.randn(1, 5, 5).numpy())
+    assert [(s.name, s.src) for s in steps] == [("input", None), ("conv", 0)]
+    assert logits.shape == (18,)
 
 
 def test_without_test_images_the_page_asks_for_one(tmp_path, digit_png):

@@ -23,7 +23,8 @@ from convlens.explain.gradcam import grad_cam
 from convlens.explain.hierarchy import find_stages, top_activating
 from convlens.explain.invariance import sample_split
 from convlens.explain.sharing import parameter_sharing
-from convlens.explain.walkthrough import png_uri, run_reference, run_torch, walkthrough
+from convlens.explain.torch_trace import run_torch
+from convlens.explain.walkthrough import png_uri, run_reference, walkthrough
 from convlens.predict import Recogniser
 from convlens.report.explainer import page, write_page
 
