@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -104,13 +105,59 @@ def _self_contained(page: str) -> None:
     assert "<script src" not in page and "@import" not in page
 
 
-def test_default_image_is_a_stored_test_image(run):
-    page_path = Path(convlens.explain(str(run), interactive=True)["page"])
-    assert page_path == run / "explain" / "explainer.html"
-    page = page_path.read_text()
+@pytest.fixture(scope="module")
+def default_page(run):
+    """The page of the run's first stored test image, with the others to choose among."""
+    return Path(convlens.explain(str(run), interactive=True)["page"])
+
+
+def test_default_image_is_a_stored_test_image(run, default_page):
+    assert default_page == run / "explain" / "explainer.html"
+    page = default_page.read_text()
     _self_contained(page)
     assert "test image 0 of digits" in page and "NumPy reference engine" in page
     assert len(page.encode()) < BUDGET
+    data = json.loads(re.search(r'id="data">(.*?)</script>', page, re.S).group(1))
+    assert len(data["choices"]) == 7  # 8 test images to choose among, one per class first
+    labels = [c["caption"].rsplit("labelled ", 1)[1] for c in data["choices"]]
+    assert len(set(labels)) == 7 and not any(c["caption"].startswith("test image 0 ")
+                                             for c in data["choices"])  # fmt: skip
+
+
+@needs_chromium
+def test_choosing_another_test_image_switches_maps_and_prediction(run, default_page, browser):
+    """A thumbnail click: conv1's maps, a click's sum and the probabilities are that image's."""
+    rec = convlens.load(str(run))
+    page, errors = open_page(browser, default_page.as_uri(), height=900)
+    thumbs = page.locator("img.thumb")
+    assert thumbs.count() == 8
+    conv = page.locator('img.map[data-layer="1"][data-ch="3"]')
+    before, top_before = conv.get_attribute("src"), page.locator("#probs .bar").first.text_content()
+    thumbs.nth(3).click()
+    picture = torch.from_numpy(_png(thumbs.nth(3).get_attribute("src")).astype(np.uint8))
+    assert page.locator("img.pic").get_attribute("src") == thumbs.nth(3).get_attribute("src")
+    norm = rec.meta.normalize
+    x = normalize(picture.reshape(1, *rec.size)[None], norm.mean, norm.std)  # (1, 1, 8, 8)
+    with torch.no_grad():
+        conv1 = dict(rec.model.named_modules())["features.conv1"](x)[0]
+        probs = torch.softmax(rec.model(x)[0], 0)
+    assert conv.get_attribute("src") != before
+    grey = _png(conv.get_attribute("src"))  # drawn on the layer's range: torch's, rescaled
+    lo, hi = float(conv1.min()), float(conv1.max())
+    np.testing.assert_allclose(grey, np.round((conv1[3].numpy() - lo) / (hi - lo) * 255), atol=1)
+    value, summed = click_conv(page, 1, 3, 4, 5, (8, 8))
+    assert abs(summed - value) <= 1e-4 and abs(summed - float(conv1[3, 4, 5])) <= 1e-4
+    k = int(probs.argmax())
+    top = page.locator("#probs .bar").first
+    assert top.get_attribute("data-class") == str(k)
+    assert top.text_content() == f"{rec.classes[k]}: {100 * float(probs[k]):.2f}%"
+    assert top.text_content() != top_before
+    assert rec.classes[k] in page.locator("#sub").text_content()
+    page.screenshot(path=str(ARTIFACTS / "explainer_chosen.png"), full_page=True)
+    thumbs.first.click()  # back to the first image: its own maps again
+    assert conv.get_attribute("src") == before
+    page.close()
+    assert not errors, errors
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,23 @@ def walkthrough(steps: list[Step], image: np.ndarray) -> list[dict]:
     return records
 
 
+def image_layers(steps: list[Step], limit: int) -> list[dict]:
+    """Another image's part of each record (maps, range, values within `limit` floats): the
+    page keeps the weights of the first image's records."""
+    budget = Budget(limit)
+    return [outputs(s.out, budget) for s in steps]
+
+
+def outputs(out: np.ndarray, budget: Budget) -> dict:
+    """A layer's output as the page draws it (maps, range) and redoes sums from (values)."""
+    rec = {}
+    if out.ndim == 3:
+        rec["maps"], rec["range"] = channel_pngs(out)
+    taken = budget.take(out)
+    rec["values"] = taken[0] if taken else None
+    return rec
+
+
 def picture_uri(image: np.ndarray) -> str:
     """A uint8 (C, H, W) image as a PNG data: URI (grey or RGB)."""
     return png_uri(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
@@ -104,10 +121,7 @@ def describe(step: Step, budget: Budget) -> dict:
     if step.operands is not None:
         rec["operands"] = step.operands
     rec["params"] = 0
-    if out.ndim == 3:
-        rec["maps"], rec["range"] = channel_pngs(out)
-    taken = budget.take(out)
-    rec["values"] = taken[0] if taken else None
+    rec |= outputs(out, budget)
     weights = None
     if isinstance(m, Conv2d):  # the NumPy engine's layers
         rec |= {"kind": "conv", "k": m.weight.data.shape[-1], "stride": m.stride}
