@@ -444,6 +444,42 @@ def test_torch_trace_links_a_linear_layer_through_flatten():
     assert steps[2].layer == "flatten"
 
 
+def test_torch_trace_records_ops_outside_modules_with_their_operands():
+    """A residual sum, a torch.cat and a scaling: each a step naming the steps it read."""
+    from convlens.explain.torch_trace import run_torch
+    from convlens.explain.walkthrough import walkthrough
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu = torch.nn.Conv2d(2, 2, 3, padding=1), torch.nn.ReLU()
+
+        def forward(self, x):
+            y = self.relu(self.conv(x) + x)  # (1, 2, 4, 4)
+            return torch.cat([y, x], 1) * 0.5  # (1, 4, 4, 4)
+
+    x = torch.randn(2, 4, 4).numpy()
+    steps, logits = run_torch(Block().eval(), x)
+    got = [(s.name, s.layer if isinstance(s.layer, str) else None, s.src, s.operands)
+           for s in steps]  # fmt: skip
+    assert got == [
+        ("input", None, None, None),
+        ("conv", None, 0, None),
+        ("add", "add", 1, [1, 0]),
+        ("relu", None, 2, None),
+        ("cat", "cat", 3, [3, 0]),
+        ("mul", "mul", 4, [4]),
+    ]
+    np.testing.assert_allclose(steps[5].out, logits)  # the last op is the output
+    records = walkthrough(steps, np.zeros((2, 4, 4), np.uint8))
+    assert [(r["kind"], r.get("outside"), r.get("operands")) for r in records[2:]] == [
+        ("add", True, [1, 0]),
+        ("relu", None, None),
+        ("cat", True, [3, 0]),
+        ("mul", True, [4]),
+    ]
+
+
 def test_torch_trace_falls_back_to_hooks_where_fx_cannot_trace():
     """Python control flow on a value: fx cannot trace it, the hooks still give the modules."""
     from convlens.explain.torch_trace import run_torch

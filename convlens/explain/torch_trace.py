@@ -42,11 +42,11 @@ def run_graph(graph: torch.fx.GraphModule, x: np.ndarray) -> tuple[list[Step], n
             if node.op == "placeholder":
                 made[node.name] = 0
             elif node.op != "output" and _batch_of_one(out):
-                srcs = [made.get(a.name) for a in node.args if isinstance(a, torch.fx.Node)]
+                srcs = [made.get(a.name) for a in node.all_input_nodes]  # torch.cat's list too
                 layer, name = _what(node, modules, calls)
                 value = out.detach().float()[0].numpy().copy()  # now: an in-place op may follow
                 src = srcs[0] if srcs else None
-                operands = srcs if layer == "add" and len(srcs) == 2 else None
+                operands = [i for i in srcs if i is not None] if isinstance(layer, str) else None
                 steps.append(Step(name, layer, value, src, operands))
                 made[node.name] = len(steps) - 1
             return out
@@ -65,8 +65,8 @@ def _what(node: torch.fx.Node, modules: dict, calls: dict) -> tuple[object, str]
     if node.op == "call_module":
         n = calls[node.target] = calls.get(node.target, 0) + 1
         return modules[node.target], node.target + (f" (call {n})" if n > 1 else "")
-    tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
-    if node.target in ADDS and len(tensors) == 2 and len(node.args) == 2 and not node.kwargs:
+    two = len(node.args) == 2 and all(isinstance(a, torch.fx.Node) for a in node.args)
+    if node.target in ADDS and two and not node.kwargs:  # a + b: a residual sum
         return "add", node.name
     return getattr(node.target, "__name__", str(node.target)), node.name
 

@@ -70,7 +70,7 @@ class Step:
     layer: object  # a convlens.reference layer or a torch module (None for the image)
     out: np.ndarray  # (C, H, W) or (F,)
     src: int | None  # the step whose output is its input (0: the image; None: not traced)
-    operands: list[int] | None = None  # an addition's two inputs (a residual sum)
+    operands: list[int] | None = None  # an op outside a module: the steps it read (a sum's two)
 
 
 def run_reference(model: reference.Sequential, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
