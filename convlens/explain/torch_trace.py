@@ -9,6 +9,7 @@ leaf modules instead, where such ops leave no step.
 from __future__ import annotations
 
 import operator
+import weakref
 
 import numpy as np
 import torch
@@ -20,13 +21,18 @@ from convlens.explain.walkthrough import Step
 ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}  # an fx node's target
 
 
+_GRAPHS = weakref.WeakKeyDictionary()  # model -> its fx graph, None where fx cannot trace it
+
+
 def run_torch(model: nn.Module, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
     """(steps, logits (K,)) of a torch model for x (C, H, W) floats."""
-    try:
-        graph = torch.fx.symbolic_trace(model)
-    except Exception:  # fx raises many types (TraceError, TypeError...) on untraceable code
-        return run_hooks(model, x)
-    return run_graph(graph, x)
+    if model not in _GRAPHS:  # traced once: a page runs the model 33 times (drag, choices)
+        try:
+            _GRAPHS[model] = torch.fx.symbolic_trace(model)  # shares the model's modules
+        except Exception:  # fx raises many types (TraceError, TypeError...) on untraceable code
+            _GRAPHS[model] = None
+    graph = _GRAPHS[model]
+    return run_hooks(model, x) if graph is None else run_graph(graph, x)
 
 
 def run_graph(graph: torch.fx.GraphModule, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
