@@ -202,11 +202,16 @@ def _normalizer(meta: dict):
     return lambda images: normalize(images, mean, std)  # uint8 (N, C, H, W) -> float32
 
 
+def first_per_class(labels: torch.Tensor, n_classes: int, limit: int) -> list[int]:
+    """The index of the first image of each class (in class order), up to `limit` of them."""
+    picks = [int(i[0]) for c in range(n_classes) if len(i := (labels == c).nonzero())]
+    return picks[:limit]
+
+
 def _one_per_class(ds, classes: list[str], limit: int = 8) -> tuple[torch.Tensor, list[str]]:
     """The first test (or val) image of each class, up to `limit` classes."""
     part = ds.test if ds.test is not None else ds.val
-    picks = [int(i[0]) for c in range(len(classes)) if len(i := (part.labels == c).nonzero())]
-    picks = picks[:limit]
+    picks = first_per_class(part.labels, len(classes), limit)
     names = [f"test{i}_{_safe(classes[int(part.labels[i])])}" for i in picks]
     return part.images[picks], names
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from convlens import reference
-from convlens.api.explain import load_data, run_home
+from convlens.api.explain import first_per_class, load_data, run_home
 from convlens.data.batches import normalize
 from convlens.errors import ConvlensError
 from convlens.explain import figures
@@ -23,11 +24,21 @@ from convlens.explain.gradcam import grad_cam
 from convlens.explain.hierarchy import find_stages, top_activating
 from convlens.explain.invariance import sample_split
 from convlens.explain.sharing import parameter_sharing
-from convlens.explain.walkthrough import png_uri, run_reference, run_torch, walkthrough
+from convlens.explain.torch_trace import run_torch
+from convlens.explain.walkthrough import (
+    image_layers,
+    picture_uri,
+    png_uri,
+    run_reference,
+    walkthrough,
+)
 from convlens.predict import Recogniser
 from convlens.report.explainer import page, write_page
 
 PAGE = "explainer.html"  # under RUN/explain/ unless --out names the file
+CHOICES = 8  # stored test images the page lets one choose among, one per class first
+CHOICE_FLOATS = 50_000  # float32 values embedded per chosen image (the first layers' clicks)
+CHOICE_BYTES = 2_000_000  # bytes the other images may add to the page
 
 
 class Explainer:
@@ -69,6 +80,34 @@ class Explainer:
         png = figures.save(figures.patches_figure(top))
         return "data:image/png;base64," + base64.b64encode(png).decode()
 
+    def view(self, picture: np.ndarray, caption: str) -> dict:
+        """Another image's maps, values and prediction (the weights are the page's own)."""
+        steps, logits = self.trace(self.net, self.prep(picture))
+        probs = reference.softmax(logits.astype(np.float64))
+        return {
+            "caption": caption,
+            "picture": picture_uri(picture),
+            "layers": image_layers(steps, CHOICE_FLOATS),
+            "logits": logits.astype(np.float64).tolist(),
+            "probs": probs.tolist(),
+            "gradcam": class_cams(self.rec, picture, self.prep(picture), probs),
+        }
+
+    def choices(self, ds, skip: int | None) -> list[dict]:
+        """The views of up to CHOICES stored test images (one per class, then in order) but
+        image `skip`, while they fit in CHOICE_BYTES."""
+        part = ds.test if ds.test is not None else ds.val
+        picks = first_per_class(part.labels, len(self.rec.classes), CHOICES)
+        picks += [i for i in range(len(part.labels)) if i not in picks]
+        views, spent = [], 0
+        for i in [i for i in picks if i != skip][: CHOICES - (skip is not None)]:
+            view = self.view(*stored_image(self.rec, ds, i))
+            spent += len(json.dumps(view))
+            if spent > CHOICE_BYTES:
+                break
+            views.append(view)
+        return views
+
     def data(self, picture: np.ndarray, caption: str) -> dict:
         """Everything the page shows for a uint8 (C, H, W) image at the model's input size."""
         rec, meta = self.rec, self.rec.meta
@@ -93,6 +132,7 @@ class Explainer:
             "calibration": meta.calibration,
             "tta": meta.tta,
             "shifts": shifted_views(self.trace, self.net, picture, self.prep, records),
+            "choices": [],  # other images' views (explain_page fills it from the test images)
         }
 
 
@@ -111,6 +151,8 @@ def explain_page(
     picture, caption = pick_image(ex.rec, image, ds)  # uint8 (C, H, W)
     data = ex.data(picture, caption)
     data["patches"] = None if ds is None else ex.patches(ds)
+    if ds is not None:  # the stored test images to choose among, the page's own first
+        data["choices"] = ex.choices(ds, skip=0 if image is None else None)
     path = Path(out) if out else home / "explain" / PAGE
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_page(data, path)
@@ -149,6 +191,11 @@ def pick_image(rec: Recogniser, image, ds) -> tuple[np.ndarray, str]:
     """(uint8 (C, H, W), caption): `image` preprocessed, or the first test image of `ds`."""
     if image is not None:
         return rec.preprocess(image).numpy(), Path(image).name
+    return stored_image(rec, ds, 0)
+
+
+def stored_image(rec: Recogniser, ds, i: int) -> tuple[np.ndarray, str]:
+    """(uint8 (C, H, W), caption) of test image i of `ds` (val where it has no test split)."""
     split, part = ("test", ds.test) if ds.test is not None else ("val", ds.val)
-    label = rec.classes[int(part.labels[0])]
-    return part.images[0].numpy(), f"{split} image 0 of {ds.name} (labelled {label})"
+    label = rec.classes[int(part.labels[i])]
+    return part.images[i].numpy(), f"{split} image {i} of {ds.name} (labelled {label})"

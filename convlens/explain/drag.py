@@ -27,8 +27,9 @@ def shifted_views(
     """{"radius", "layers": the records redrawn, "views": {"dy,dx": picture, maps, probs}}.
 
     run(net, x) -> (steps, logits) is the engine's trace (walkthrough.run_reference or
-    run_torch); prep turns uint8 (C, H, W) into the floats it takes. The first layers whose
-    moved maps fit in `limit` bytes are redrawn, the others only on the unmoved image.
+    torch_trace.run_torch); prep turns uint8 (C, H, W) into the floats it takes. The first
+    layers whose moved maps fit in `limit` bytes are redrawn, the others only on the unmoved
+    image.
     """
     n = (2 * radius + 1) ** 2 - 1
     layers, spent = [], 0

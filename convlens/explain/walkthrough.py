@@ -3,9 +3,10 @@
 `run_reference` or `run_torch` gives each layer's output (a Step); `walkthrough` makes each a
 record: its kind, output shape, parameter count, the output as quantised PNGs (one per channel)
 and, within a float budget, the exact float32 values, weights and bias that the page needs to
-redo a conv's multiply-and-sum or a linear unit's weighted sum in the browser. Models the NumPy
-engine runs (convlens.reference) are traced there, so a learner can read the very lines that
-computed the numbers; any other model is traced with torch hooks.
+redo a conv's multiply-and-sum, a BatchNorm's scale and shift, a residual sum or a linear
+unit's weighted sum in the browser. Models the NumPy engine runs (convlens.reference) are traced
+there, so a learner can read the very lines that computed the numbers; any other model with
+torch (explain/torch_trace.py).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Step:
     layer: object  # a convlens.reference layer or a torch module (None for the image)
     out: np.ndarray  # (C, H, W) or (F,)
     src: int | None  # the step whose output is its input (0: the image; None: not traced)
+    operands: list[int] | None = None  # an op outside a module: the steps it read (a sum's two)
 
 
 def run_reference(model: reference.Sequential, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
@@ -82,50 +84,29 @@ def run_reference(model: reference.Sequential, x: np.ndarray) -> tuple[list[Step
     return steps, out[0]
 
 
-def run_torch(model: nn.Module, x: np.ndarray) -> tuple[list[Step], np.ndarray]:
-    """(steps, logits (K,)) of a torch model's leaf modules for x, in the order they ran.
-
-    A module's input is linked to the step whose output it is (a linear layer's also through
-    torch.flatten's view of it); one computed outside a module (a residual sum, a functional
-    op) has no step, so that layer is not clickable.
-    """
-    xt = torch.from_numpy(x)[None]
-    steps = [Step("input", None, x, None)]
-    source = {id(xt): (0, xt)}  # id(tensor) -> (step, the tensor kept alive so ids stay unique)
-    storage = {}  # (data_ptr, numel) -> the step that last wrote that memory
-
-    def hook(name: str):
-        def run(module, inputs, output):
-            if not isinstance(output, torch.Tensor) or output.shape[0] != 1:
-                return
-            t = inputs[0] if inputs else None
-            src = source.get(id(t), (None,))[0]
-            if src is None and isinstance(module, nn.Linear) and isinstance(t, torch.Tensor):
-                src = storage.get((t.data_ptr(), t.numel()))  # (1, C*H*W) viewing (1, C, H, W)
-            out = output.detach().float()[0].numpy().copy()  # now: an in-place op may follow
-            steps.append(Step(name, module, out, src))
-            source[id(output)] = (len(steps) - 1, output)
-            storage[(output.data_ptr(), output.numel())] = len(steps) - 1
-
-        return run
-
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
-    try:
-        with torch.no_grad():
-            logits = model(xt)[0].float().numpy()  # (K,)
-    finally:
-        for h in handles:
-            h.remove()
-    return steps, logits
-
-
 def walkthrough(steps: list[Step], image: np.ndarray) -> list[dict]:
     """The page's record of every step; image: the uint8 (C, H, W) the network was shown."""
     budget = Budget()
     records = [describe(s, budget) for s in steps]
     records[0]["picture"] = picture_uri(image)
     return records
+
+
+def image_layers(steps: list[Step], limit: int) -> list[dict]:
+    """Another image's part of each record (maps, range, values within `limit` floats): the
+    page keeps the weights of the first image's records."""
+    budget = Budget(limit)
+    return [outputs(s.out, budget) for s in steps]
+
+
+def outputs(out: np.ndarray, budget: Budget) -> dict:
+    """A layer's output as the page draws it (maps, range) and redoes sums from (values)."""
+    rec = {}
+    if out.ndim == 3:
+        rec["maps"], rec["range"] = channel_pngs(out)
+    taken = budget.take(out)
+    rec["values"] = taken[0] if taken else None
+    return rec
 
 
 def picture_uri(image: np.ndarray) -> str:
@@ -137,11 +118,10 @@ def describe(step: Step, budget: Budget) -> dict:
     """A step's record: kind, shape, maps, and what a click on it needs, within the budget."""
     m, out = step.layer, step.out
     rec = {"name": step.name, "kind": "input", "shape": list(out.shape), "input": step.src}
+    if step.operands is not None:
+        rec["operands"] = step.operands
     rec["params"] = 0
-    if out.ndim == 3:
-        rec["maps"], rec["range"] = channel_pngs(out)
-    taken = budget.take(out)
-    rec["values"] = taken[0] if taken else None
+    rec |= outputs(out, budget)
     weights = None
     if isinstance(m, Conv2d):  # the NumPy engine's layers
         rec |= {"kind": "conv", "k": m.weight.data.shape[-1], "stride": m.stride}
@@ -149,14 +129,18 @@ def describe(step: Step, budget: Budget) -> dict:
     elif isinstance(m, Linear):
         rec["kind"], weights = "linear", (m.weight.data, _data(m.bias))
     elif isinstance(m, MaxPool2d):
-        rec |= {"kind": "pool", "k": m.k, "stride": m.s}
+        rec |= {"kind": "pool", "k": m.k, "stride": m.s, "padding": 0}
     elif isinstance(m, nn.Conv2d) and _plain_conv(m):  # torch's
         rec |= {"kind": "conv", "k": m.kernel_size[0], "stride": m.stride[0]}
         rec["padding"], weights = m.padding[0], (_np(m.weight), _np(m.bias))
     elif isinstance(m, nn.Linear):
         rec["kind"], weights = "linear", (_np(m.weight), _np(m.bias))
     elif isinstance(m, nn.MaxPool2d) and _plain_pool(m):
-        rec |= {"kind": "pool", "k": m.kernel_size, "stride": m.stride}
+        rec |= {"kind": "pool", "k": m.kernel_size, "stride": m.stride, "padding": m.padding}
+    elif isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
+        rec["kind"], rec["bn"] = "batchnorm", budget.take(*_bn(m))
+    elif isinstance(m, str):  # an op outside a module (torch_trace): "add", "flatten", "cat"...
+        rec["kind"], rec["outside"] = m, True
     elif m is not None:
         kinds = {ReLU: "relu", Flatten: "flatten", nn.ReLU: "relu", nn.Flatten: "flatten"}
         rec["kind"] = kinds.get(type(m), type(m).__name__.lower())
@@ -172,6 +156,15 @@ def describe(step: Step, budget: Budget) -> dict:
     return rec
 
 
+def _bn(m: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+    """An eval-mode BatchNorm as y = x * scale + shift per channel: ((C,) scale, (C,) shift)."""
+    scale = _np(m.weight) if m.affine else np.ones(m.num_features, np.float32)
+    shift = _np(m.bias) if m.affine else np.zeros(m.num_features, np.float32)
+    inv = 1.0 / np.sqrt(_np(m.running_var).astype(np.float64) + m.eps)
+    mean = _np(m.running_mean).astype(np.float64)
+    return (scale * inv).astype(np.float32), (shift - mean * scale * inv).astype(np.float32)
+
+
 def _plain_conv(m: nn.Conv2d) -> bool:
     # square kernel, one group, no dilation, zero padding: the window the page knows how to draw
     square = m.kernel_size[0] == m.kernel_size[1] and m.stride[0] == m.stride[1]
@@ -181,9 +174,9 @@ def _plain_conv(m: nn.Conv2d) -> bool:
 
 
 def _plain_pool(m: nn.MaxPool2d) -> bool:
-    # one int kernel and stride, no padding or dilation: the window the page draws
-    ints = isinstance(m.kernel_size, int) and isinstance(m.stride, int)
-    return ints and m.padding == 0 and m.dilation == 1
+    # one int kernel, stride and padding, no dilation: the window the page draws
+    ints = all(isinstance(v, int) for v in (m.kernel_size, m.stride, m.padding))
+    return ints and m.dilation == 1  # ceil_mode's last window runs off the map: drawn as -
 
 
 def _np(p: torch.Tensor | None) -> np.ndarray | None:
