@@ -1,8 +1,12 @@
 """Fashion-MNIST on the CPU: convlens's default recipe against the PyTorch examples' MNIST CNN.
 
-Both run in this one process, one after the other, on the same machine (measure alone: a second
-job on the cores ruins the timing). For each it reports test accuracy against training seconds
-(evaluation excluded) and the time to reach 92.0% test accuracy.
+Both run from this one script, one after the other, on the same machine (measure alone: a second
+job on the cores ruins the timing), so ratios to the baseline's epoch hold across machines. It
+prints the machine (CPU model, AMX or not, threads) with every figure and, for each run, test
+accuracy against training seconds (evaluation excluded), in baseline epochs too, the wall time of
+the `convlens train` command (a subprocess, start-up to final line) over its training time, and
+the time to reach 92.0% test accuracy. `--amps off bf16` adds seed 0 under each precision, to
+check `--amp auto`'s choice on this CPU.
 
 - convlens: `convlens train --data fashion-mnist` with its defaults, once per seed (the median
   is the headline); and short budgets (3 epochs; 3 epochs of a narrower fastnet) to find how
@@ -22,6 +26,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import convlens
 from convlens.data import load_dataset
+from convlens.device import hardware_caps
 
 TARGET = 0.92
 
@@ -93,18 +99,37 @@ BUDGETS = {  # name -> settings changed from the defaults
 
 
 def convlens_run(seed: int, workdir: Path, name: str = "default", **changes) -> dict:
-    """One `convlens train --data fashion-mnist` run with its defaults (and `changes`)."""
+    """One `convlens train --data fashion-mnist` run with its defaults (and `changes`), as a user
+    runs it (a subprocess): its training seconds (results.csv), wall seconds and test accuracy."""
     run_dir = workdir / f"{len(list(workdir.iterdir()))}"
-    run = convlens.train(data="fashion-mnist", seed=seed, run=str(run_dir), **changes)
-    rows = [line.split(",") for line in (run / "results.csv").read_text().splitlines()[1:]]
-    metrics = json.loads((run / "metrics.json").read_text())
+    cmd = [sys.executable, "-m", "convlens", "train", "--data", "fashion-mnist", "--seed",
+           str(seed), "--run", str(run_dir)]  # fmt: skip
+    for key, value in changes.items():
+        cmd += [
+            f"--{key.replace('_', '-')}",
+            value if isinstance(value, str) else json.dumps(value),
+        ]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    rows = [line.split(",") for line in (run_dir / "results.csv").read_text().splitlines()[1:]]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    seconds = float(rows[-1][-1])
+    first = next((x for x in out.stdout.splitlines() if x.startswith("train ")), "")
+    precision = first.rsplit("; run ", 1)[0].split("; ")[-1].split(":")[0]  # "cpu, float32"
     return {
         "name": name,
         "seed": seed,
         "epochs": len(rows),
-        "seconds": float(rows[-1][-1]),
+        "seconds": seconds,
+        "wall": wall,
+        "wall_over_training": wall / seconds,
+        "precision": precision,
         "test_acc": metrics["accuracy"],
         "val_acc": [float(r[3]) for r in rows],
+        "console": out.stdout,  # what the user saw (the README's quick tour shows one)
     }
 
 
@@ -116,38 +141,70 @@ def cpu_name() -> str:
         return platform.machine()
 
 
+def machine() -> str:
+    """The CPU, whether it has AMX and AVX512_BF16, and the threads: every figure's context."""
+    caps = hardware_caps(torch.device("cpu"))
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    kind = (
+        "AMX" if caps.cpu_amx else ("AVX512_BF16, no AMX" if "avx512_bf16" in flags else "no bf16")
+    )
+    return (f"{cpu_name()} ({kind}), {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
+            f"threads, torch {torch.__version__}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--no-budgets", action="store_true", help="skip the short schedules")
     ap.add_argument("--baseline-epochs", type=int, default=14)
+    ap.add_argument(
+        "--amps",
+        nargs="*",
+        default=[],
+        choices=["off", "bf16"],
+        help="also train seed 0 with these --amp settings (auto's choice vs both)",
+    )
+    ap.add_argument("--epochs", type=int, help="override the recipe's epochs (a smoke run)")
     ap.add_argument("--out", default="benchmarks/results/fashion_mnist_cpu.json")
     args = ap.parse_args()
 
     report = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
-        f"threads, torch {torch.__version__}",
+        "machine": machine(),
         "convlens": [],
+        "amps": [],
         "budgets": [],
         "baseline": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
+        short = {"epochs": args.epochs} if args.epochs else {}
         for seed in args.seeds:
-            report["convlens"].append(convlens_run(seed, Path(tmp)))
+            report["convlens"].append(convlens_run(seed, Path(tmp), **short))
         for name, changes in {} if args.no_budgets else BUDGETS.items():
             report["budgets"].append(convlens_run(0, Path(tmp), name, **changes))
+        for amp in args.amps:
+            report["amps"].append(convlens_run(0, Path(tmp), f"--amp {amp}", amp=amp, **short))
     if args.baseline_epochs:
         report["baseline"] = baseline(args.baseline_epochs)
 
-    print("\nconvlens default recipe (per seed): test accuracy, training seconds")
+    epoch = report["baseline"][0]["seconds"] if report["baseline"] else None
+
+    def line(r: dict) -> str:  # accuracy, training and wall seconds, baseline epochs
+        unit = f", {r['seconds'] / epoch:.2f} baseline epochs" if epoch else ""
+        return (
+            f"{100 * r['test_acc']:.2f}%  {r['seconds']:.1f} s training{unit}, wall "
+            f"{r['wall']:.1f} s ({r['wall_over_training']:.3f}x training; {r['precision']})"
+        )
+
+    print(f"\n{report['machine']}; baseline epoch: {epoch and round(epoch, 1)} s")
+    print("convlens default recipe (per seed): test accuracy, training seconds")
     for r in report["convlens"]:
-        print(f"  seed {r['seed']}: {100 * r['test_acc']:.2f}%  {r['seconds']:.1f} s")
+        print(f"  seed {r['seed']}: {line(r)}")
     if report["convlens"]:
         acc = statistics.median(r["test_acc"] for r in report["convlens"])
         sec = statistics.median(r["seconds"] for r in report["convlens"])
         print(f"  median: {100 * acc:.2f}% in {sec:.1f} s")
-    for r in report["budgets"]:
-        print(f"  budget {r['name']}: {100 * r['test_acc']:.2f}%  {r['seconds']:.1f} s")
+    for r in report["budgets"] + report["amps"]:
+        print(f"  {r['name']}: {line(r)}")
     ours = [r["seconds"] for r in report["budgets"] + report["convlens"] if r["test_acc"] >= TARGET]
     theirs = [r["seconds"] for r in report["baseline"] if r["test_acc"] >= TARGET]
     report["time_to_92"] = {
