@@ -174,10 +174,14 @@ def load_photo_folder(
 def centre_cropped(
     items: list[Item], prep: Preprocess, root: Path, *, workers: int = 0, strict: bool = False
 ) -> tuple[Split, list[tuple[str, str]]]:
-    """A split decoded to `prep`'s centre crop in memory, and its unreadable files."""
+    """A split decoded to `prep`'s centre crop in memory, and its unreadable files.
+
+    PIL decodes it, as predict and serve do: evaluation sees their pixels bit for bit (the
+    training split's faster JPEG decoder is within a grey level of them, data/jpeg.py).
+    """
     c, (h, w) = prep.channels, prep.size
     images = torch.zeros(len(items), c, h, w, dtype=torch.uint8)  # (N, C, H, W)
-    rows, bad = decode_all(items, prep, workers, strict, images.__setitem__)
+    rows, bad = decode_all(items, prep, workers, strict, images.__setitem__, decoder="pil")
     check_bad(root, bad, len(items))
     labels = torch.tensor([label for _, label in items], dtype=torch.int64)
     if bad:
