@@ -15,7 +15,9 @@ Both get the same training-time budget (`--budget` seconds, evaluation excluded)
 probe run measures each row's seconds per epoch (from results.csv), then the row trains for as
 many whole epochs as fit the budget (at least one), its one-cycle schedule spanning them all.
 Each line gives the epochs, the training seconds it took and the test accuracy (metrics.json).
-Issue 15's target: the photo row at least 10 points above today's on this CPU.
+Issue 15's target: the photo row at least 10 points above today's on this CPU. Both rows train
+under `--amp` (default auto: device.choose_amp's choice, float32 on a CPU without AMX, where
+bf16 ran slower); each line says the precision its run chose.
 
 `--shards` adds a row: the photo recipe for the photo row's epochs again, from WebDataset shards
 of the same tree (`convlens shards`), under torchrun with two gloo processes; its notes say how
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -72,11 +75,14 @@ def train(data: str, run: Path, epochs: int, extra: list[str], launch: list | No
         rows = list(csv.DictReader(f))
     metrics = json.loads((run / "metrics.json").read_text())
     notes = [line for line in done.stdout.splitlines() if line.startswith("note:")]
+    # the start line's "...classes; cpu, float32: <why>; run ...": the precision choose_amp took
+    precision = re.search(r"classes; (.+?); run ", done.stdout)
     return {
         "epochs": len(rows),
         "train_seconds": round(float(rows[-1]["seconds"]), 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "test_accuracy": round(metrics["accuracy"], 4),
+        "precision": precision[1] if precision else None,
         "notes": notes,
     }
 
@@ -91,10 +97,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="photo row's loader processes")
     p.add_argument("--probe-epochs", type=int, default=1, help="epochs timed per row first")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", default="auto", help="both rows' --amp (auto: device.choose_amp)")
     p.add_argument("--shards", action="store_true", help="add the 2-process shards row")
     args = p.parse_args()
 
-    common = ["--model", args.model, "--seed", str(args.seed)]
+    common = ["--model", args.model, "--seed", str(args.seed), "--amp", args.amp]
     with tempfile.TemporaryDirectory(prefix="scenes-recipe-") as tmp:
         tmp = Path(tmp)
         npz, squash = legacy_npz(args.data, args.data_dir, tmp / "today.npz")
