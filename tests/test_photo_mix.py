@@ -89,3 +89,19 @@ def test_mix_is_refused_in_one_line_where_it_cannot_apply(tmp_path):
     r = cli("train", "--data", small, "--mix", "cutmix", "--epochs", 1)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "mix photo batches" in r.stderr
+
+
+def test_shard_batches_are_mixed_too(photos, tmp_path):
+    from convlens.data.shards import write_shards
+
+    write_shards(photos, tmp_path / "shards", maxcount=8)
+    cfg = make_config(overrides={"data": str(tmp_path / "shards"), "image_size": 48,
+                                 "batch_size": 8, "mix": "mixup"})  # fmt: skip
+    ds, _, _, hflip = load_data(cfg, Progress(enabled=False))
+    batches = TrainBatches(cfg, ds, hflip, True)
+    epochs = [list(batches(e)) for e in (0, 0)]
+    x, y = epochs[0][0]
+    assert x.dtype == torch.uint8 and x.shape == (8, 3, 48, 48)
+    assert y.shape == (8, 3) and torch.allclose(y.sum(1), torch.ones(8))
+    assert ((y > 0).sum(1) == 2).any()  # mixed, not one-hot
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(*epochs, strict=True))  # seeded
