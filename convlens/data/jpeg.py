@@ -54,14 +54,11 @@ def _decoded(data: bytes, img: Image.Image, prep: Preprocess) -> torch.Tensor | 
     from torchvision.transforms.v2 import functional as F
 
     mode = ImageReadMode.GRAY if prep.channels == 1 else ImageReadMode.RGB
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _DEPRECATED)
-            x = decode_jpeg(
-                torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                mode=mode,
-                apply_exif_orientation=True,
-            )  # fmt: skip  (C, H, W) uint8
+            x = decode_jpeg(encoded, mode=mode, apply_exif_orientation=True)  # (C, H, W) uint8
     except RuntimeError:  # truncated or corrupt: PIL's path says which
         return None
     w, h = shown_size(img)

@@ -40,9 +40,7 @@ class PhotoOptions:
     workers: int = 0  # processes decoding (0: this one)
     preprocess: Preprocess | None = None  # a trained run's own: nothing is chosen
     source: str = "auto"  # where train is kept (stream.SOURCES); "decode": nothing decoded now
-    backbone: BackboneInput | None = (
-        None  # pretrained weights' own input, for photos (no --image-size)
-    )
+    backbone: BackboneInput | None = None  # pretrained weights' input (without --image-size)
 
 
 class CroppedImages:

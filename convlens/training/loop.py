@@ -84,9 +84,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16's underflow
     log = Progress(enabled=group.main)
     start = start_weights(cfg)  # --init's tensors and the preprocessing the weights expect
-    backbone = (
-        None if start is None else start.defaults
-    )  # photos: its input size, if no --image-size
+    backbone = start and start.defaults  # photos without --image-size: the weights' input
     with distributed.local_main_first(group):  # one process per machine builds a folder cache
         ds, mean, std, hflip = load_data(cfg, log, task, backbone)
     meta = weights_meta(cfg, ds, mean, std, hflip, task, start)
