@@ -25,6 +25,7 @@ many samples were read each epoch (every one once), its accuracy should match th
 within noise (issue 15's shard figure).
 
     .venv/bin/python benchmarks/scenes_recipe.py --budget 600          # the figures
+    .venv/bin/python benchmarks/scenes_recipe.py --budget 600 --photo-args '--mix cutmix'
     .venv/bin/python benchmarks/scenes_recipe.py --data fashion-scenes-mini --budget 20 \\
         --probe-epochs 1                                              # a smoke run, ~2 min
 """
@@ -35,6 +36,7 @@ import argparse
 import csv
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -98,6 +100,8 @@ def main() -> None:
     p.add_argument("--probe-epochs", type=int, default=1, help="epochs timed per row first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", default="auto", help="both rows' --amp (auto: device.choose_amp)")
+    p.add_argument("--photo-args", default="", help="more `convlens train` flags for the photo "
+                   "row, e.g. '--mix cutmix'")  # fmt: skip
     p.add_argument("--shards", action="store_true", help="add the 2-process shards row")
     args = p.parse_args()
 
@@ -110,7 +114,7 @@ def main() -> None:
             common += ["--data-dir", args.data_dir]
         rows = {
             "today": (str(npz), ["--augment", "light", "--hflip", "alternate"], squash),
-            "photo": (photo_data, ["--workers", str(args.workers)]
+            "photo": (photo_data, ["--workers", str(args.workers), *shlex.split(args.photo_args)]
                       + (["--image-size", str(args.image_size)] if args.image_size else []),
                       "shorter side resized, centre-cropped"),
         }  # fmt: skip
@@ -123,8 +127,8 @@ def main() -> None:
             fitted[name] = epochs
             print(json.dumps({
                 "pipeline": name, "data": args.data, "model": args.model, "input": input_note,
-                "budget_s": args.budget, "seconds_per_epoch": round(per_epoch, 2), **row,
-                "machine": cpu_name(),
+                "flags": extra, "budget_s": args.budget, "seconds_per_epoch": round(per_epoch, 2),
+                **row, "machine": cpu_name(),
             }), flush=True)  # fmt: skip
         if args.shards:
             shards = tmp / "shards"
