@@ -5,12 +5,13 @@ is missing) it measures, with the machine's CPU model and flags (AMX or not):
 
 1. `--sizes`: fastnet training images/s at each input side (synthetic batches, no data
    loading): what preprocess.CPU_SIDE is chosen from;
-2. decoders: ms per image to bring one JPEG to storage size: PIL (the default, exactly
-   torchvision's preset on a PIL image), torchvision.io.decode_jpeg + tensor resize, PIL draft;
+2. decoders: ms per image to bring one JPEG to storage size: PIL (exactly torchvision's
+   preset on a PIL image), torchvision.io.decode_jpeg + tensor resize, PIL draft, and
+   stream.load_stored's own choice (data/jpeg.py: "auto", the default);
 3. training images/s (fastnet, photo augmentation, `--workers` loader processes) fed by
-   photo_loader from (a) the JPEG files, decoded every epoch, (b) the .npy cache, the first
-   epoch building it, (c) the same images pre-decoded in RAM (build time excluded); each
-   epoch's rate and its ratio to (c) (issue 15's target: at least 0.9);
+   photo_loader from (a) the JPEG files, decoded every epoch (a row per `--decoders` entry),
+   (b) the .npy cache, the first epoch building it, (c) the same images pre-decoded in RAM
+   (build time excluded); each epoch's rate and its ratio to (c) (issue 15's target: at least 0.9);
 4. peak RSS of a child training one epoch from a folder whose decoded size is 4x
    `--budget-mb`, next to the model's own footprint (the same child on a tiny in-RAM split),
    with glibc's default malloc and with MALLOC_MMAP_THRESHOLD_ fixed at 1 MiB.
@@ -40,10 +41,12 @@ from PIL import Image
 
 from convlens.data.batches import normalize
 from convlens.data.images import decode_image
+from convlens.data.jpeg import DECODERS
 from convlens.data.loader import photo_loader
 from convlens.data.preprocess import Preprocess, storage_size
-from convlens.data.stream import RamImages, folder_items, open_split
+from convlens.data.stream import FileImages, RamImages, folder_items, load_stored, open_split
 from convlens.data.transforms import train_transform
+from convlens.device import choose_amp
 from convlens.models import create_model
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # fixed: statistics are not what is measured
@@ -61,11 +64,12 @@ def cpu_flags() -> str:
 
 
 def amp_on() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether `convlens train --amp auto` autocasts to bf16 here (device.choose_amp)."""
+    return choose_amp("auto", torch.device("cpu"))[0] is not None
 
 
 def model_and_step(side: int, classes: int):
-    """fastnet for side x side RGB and one SGD step on a uint8 batch (bf16 where native)."""
+    """fastnet for side x side RGB and one SGD step on a uint8 batch (bf16 where --amp auto)."""
     model = create_model("fastnet", in_channels=3, num_classes=classes, image_size=(side, side))
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
@@ -122,8 +126,14 @@ def decoder_times(paths: list[str], side: int) -> dict:
         img.draft(img.mode, (s, s))  # JPEG DCT scaling: decodes at 1/2, 1/4, 1/8 where it can
         return store.apply(img)
 
+    paths = {b: p for b, p in zip(blobs, paths, strict=True)}
+
+    def auto(b: bytes) -> torch.Tensor:  # the loader's own: the file read included
+        return load_stored(paths[b], store)
+
     out = {}
-    for name, fn in (("pil", pil), ("torchvision_decode_jpeg", tv), ("pil_draft", draft)):
+    fns = (("pil", pil), ("torchvision_decode_jpeg", tv), ("pil_draft", draft), ("auto", auto))
+    for name, fn in fns:
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
@@ -160,8 +170,11 @@ def pipeline(root: Path, side: int, args) -> dict:
     prep = Preprocess.photo(side, 3)
     out = {"images": len(items["train"]), "side": side, "storage": storage_size(side)}
     _, step = model_and_step(side, len(classes))
-    files = open_split(items["train"], prep, root=root, source="decode")
-    out["files"] = epoch_rate(files.dataset, side, len(classes), args, step)
+    files = open_split(items["train"], prep, root=root, source="decode").dataset
+    for decoder in args.decoders:  # "files" is the default decoder's row
+        key = "files" if decoder == "auto" else f"files_{decoder}"
+        dataset = FileImages(files.items, files.prep, decoder)
+        out[key] = epoch_rate(dataset, side, len(classes), args, step)
     t0 = time.perf_counter()  # the cache run's first epoch includes building the cache
     cache = open_split(items["train"], prep, root=root, source="cache", workers=args.workers)
     build_s = time.perf_counter() - t0
@@ -173,7 +186,7 @@ def pipeline(root: Path, side: int, args) -> dict:
     assert isinstance(ram.dataset, RamImages)
     out["ram"] = epoch_rate(ram.dataset, side, len(classes), args, step)
     best = max(out["ram"])
-    for key in ("files", "cache"):
+    for key in [k for k in out if k.startswith("files")] + ["cache"]:
         out[f"{key}_over_ram"] = [round(r / best, 3) for r in out[key]]
     print(out, flush=True)
     return out
@@ -184,6 +197,7 @@ import json, sys
 import torch
 import torchvision.transforms.v2
 from convlens.data.transforms import train_transform
+from convlens.device import choose_amp
 from convlens.data.loader import photo_loader
 from convlens.data.preprocess import Preprocess
 from convlens.data.stream import folder_items, open_split
@@ -281,6 +295,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--decoders", nargs="+", choices=DECODERS, default=["auto", "pil"],
+                    help="the files source's decoders to time (stream.load_stored's)")  # fmt: skip
     ap.add_argument("--budget-mb", type=int, default=64)
     ap.add_argument("--rss-images", type=int, default=0, help="0: 4x the budget")
     ap.add_argument("--out", default="benchmarks/results/photo_pipeline.json")

@@ -15,7 +15,9 @@ Both get the same training-time budget (`--budget` seconds, evaluation excluded)
 probe run measures each row's seconds per epoch (from results.csv), then the row trains for as
 many whole epochs as fit the budget (at least one), its one-cycle schedule spanning them all.
 Each line gives the epochs, the training seconds it took and the test accuracy (metrics.json).
-Issue 15's target: the photo row at least 10 points above today's on this CPU.
+Issue 15's target: the photo row at least 10 points above today's on this CPU. Both rows train
+under `--amp` (default auto: device.choose_amp's choice, float32 on a CPU without AMX, where
+bf16 ran slower); each line says the precision its run chose.
 
 `--shards` adds a row: the photo recipe for the photo row's epochs again, from WebDataset shards
 of the same tree (`convlens shards`), under torchrun with two gloo processes; its notes say how
@@ -23,6 +25,7 @@ many samples were read each epoch (every one once), its accuracy should match th
 within noise (issue 15's shard figure).
 
     .venv/bin/python benchmarks/scenes_recipe.py --budget 600          # the figures
+    .venv/bin/python benchmarks/scenes_recipe.py --budget 600 --photo-args '--mix cutmix'
     .venv/bin/python benchmarks/scenes_recipe.py --data fashion-scenes-mini --budget 20 \\
         --probe-epochs 1                                              # a smoke run, ~2 min
 """
@@ -32,6 +35,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -72,11 +77,14 @@ def train(data: str, run: Path, epochs: int, extra: list[str], launch: list | No
         rows = list(csv.DictReader(f))
     metrics = json.loads((run / "metrics.json").read_text())
     notes = [line for line in done.stdout.splitlines() if line.startswith("note:")]
+    # the start line's "...classes; cpu, float32: <why>; run ...": the precision choose_amp took
+    precision = re.search(r"classes; (.+?); run ", done.stdout)
     return {
         "epochs": len(rows),
         "train_seconds": round(float(rows[-1]["seconds"]), 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "test_accuracy": round(metrics["accuracy"], 4),
+        "precision": precision[1] if precision else None,
         "notes": notes,
     }
 
@@ -91,10 +99,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="photo row's loader processes")
     p.add_argument("--probe-epochs", type=int, default=1, help="epochs timed per row first")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", default="auto", help="both rows' --amp (auto: device.choose_amp)")
+    p.add_argument("--photo-args", default="", help="more `convlens train` flags for the photo "
+                   "row, e.g. '--mix cutmix'")  # fmt: skip
     p.add_argument("--shards", action="store_true", help="add the 2-process shards row")
     args = p.parse_args()
 
-    common = ["--model", args.model, "--seed", str(args.seed)]
+    common = ["--model", args.model, "--seed", str(args.seed), "--amp", args.amp]
     with tempfile.TemporaryDirectory(prefix="scenes-recipe-") as tmp:
         tmp = Path(tmp)
         npz, squash = legacy_npz(args.data, args.data_dir, tmp / "today.npz")
@@ -103,7 +114,7 @@ def main() -> None:
             common += ["--data-dir", args.data_dir]
         rows = {
             "today": (str(npz), ["--augment", "light", "--hflip", "alternate"], squash),
-            "photo": (photo_data, ["--workers", str(args.workers)]
+            "photo": (photo_data, ["--workers", str(args.workers), *shlex.split(args.photo_args)]
                       + (["--image-size", str(args.image_size)] if args.image_size else []),
                       "shorter side resized, centre-cropped"),
         }  # fmt: skip
@@ -116,8 +127,8 @@ def main() -> None:
             fitted[name] = epochs
             print(json.dumps({
                 "pipeline": name, "data": args.data, "model": args.model, "input": input_note,
-                "budget_s": args.budget, "seconds_per_epoch": round(per_epoch, 2), **row,
-                "machine": cpu_name(),
+                "flags": extra, "budget_s": args.budget, "seconds_per_epoch": round(per_epoch, 2),
+                **row, "machine": cpu_name(),
             }), flush=True)  # fmt: skip
         if args.shards:
             shards = tmp / "shards"

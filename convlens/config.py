@@ -76,6 +76,10 @@ class TrainConfig:
     # photos (issue 15): folders of images over 64 px, or an image_size above 64
     augment: str = "auto"  # auto (light for images <= 64 px, else photo) | light | photo | none
     cache_ram: str | None = None  # RAM for decoded training photos, e.g. 2G (default: half free)
+    # mixup / cutmix (issue 15): photo batches mixed (torchvision v2), soft targets in the loss
+    mix: str = "none"  # none | mixup | cutmix | both (one of the two, drawn per batch)
+    mixup_alpha: float = within(0.2, "(0, 100]")  # mixup: Beta(alpha, alpha) share of the partner
+    cutmix_alpha: float = within(1.0, "(0, 100]")  # cutmix: Beta(alpha, alpha) share of the box
     # task
     task: str = "classify"  # classify | multilabel | anomaly | embed (face identities)
     normal: str | None = None  # anomaly: normal class name(s), comma-separated (default: all)
@@ -275,6 +279,7 @@ def validate(cfg: TrainConfig) -> None:
             finite = "finite and " if isinstance(value, float) and not math.isfinite(value) else ""
             raise ConfigError(f"setting {name!r} must be {finite}{allowed}, got {value!r}")
     _validate_photos(cfg)
+    check_mix(cfg)
     check_workflow(cfg)
     check_reject(cfg)
     if cfg.model_args:  # imports torch: only when there is something to check
@@ -307,6 +312,28 @@ def cache_ram_bytes(cfg: TrainConfig) -> int | None:
         raise ConfigError(f"setting 'cache_ram' must be bytes with an optional K, M, G or T "
                           f"suffix (e.g. 2G), not {cfg.cache_ram!r}")  # fmt: skip
     return int(float(m[1]) * BYTE_UNITS[m[2].upper()])
+
+
+# mixup / cutmix (issue 15): which alphas each --mix takes, and who can learn soft targets
+MIXES = ("none", "mixup", "cutmix", "both")
+
+
+def check_mix(cfg: TrainConfig) -> None:
+    """--mix names a mix, for a task that trains on soft targets (the data is checked later)."""
+    if cfg.mix not in MIXES:
+        raise ConfigError(f"setting 'mix' must be one of {', '.join(MIXES)}, not {cfg.mix!r}")
+    if cfg.mix != "none" and not task_class(cfg.task).mixes:
+        raise ConfigError(f"setting 'mix' is for single-label classifiers: {cfg.task} runs do "
+                          "not train on mixed (soft) targets")  # fmt: skip
+    if cfg.mix != "none" and cfg.engine != "torch":
+        raise ConfigError("setting 'mix': the NumPy engine trains on one class per image")
+
+
+def mix_alphas(cfg: TrainConfig) -> tuple[float, float]:
+    """(mixup alpha, cutmix alpha) of --mix, 0 for the one it leaves out."""
+    mixup = cfg.mixup_alpha if cfg.mix in ("mixup", "both") else 0.0
+    cutmix = cfg.cutmix_alpha if cfg.mix in ("cutmix", "both") else 0.0
+    return mixup, cutmix
 
 
 # open-set rejection (issue 19): a classifier's score of how much an image looks like training

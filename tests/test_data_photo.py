@@ -278,7 +278,8 @@ def test_same_batches_from_ram_cache_and_files(tree):
     assert sorted(order) == list(range(24)) and order != list(range(24))
     first = next(iter(loader))
     assert first[1].tolist() == [items["train"][i][1] for i in order[:5]]
-    assert torch.equal(first[0][0], prep.apply(decode_image(items["train"][order[0]][0])))
+    predicted = prep.apply(decode_image(items["train"][order[0]][0]))  # PIL, as predict cuts
+    assert (first[0][0].float() - predicted.float()).abs().mean() < 1  # JPEG decoders' tolerance
     # the cache is reused, not rebuilt: the same file (inode) as before
     npy = stores["cache"].dataset.path
     inode = os.stat(npy).st_ino

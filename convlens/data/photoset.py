@@ -19,7 +19,7 @@ from convlens.data.batches import channel_stats, pixel_stats
 from convlens.data.dataset import Dataset, Split
 from convlens.data.images import is_colour, open_image, shown_size
 from convlens.data.loader import PhotoLoader, photo_loader
-from convlens.data.preprocess import Preprocess, choose_input_size
+from convlens.data.preprocess import BackboneInput, Preprocess, choose_input_size
 from convlens.data.stream import Item, Stored, check_bad, decode_all, folder_items, open_split
 from convlens.errors import DatasetFormatError
 
@@ -40,6 +40,7 @@ class PhotoOptions:
     workers: int = 0  # processes decoding (0: this one)
     preprocess: Preprocess | None = None  # a trained run's own: nothing is chosen
     source: str = "auto"  # where train is kept (stream.SOURCES); "decode": nothing decoded now
+    backbone: BackboneInput | None = None  # pretrained weights' input (without --image-size)
 
 
 class CroppedImages:
@@ -53,7 +54,7 @@ class CroppedImages:
         from convlens.data.transforms import eval_transform  # torchvision: photo runs only
 
         side = prep.size[0]
-        self.stored, self.crop = stored, eval_transform(side)
+        self.stored, self.crop = stored, eval_transform(side, prep.resize)
         self.shape = torch.Size((len(stored), prep.channels, side, side))
 
     def __len__(self) -> int:
@@ -89,7 +90,7 @@ class PhotoSplit(Split):
 
     def loader(self, transform: Callable, batch_size: int, **options: Any) -> Any:
         """Each epoch's batches (uint8 (B, C, H, W), labels): `set_epoch`, iterate, `.bad`;
-        options: workers, seed, drop_last, strict."""
+        options: workers, seed, drop_last, strict, mix (photo_loader's)."""
         raise NotImplementedError
 
 
@@ -102,11 +103,11 @@ class StreamedSplit(PhotoSplit):
 
     def loader(
         self, transform: Callable, batch_size: int, *, workers: int, seed: int, drop_last: bool,
-        strict: bool,
+        strict: bool, mix: tuple[float, float, int] | None = None,
     ) -> PhotoLoader:  # fmt: skip
         """photo_loader over the stored images (at storage size: random crops have room)."""
         return photo_loader(self.stored.dataset, transform, batch_size, workers, seed, 0,
-                            drop_last, strict=strict)  # fmt: skip
+                            drop_last, strict=strict, mix=mix)  # fmt: skip
 
     def sample(self, n: int) -> Iterator[torch.Tensor]:
         """A seeded n of its centre crops (C, H, W), bad files left out."""
@@ -144,7 +145,8 @@ def load_photo_folder(
             return None  # nothing readable: load_folder says so, naming the files
         shapes = [(h, w) for h, w, _ in heads]
         choice = choose_input_size(shapes, image_size=image_size, device=options.device,
-                                   pretrained=options.pretrained)  # fmt: skip
+                                   pretrained=options.pretrained,
+                                   backbone=options.backbone)  # fmt: skip
         if not choice.photo:
             return None
         prep = choice.preprocess(3 if any(colour for _, _, colour in heads) else 1)
@@ -174,10 +176,14 @@ def load_photo_folder(
 def centre_cropped(
     items: list[Item], prep: Preprocess, root: Path, *, workers: int = 0, strict: bool = False
 ) -> tuple[Split, list[tuple[str, str]]]:
-    """A split decoded to `prep`'s centre crop in memory, and its unreadable files."""
+    """A split decoded to `prep`'s centre crop in memory, and its unreadable files.
+
+    PIL decodes it, as predict and serve do: evaluation sees their pixels bit for bit (the
+    training split's faster JPEG decoder is within a grey level of them, data/jpeg.py).
+    """
     c, (h, w) = prep.channels, prep.size
     images = torch.zeros(len(items), c, h, w, dtype=torch.uint8)  # (N, C, H, W)
-    rows, bad = decode_all(items, prep, workers, strict, images.__setitem__)
+    rows, bad = decode_all(items, prep, workers, strict, images.__setitem__, decoder="pil")
     check_bad(root, bad, len(items))
     labels = torch.tensor([label for _, label in items], dtype=torch.int64)
     if bad:

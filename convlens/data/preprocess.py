@@ -111,18 +111,32 @@ def check_photo(width: int, height: int, name: str) -> None:
         )
 
 
+class BackboneInput(NamedTuple):
+    """The input a pretrained backbone's weights were trained on (models/pretrained.py's
+    BackboneDefaults): a photo run without --image-size takes it."""
+
+    side: int  # the square centre crop, px
+    resize: int | None  # the shorter side before the crop (None: storage_size(side))
+    interpolation: str  # torchvision InterpolationMode name
+    source: str  # whose weights, for the log: "torchvision ResNet18_Weights.IMAGENET1K_V1"
+
+
 class InputSize(NamedTuple):
     """The model input chosen for a set of images, and why (one line to print)."""
 
     size: tuple[int, int]  # (H, W)
     photo: bool  # aspect-true resize and crop (Preprocess.photo); False: the small-image path
     reason: str
+    resize: int | None = None  # photo: the shorter side before the crop (None: storage_size)
+    interpolation: str = "bilinear"  # photo: torchvision InterpolationMode name
 
     def preprocess(self, channels: int) -> Preprocess:
         """The Preprocess this choice means for images of `channels`."""
-        if self.photo:
-            return Preprocess.photo(self.size[0], channels)
-        return Preprocess(self.size, channels)
+        if not self.photo:
+            return Preprocess(self.size, channels)
+        if self.resize is None:
+            return Preprocess.photo(self.size[0], channels, interpolation=self.interpolation)
+        return Preprocess(self.size, channels, self.resize, self.interpolation)
 
 
 def choose_input_size(
@@ -131,6 +145,7 @@ def choose_input_size(
     image_size: int | None = None,
     device: str = "cpu",
     pretrained: bool = False,
+    backbone: BackboneInput | None = None,
 ) -> InputSize:
     """The input size for images of `shapes` (H, W): small ones kept, photos by device and model.
 
@@ -140,6 +155,8 @@ def choose_input_size(
     their median shorter side (rounded down to 8 px) unless the weights are pretrained.
     `image_size` (--image-size) wins; the images decide small path or photo path, but an
     `image_size` above SMALL_SIDE always takes the photo path (the user asked for a big input).
+    Photos without `image_size` for a pretrained `backbone` take its crop, resize and
+    interpolation (torchvision's or timm's preset for those weights).
     """
     if not shapes:
         raise ConvlensError("no readable images to choose an input size from")
@@ -161,6 +178,15 @@ def choose_input_size(
     if small:
         reason = f"{seen}: kept at {h}x{w} (small images, squashed as before)"
         return InputSize((h, w), False, reason)
+    if backbone is not None:
+        resize = backbone.resize or storage_size(backbone.side)
+        reason = (
+            f"{seen}: {backbone.side}x{backbone.side} as {backbone.source} expects, shorter side "
+            f"resized to {resize} ({backbone.interpolation}) and centre-cropped "
+            "(--image-size chooses)"
+        )
+        side = (backbone.side, backbone.side)
+        return InputSize(side, True, reason, resize, backbone.interpolation)
     short = int(np.median([min(s) for s in shapes]))
     gpu = not str(device).startswith("cpu")
     if pretrained:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
+from convlens.data.augment import seeded
 from convlens.data.dataset import Dataset, Split
 from convlens.data.photoset import PhotoOptions, PhotoSplit
 from convlens.data.preprocess import Preprocess, check_photo, choose_input_size
@@ -56,16 +57,22 @@ class ShardSplit(PhotoSplit):
 
     def loader(
         self, transform: Callable, batch_size: int, *, workers: int, seed: int, drop_last: bool,
-        strict: bool,
+        strict: bool, mix: tuple[float, float, int] | None = None,
     ) -> ShardLoader:  # fmt: skip
-        """This rank's batches of batch_size: its own shards, read by its own workers."""
+        """This rank's batches of batch_size: its own shards, read by its own workers; `mix`:
+        photo_loader's (mixed in this process)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's, as split_by_node reads it
         if world > len(self.shards.shards["train"]):
             raise ConfigError(f"{self.shards.source}: {len(self.shards.shards['train'])} train "
                               f"shard(s) for {world} processes; each process reads whole shards: "
                               "write smaller ones (convlens shards --maxcount)")  # fmt: skip
         data = self.samples(transform, seed=seed, strict=strict)
-        return ShardLoader(data, batch_size, workers, seed, drop_last)
+        mixer = None
+        if mix:
+            from convlens.data.transforms import mix_collate  # torchvision v2's MixUp, CutMix
+
+            mixer = mix_collate(*mix)
+        return ShardLoader(data, batch_size, workers, seed, drop_last, mixer)
 
     def samples(self, transform: Callable, **options: Any) -> ShardSamples:
         """This rank's and worker's share of each epoch (ShardSamples' options)."""
@@ -81,9 +88,9 @@ class ShardLoader:
     """A DataLoader over ShardSamples made each epoch (its workers read that epoch's shards)."""
 
     def __init__(self, data: ShardSamples, batch_size: int, workers: int, seed: int,
-                 drop_last: bool) -> None:  # fmt: skip
+                 drop_last: bool, mix: Callable | None = None) -> None:  # fmt: skip
         self.data, self.batch_size, self.workers = data, batch_size, workers
-        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.seed, self.drop_last, self.epoch, self.mix = seed, drop_last, 0, mix
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -95,8 +102,18 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # workers' seeds
-        return iter(DataLoader(self.data, batch_size=self.batch_size, num_workers=self.workers,
-                               drop_last=self.drop_last, generator=g))  # fmt: skip
+        batches = DataLoader(self.data, batch_size=self.batch_size, num_workers=self.workers,
+                             drop_last=self.drop_last, generator=g)  # fmt: skip
+        if self.mix is None:
+            return iter(batches)
+        return self._mixed(batches)
+
+    def _mixed(self, batches: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch mixed under its own seed: (epoch, rank, batch), as photo_loader's are."""
+        rank = int(os.environ.get("RANK", "0"))
+        for i, (images, labels) in enumerate(batches):
+            with seeded(self.seed, self.epoch, rank << 32 | i, "batch"):
+                yield self.mix(images, labels)
 
 
 def load_shard_set(
@@ -111,8 +128,10 @@ def load_shard_set(
         if not shapes:
             raise DatasetFormatError(f"{spec}: no readable training sample in its first shards")
         choice = choose_input_size(shapes, image_size=image_size, device=options.device,
-                                   pretrained=options.pretrained)  # fmt: skip
-        prep = Preprocess.photo(choice.size[0], shards.channels)  # shards always stream
+                                   pretrained=options.pretrained,
+                                   backbone=options.backbone)  # fmt: skip
+        photo = choice._replace(photo=True)  # shards always stream: the photo path's cut
+        prep = photo.preprocess(shards.channels)
         notes = [f"input size: {choice.reason}"]
     else:
         notes = [f"input: the run's own {prep.size[0]}x{prep.size[1]} centre crop"]

@@ -34,6 +34,7 @@ from convlens.data.dataset import stratified_split
 from convlens.data.files import read_regular
 from convlens.data.folder import MAX_BAD_FRACTION, list_folder
 from convlens.data.images import decode_image
+from convlens.data.jpeg import DECODERS, fast_photo
 from convlens.data.preprocess import Preprocess, check_photo
 from convlens.errors import ConvlensError, DatasetFormatError
 from convlens.runs.atomic import atomic_write_bytes, temp_beside
@@ -44,7 +45,7 @@ RAM_SHARE = 0.5  # default --cache-ram: this share of the memory free now (model
 DISK_SHARE = 0.8  # a .npy cache may take this share of the free disk
 BUILD_BATCH_BYTES = 4 << 20  # images decoded per round trip while building: 16, or 4 MiB
 STREAM_DIR = "stream"  # under cache_dir(root): cache.py's own clean-up globs only its top level
-FORMAT = 1
+FORMAT = 2  # 2: JPEGs decoded by data/jpeg.py, not PIL (within a grey level of 1's pixels)
 
 
 class Stored(NamedTuple):
@@ -103,8 +104,8 @@ class NpyImages(TorchDataset):
 class FileImages(TorchDataset):
     """The image files, decoded on each access; a bad file raises DatasetFormatError."""
 
-    def __init__(self, items: list[Item], prep: Preprocess) -> None:
-        self.items, self.prep = items, prep
+    def __init__(self, items: list[Item], prep: Preprocess, decoder: str = "auto") -> None:
+        self.items, self.prep, self.decoder = items, prep, decoder
         self.labels = np.array([label for _, label in items], np.int64)
 
     def __len__(self) -> int:
@@ -112,12 +113,22 @@ class FileImages(TorchDataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[i]
-        return load_stored(path, self.prep), label
+        return load_stored(path, self.prep, self.decoder), label
 
 
-def load_stored(path: str, prep: Preprocess) -> torch.Tensor:
-    """uint8 (C, S, S) of one file at storage size, or DatasetFormatError naming it."""
-    img = decode_image(path)  # regular files only, capped, EXIF-rotated
+def load_stored(path: str, prep: Preprocess, decoder: str = "auto") -> torch.Tensor:
+    """uint8 (C, S, S) of one file at storage size, or DatasetFormatError naming it.
+
+    A photo JPEG is decoded by data/jpeg.py's fast_photo (`decoder`: jpeg.DECODERS); anything
+    it does not take is decoded by PIL, which names the reason a bad file is skipped.
+    """
+    if decoder not in DECODERS:
+        raise ConvlensError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    data = read_regular(path)
+    fast = fast_photo(data, path, prep, decoder)
+    if fast is not None:
+        return fast
+    img = decode_image(data, name=path)  # capped, EXIF-rotated
     if not prep.legacy:
         check_photo(img.width, img.height, path)
     try:
@@ -266,14 +277,19 @@ def _npy_cache(root, folder, items, store, split, workers, strict) -> tuple[NpyI
 
 
 def decode_all(
-    items: list[Item], store: Preprocess, workers: int, strict: bool, put: Any
+    items: list[Item],
+    store: Preprocess,
+    workers: int,
+    strict: bool,
+    put: Any,
+    decoder: str = "auto",
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode every item as `store` says, in order, calling put(i, uint8 (C, H, W)) (zeros for a
-    bad file); (rows of the good ones, (path, reason) of the bad)."""
+    bad file); (rows of the good ones, (path, reason) of the bad). `decoder`: load_stored's."""
     c, (h, w) = store.channels, store.size
     blank = torch.zeros(c, h, w, dtype=torch.uint8)
     loader = DataLoader(
-        SkipBad(FileImages(items, store)),
+        SkipBad(FileImages(items, store, decoder)),
         batch_size=max(1, min(16, BUILD_BATCH_BYTES // blank.numel())),
         num_workers=workers,
         collate_fn=list,

@@ -39,11 +39,13 @@ def train_transform(
     scale: tuple[float, float] | None = None,
     auto_augment: str = "trivial",
     erase: float = 0.0,
+    resize: int | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 (C, H, W) -> uint8 (C, size, size), drawing from torch's global RNG (see `seeded`).
 
     `grey` defaults to channels == 1 (a grey set stored as RGB may ask for it); `erase` is
-    RandomErasing's probability; 'light' here is the per-sample form of batches.py's shifts.
+    RandomErasing's probability; 'light' here is the per-sample form of batches.py's shifts;
+    `resize` is the run's shorter side before the crop (eval_transform's).
     """
     if policy not in POLICIES or policy == "auto":
         raise ConfigError(f"train_transform: policy must be light, photo or none, got {policy!r}")
@@ -52,9 +54,9 @@ def train_transform(
     grey = channels == 1 if grey is None else grey
     flip = [v2.RandomHorizontalFlip()] if hflip else []
     if policy == "none":
-        return eval_transform(size)
+        return eval_transform(size, resize)
     if policy == "light":  # the centre crop, then batches.translate_each's shifts per sample
-        return v2.Compose([eval_transform(size), v2.RandomCrop(size, padding=SHIFT), *flip])
+        return v2.Compose([eval_transform(size, resize), v2.RandomCrop(size, padding=SHIFT), *flip])
     if grey:
         steps = [
             v2.RandomResizedCrop(size, scale=scale or GREY_SCALE, antialias=True),
@@ -76,13 +78,15 @@ def train_transform(
     return v2.Compose(steps)
 
 
-def eval_transform(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 (C, H, W) -> (C, size, size): Preprocess.photo's resize and crop on a tensor.
+def eval_transform(size: int, resize: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (C, H, W) -> (C, size, size): a Preprocess's resize and crop on a tensor.
 
-    On an image at storage_size(size), the resize does nothing and the crop gives the same
-    pixels as Preprocess.photo(size, c).apply on the original (see preprocess.storage_size).
+    On an image stored at `resize` (default storage_size(size)), the resize does nothing and
+    the crop gives the same pixels as the Preprocess (Preprocess.photo(size, c) by default)
+    applied to the original (see preprocess.storage_size).
     """
-    return v2.Compose([v2.Resize(storage_size(size), antialias=True), v2.CenterCrop(size)])
+    side = storage_size(size) if resize is None else resize
+    return v2.Compose([v2.Resize(side, antialias=True), v2.CenterCrop(size)])
 
 
 class RandomGamma(v2.Transform):

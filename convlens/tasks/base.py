@@ -83,6 +83,7 @@ class Task:
     serves_onnx: ClassVar[bool] = False  # `serve --engine auto` predicts through an ONNX export
     recogniser: ClassVar[type | None] = None  # its runs load as this Recogniser subclass
     rejects_unknown: ClassVar[bool] = False  # open-set rejection: --reject answers "unknown"
+    mixes: ClassVar[bool] = False  # --mix: its loss takes mixup/cutmix's soft (B, K) targets
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

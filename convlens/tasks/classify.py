@@ -51,6 +51,7 @@ class ClassifyTask(Task):
     onnx_activation = "softmax"
     serves_onnx = True
     rejects_unknown = True  # open-set rejection (issue 19): --reject msp|energy|mahalanobis
+    mixes = True  # --mix mixup|cutmix|both: F.cross_entropy takes the soft targets as they are
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -66,7 +67,8 @@ class ClassifyTask(Task):
         return ds
 
     def loss(self, model: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the model's outputs `out` (B, K) on `target` (B,)."""
+        """Cross-entropy of the model's outputs `out` (B, K) on `target`: class indices (B,), or
+        float (B, K) class probabilities from --mix (soft-target cross-entropy)."""
         if self.class_weight is not None:  # moved once: a copy per step would wait for a GPU
             self.class_weight = self.class_weight.to(out.device)
         return F.cross_entropy(

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens.config import TrainConfig, cache_ram_bytes, make_config
+from convlens.config import TrainConfig, cache_ram_bytes, make_config, mix_alphas
 from convlens.data import Dataset, PhotoOptions, load_dataset
 from convlens.data.augment import AugmentPlan, resolve_augment
 from convlens.data.folds import fold_dataset
 from convlens.data.photoset import split_stats, streamed
-from convlens.data.preprocess import Preprocess
+from convlens.data.preprocess import BackboneInput, Preprocess
 from convlens.device import resolve_device
 from convlens.errors import ConfigError, ConvlensError
+from convlens.models.pretrained import BackboneDefaults
+from convlens.runs.checks import INTERPOLATIONS
 from convlens.runs.folder import Run
 from convlens.runs.meta import WeightsMeta
 from convlens.runs.weights import read_weights
@@ -21,9 +23,13 @@ from convlens.training.progress import Progress
 
 
 def load_data(
-    cfg: TrainConfig, log: Progress, hooks: TrainingHooks | None = None
+    cfg: TrainConfig,
+    log: Progress,
+    hooks: TrainingHooks | None = None,
+    backbone: BackboneDefaults | None = None,
 ) -> tuple[Dataset, list[float], list[float], str]:
-    """The task's dataset, its per-channel mean and std, and how training mirrors images."""
+    """The task's dataset, its per-channel mean and std, and how training mirrors images;
+    photos without --image-size take the `backbone` weights' input size and interpolation."""
     ds = load_dataset(
         cfg.data,
         data_dir=cfg.data_dir,
@@ -38,6 +44,7 @@ def load_data(
             cache_ram=cache_ram_bytes(cfg),
             workers=cfg.workers,
             preprocess=_resumed_preprocess(cfg),
+            backbone=backbone_input(backbone),
         ),
         group_by=cfg.group_by,
     )
@@ -56,6 +63,10 @@ def load_data(
     plan = augment_plan(cfg, ds)
     if streamed(ds.train) or not plan.in_batches:  # else: the shifts and flips of before
         log.note(plan.reason)
+    mix = batch_mix(cfg, ds, plan)  # refused here, before any epoch, where it cannot apply
+    if mix is not None:
+        log.note(f"--mix {cfg.mix}: each batch mixed (mixup alpha {mix[0]:g}, cutmix alpha "
+                 f"{mix[1]:g}; 0: not drawn), soft targets in the loss")  # fmt: skip
     mean, std = split_stats(ds.train)  # of a sample of a streamed split
     hflip = cfg.hflip
     if hflip == "auto":  # airbench: every image mirrored on every other epoch
@@ -63,6 +74,18 @@ def load_data(
     if plan.policy == "none":  # nor a mirrored view at test time (tta auto)
         hflip = "off"
     return ds, mean, std, hflip
+
+
+def backbone_input(defaults: BackboneDefaults | None) -> BackboneInput | None:
+    """The photo input of pretrained weights' defaults, or None where they give no square crop
+    of a resized photo (a small-image convlens run's; then the photo path's own choice stands:
+    224 for pretrained weights)."""
+    size, resize = (defaults.size, defaults.resize) if defaults else (None, None)
+    if size is None or resize is None or size[0] != size[1] or resize < size[0]:
+        return None
+    side = size[0]
+    how = defaults.interpolation if defaults.interpolation in INTERPOLATIONS else "bilinear"
+    return BackboneInput(side, resize, how, defaults.source)
 
 
 def _resumed_preprocess(cfg: TrainConfig) -> Preprocess | None:
@@ -78,6 +101,24 @@ def _resumed_preprocess(cfg: TrainConfig) -> Preprocess | None:
 def augment_plan(cfg: TrainConfig, ds: Dataset) -> AugmentPlan:
     """What --augment means for this dataset (auto: by its image size and channels)."""
     return resolve_augment(cfg.augment, ds.image_size, ds.channels, photos=streamed(ds.train))
+
+
+# mixup / cutmix (issue 15)
+def batch_mix(cfg: TrainConfig, ds: Dataset, plan: AugmentPlan) -> tuple[float, float, int] | None:
+    """photo_loader's `mix` (mixup alpha, cutmix alpha, classes) for --mix, or None (none).
+
+    Photo augmentation only: the small-image path's batches are cut in place (on the GPU where
+    there is one), and a multi-label image's targets are not one class to mix.
+    """
+    if cfg.mix == "none":
+        return None
+    if ds.multilabel:
+        raise ConfigError("setting 'mix': mixup and cutmix mix one class per image; this data is "
+                          "multi-label")  # fmt: skip
+    if plan.policy != "photo":
+        raise ConfigError(f"setting 'mix': mixup and cutmix mix photo batches (--augment photo); "
+                          f"this run augments with {plan.policy!r}")  # fmt: skip
+    return (*mix_alphas(cfg), ds.num_classes)
 
 
 def load_run_data(

@@ -27,7 +27,7 @@ from convlens.runs.folder import Run
 from convlens.runs.lock import claim_new_run_dir, claim_run_dir_to_resume
 from convlens.runs.weights import save_weights
 from convlens.training import distributed
-from convlens.training.data import augment_plan
+from convlens.training.data import augment_plan, batch_mix
 from convlens.training.ema import Lookahead
 from convlens.training.progress import Progress
 from convlens.training.resume import RunState, resumed_config
@@ -123,15 +123,18 @@ def _photo_loader(
                           "use light or none for multi-label data")  # fmt: skip
     from convlens.data.transforms import train_transform  # torchvision: photo runs only
 
-    transform = train_transform(plan.policy, ds.image_size[0], ds.channels, hflip, grey=plan.grey)
+    resize = ds.train.prep.resize if streamed(ds.train) else None  # a backbone's may differ
+    transform = train_transform(plan.policy, ds.image_size[0], ds.channels, hflip, grey=plan.grey,
+                                resize=resize)  # fmt: skip
+    mix = batch_mix(cfg, ds, plan)
     if streamed(ds.train):
         size = cfg.batch_size // world if ds.train.per_rank else cfg.batch_size
         return ds.train.loader(transform, size, workers=cfg.workers, seed=cfg.seed,
-                               drop_last=drop_last, strict=cfg.strict)  # fmt: skip
+                               drop_last=drop_last, strict=cfg.strict, mix=mix)  # fmt: skip
     n = len(ds.train)
     source = RamImages(ds.train.images.numpy(), ds.train.labels.numpy(), np.arange(n))
     return photo_loader(source, transform, cfg.batch_size, cfg.workers, cfg.seed, 0, drop_last,
-                        strict=cfg.strict)  # fmt: skip
+                        strict=cfg.strict, mix=mix)  # fmt: skip
 
 
 def note_bad_files(run_dir: Path, ds: Dataset, found: list[tuple[str, str]], log: Progress) -> None:

@@ -83,9 +83,10 @@ def _train(
     amp, precision = choose_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16's underflow
     log = Progress(enabled=group.main)
-    with distributed.local_main_first(group):  # one process per machine builds a folder cache
-        ds, mean, std, hflip = load_data(cfg, log, task)
     start = start_weights(cfg)  # --init's tensors and the preprocessing the weights expect
+    backbone = start and start.defaults  # photos without --image-size: the weights' input
+    with distributed.local_main_first(group):  # one process per machine builds a folder cache
+        ds, mean, std, hflip = load_data(cfg, log, task, backbone)
     meta = weights_meta(cfg, ds, mean, std, hflip, task, start)
     mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]  # the weights' own, if given
 

@@ -53,10 +53,11 @@ def start_weights(cfg: TrainConfig) -> StartWeights | None:
         if META_KEY in raw:  # a convlens weights file: its metadata is checked like any other
             meta = WeightsMeta.from_header(header_meta(raw, path, "", "its metadata"), path)
     if meta is not None:
-        norm = meta.normalize
+        norm, cut = meta.normalize, meta.preprocess  # cut: a photo run's resize and crop
         defaults = BackboneDefaults(
-            tuple(norm.mean), tuple(norm.std), f"the convlens run {path}", size=meta.input.size
-        )
+            tuple(norm.mean), tuple(norm.std), f"the convlens run {path}", size=meta.input.size,
+            resize=cut and cut.resize, interpolation=cut and cut.interpolation,
+        )  # fmt: skip
     else:  # a foreign state dict: what the architecture's published weights were trained with
         defaults = pretrained_defaults(cfg.model)
     return StartWeights(defaults, path, tensors, meta)
