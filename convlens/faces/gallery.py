@@ -6,7 +6,7 @@ hash: embeddings from another model live in another space, so such a gallery is 
 
 identify ranks people by their best image's cosine similarity to the probe: one torch matmul
 over the gallery, or, past FAISS_FROM images, an exact FAISS inner-product index (the faiss
-extra) asked for as many neighbours as it takes to meet top_k distinct people.
+extra); either is asked for as many nearest images as it takes to meet top_k distinct people.
 """
 
 from __future__ import annotations
@@ -152,22 +152,22 @@ def nearest_people(
     """The top_k people [(name, similarity)], best first, by their best image's cosine with
     the unit `probe` (D,) among the unit gallery embeddings `emb` (N, D) of `names` (N,)."""
     if use_faiss(check_search(search, "identify"), len(emb), FAISS_FROM):
-        sims, rows = _faiss_ranked(probe, emb, names, top_k)
+        index = flat_index(emb, "ip", "identify")  # inner product = cosine on unit vectors
+
+        def ranked(k: int) -> tuple[np.ndarray, np.ndarray]:
+            sims, rows = knn(index, probe[None], k)  # (1, k) each
+            return sims[0], rows[0]
     else:
         all_sims = torch.from_numpy(emb) @ torch.from_numpy(probe)  # (N,)
-        order = torch.argsort(all_sims, descending=True, stable=True)
-        sims, rows = all_sims[order].numpy(), order.numpy()
+
+        def ranked(k: int) -> tuple[np.ndarray, np.ndarray]:
+            sims, rows = torch.topk(all_sims, k)
+            return sims.numpy(), rows.numpy()
+
+    k = min(len(emb), FIRST_NEIGHBOURS)
+    sims, rows = ranked(k)  # the k nearest images, best first
+    while k < len(emb) and len(np.unique(names[rows])) < top_k:  # too few people among them
+        k = min(len(emb), 4 * k)
+        sims, rows = ranked(k)
     _, first = np.unique(names[rows], return_index=True)  # each person's best ranked image
     return [(str(names[rows[i]]), float(sims[i])) for i in np.sort(first)[:top_k]]
-
-
-def _faiss_ranked(probe, emb, names, top_k) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, rows) of the probe's nearest gallery images by FAISS, best first: enough
-    of them to hold top_k distinct people (or the whole gallery)."""
-    index = flat_index(emb, "ip", "identify")  # inner product = cosine on unit vectors
-    k = min(len(emb), FIRST_NEIGHBOURS)
-    while True:
-        sims, rows = knn(index, probe[None], k)  # (1, k) each
-        if k == len(emb) or len(np.unique(names[rows[0]])) >= top_k:
-            return sims[0], rows[0]
-        k = min(len(emb), 4 * k)
