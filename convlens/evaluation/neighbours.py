@@ -65,6 +65,7 @@ def knn(index, queries: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, 
     """(values, rows), each (m, k): the k best rows per query, best first (-1 past the end).
 
     values are squared distances for "l2", inner products for "ip"."""
+    require_faiss("search").omp_set_num_threads(torch.get_num_threads())  # --threads holds
     return index.search(as_float32(queries), k)
 
 
