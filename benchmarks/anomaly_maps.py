@@ -41,9 +41,9 @@ import torch
 
 import convlens
 from convlens.data import load_dataset
+from convlens.evaluation.neighbours import faiss_available
 from convlens.medical import defects, synthetic
 from convlens.medical.patchcore import (
-    faiss_available,
     faiss_search,
     greedy_coreset,
     nearest_chunked,

@@ -10,7 +10,9 @@ from safetensors import safe_open
 from sklearn.datasets import load_digits
 
 from convlens.errors import ConvlensError
+from convlens.faces import gallery
 from convlens.faces.detect import FaceConfirmer, iou
+from convlens.faces.recogniser import FaceRecogniser
 from tests.helpers import convlens
 from tests.test_faces_detect import ASTRONAUT_FACE, astronaut, two_faces
 from tests.test_faces_protocols import write_pairs
@@ -184,3 +186,16 @@ def test_an_embedding_run_exports_but_explain_refuses_it_by_name(world, tmp_path
     assert "embedding difference" in exported.stdout and (tmp_path / "faces.onnx").is_file()
     explained = convlens("explain", world["run"])
     assert explained.returncode != 0 and "explain is for classify runs" in explained.stderr
+
+
+def test_identify_answers_the_same_through_torch_and_faiss(world, tmp_path):
+    pytest.importorskip("faiss")
+    rec = FaceRecogniser(world["run"], detect=False)
+    made = gallery.enroll(rec, world["root"] / "gallery", tmp_path / "gallery.npz")
+    for probe in world["probes"].values():
+        ours, theirs = (gallery.identify(rec, made["gallery"], str(probe), 3, search)
+                        for search in ("torch", "faiss"))  # fmt: skip
+        assert theirs["identity"] == ours["identity"]
+        names = [[c["identity"] for c in answer["candidates"]] for answer in (ours, theirs)]
+        assert names[0] == names[1] and len(names[0]) == 3
+        assert theirs["similarity"] == pytest.approx(ours["similarity"], abs=1e-5)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,13 +14,13 @@ from safetensors.torch import load_file, save_file
 
 from convlens.data import mvtec
 from convlens.errors import ConvlensError, DatasetFormatError
-from convlens.medical import defects, masks, synthetic
+from convlens.medical import defects, masks, patchcore, synthetic
 from convlens.medical.anomaly_maps import Smooth, export_scorer
 from convlens.medical.padim import PaDiM
 from convlens.medical.patchcore import (
     PatchCore,
     covering_radius,
-    faiss_available,
+    faiss_search,
     greedy_coreset,
     nearest,
     nearest_chunked,
@@ -90,12 +92,59 @@ def test_nearest_bank_distance_is_brute_force_cdist():
         assert torch.equal(chunked[1], index)
 
 
-def test_faiss_search_without_faiss_is_one_line_naming_the_extra():
-    if faiss_available():
-        pytest.skip("faiss is installed here")
-    with pytest.raises(ConvlensError, match=r"faiss extra .*faiss-cpu") as err:
-        PatchCore(backbone(), input_shape=(1, SIZE, SIZE), search="faiss", **NORM)
-    assert "\n" not in str(err.value)
+def test_faiss_finds_the_distances_the_matmul_finds():
+    pytest.importorskip("faiss")
+    gen = torch.Generator().manual_seed(1)
+    bank = 1.5 * torch.randn(3000, 48, generator=gen)
+    queries = torch.cat([torch.randn(400, 48, generator=gen), bank[:50]])  # 50 exact hits
+    dist, _ = nearest(queries, bank, (bank * bank).sum(1))
+    found = faiss_search(queries, bank)
+    torch.testing.assert_close(found, dist)  # the same row or a tie, distance taken directly
+    assert (found[400:] == 0).all()
+    # float64 and strided inputs reach FAISS as contiguous float32
+    again = faiss_search(queries.double()[:, ::2], bank.double()[:, ::2])
+    oracle = torch.cdist(queries.double()[:, ::2], bank.double()[:, ::2]).min(1).values
+    torch.testing.assert_close(again, oracle, rtol=1e-5, atol=1e-4)
+
+
+def test_patchcore_with_faiss_gives_the_torch_maps_and_scores(brick, fitted, monkeypatch):
+    pytest.importorskip("faiss")
+    method, images = fitted["patchcore"], brick["test"].images
+    assert method.search == "auto" and not method.scoring_module().faiss  # a small bank: torch
+    forced = PatchCore.from_settings(backbone(), {**method.settings(), "search": "faiss"},
+                                     input_shape=(1, SIZE, SIZE), **NORM)  # fmt: skip
+    forced.load_state_dict(method.state_dict())
+    assert forced.scoring_module().faiss and forced.scorer.index is None
+    for theirs, ours in zip(forced.score(images), method.score(images), strict=True):
+        torch.testing.assert_close(theirs, ours)
+    assert forced.scorer.index.ntotal == len(method.scorer.bank)  # built once, kept
+    forced.load_state_dict(method.state_dict())
+    assert forced.scorer.index is None  # a new bank drops the old index
+    monkeypatch.setattr(patchcore, "FAISS_FROM", len(method.scorer.bank))
+    assert method.scoring_module().faiss  # auto: FAISS from FAISS_FROM bank patches
+
+
+def test_faiss_asked_for_without_faiss_is_one_line_naming_the_extra():
+    code = (
+        "import sys; sys.modules['faiss'] = None\n"  # `import faiss` raises ImportError
+        "from convlens.errors import ConvlensError\n"
+        "from convlens.evaluation.neighbours import faiss_available, use_faiss\n"
+        "from convlens.medical.patchcore import PatchCore\n"
+        "from convlens.models import create_model\n"
+        "model = create_model('textbook', in_channels=1, num_classes=10, image_size=32)\n"
+        "kw = dict(input_shape=(1, 32, 32), mean=[0.5], std=[0.2])\n"
+        "print(faiss_available(), use_faiss('auto', 10**9, 1), PatchCore(model, **kw).search)\n"
+        "try:\n"
+        "    PatchCore(model, search='faiss', **kw)\n"
+        "except ConvlensError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "False False auto"  # auto falls back to torch at any size
+    assert lines[1:] == ["PatchCore: search='faiss' needs the faiss extra (pip install "
+                         "'convlens[faiss]', which installs faiss-cpu)"]  # fmt: skip
 
 
 # --- patch features -------------------------------------------------------------------------------

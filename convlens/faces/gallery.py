@@ -3,6 +3,10 @@
 A gallery file is an .npz of plain arrays (never pickled): `embeddings` (N, D) float32 unit
 vectors, `names` (N,) and `files` (N,) strings, and `model`, the embedding run's name and weights
 hash: embeddings from another model live in another space, so such a gallery is refused.
+
+identify ranks people by their best image's cosine similarity to the probe: one torch matmul
+over the gallery, or, past FAISS_FROM images, an exact FAISS inner-product index (the faiss
+extra); either is asked for as many nearest images as it takes to meet top_k distinct people.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from convlens.data.folder import IMAGE_EXTENSIONS
 from convlens.data.names import class_name
 from convlens.data.npz import read_npz
 from convlens.errors import ConvlensError
-from convlens.faces.metrics import identity_scores
+from convlens.evaluation.neighbours import check_search, flat_index, knn, use_faiss
 from convlens.faces.recogniser import FaceRecogniser
 from convlens.runs.atomic import atomic_write_bytes
 from convlens.runs.checks import one_line
 
 UNKNOWN = "unknown"
 MAX_GALLERY_BYTES = 256 << 20  # unpacked arrays: half a million 128-d float32 embeddings
+# gallery images from which identify's search="auto" uses FAISS when installed: a placeholder
+# until benchmarks/faiss_crossover.py measures where FAISS overtakes the matmul (BENCHMARKS.md)
+FAISS_FROM = 100_000
+FIRST_NEIGHBOURS = 64  # neighbours FAISS is first asked for; 4x more while too few people
 
 
 def enroll(rec: FaceRecogniser, gallery_dir: str | Path, out: str | Path) -> dict:
@@ -114,22 +122,52 @@ def _short(text: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def identify(rec: FaceRecogniser, gallery: str | Path, image: str, top_k: int = 5) -> dict:
-    """The best-matching person, or "unknown" when even the best is under the threshold."""
+def identify(
+    rec: FaceRecogniser, gallery: str | Path, image: str, top_k: int = 5, search: str = "auto"
+) -> dict:
+    """The best-matching person, or "unknown" when even the best is under the threshold.
+
+    `search`: "torch" (a matmul), "faiss" (an exact index) or "auto" (FAISS from FAISS_FROM
+    gallery images, when installed); all three give the same people."""
+    check_search(search, "identify")
     emb, names = load_gallery(gallery, rec)
     x, face = rec.face(image)
-    probe = rec.embed(x[None])  # (1, D)
-    scores, people = identity_scores(probe @ emb.T, names)  # (1, I): best image per person
-    order = np.argsort(-scores[0])[:top_k]
-    best = float(scores[0, order[0]])
+    probe = rec.embed(x[None])[0]  # (D,)
+    candidates = nearest_people(probe, emb, names, top_k, search)
+    best = candidates[0][1]
     return {
         "image": image,
-        "identity": str(people[order[0]]) if best >= rec.threshold else UNKNOWN,
+        "identity": candidates[0][0] if best >= rec.threshold else UNKNOWN,
         "similarity": best,
         "threshold": rec.threshold,
-        "candidates": [
-            {"identity": str(people[i]), "similarity": float(scores[0, i])} for i in order
-        ],
+        "candidates": [{"identity": name, "similarity": sim} for name, sim in candidates],
         "face": face,
         "model": rec.model_id,
     }
+
+
+def nearest_people(
+    probe: np.ndarray, emb: np.ndarray, names: np.ndarray, top_k: int, search: str = "auto"
+) -> list[tuple[str, float]]:
+    """The top_k people [(name, similarity)], best first, by their best image's cosine with
+    the unit `probe` (D,) among the unit gallery embeddings `emb` (N, D) of `names` (N,)."""
+    if use_faiss(check_search(search, "identify"), len(emb), FAISS_FROM):
+        index = flat_index(emb, "ip", "identify")  # inner product = cosine on unit vectors
+
+        def ranked(k: int) -> tuple[np.ndarray, np.ndarray]:
+            sims, rows = knn(index, probe[None], k)  # (1, k) each
+            return sims[0], rows[0]
+    else:
+        all_sims = torch.from_numpy(emb) @ torch.from_numpy(probe)  # (N,)
+
+        def ranked(k: int) -> tuple[np.ndarray, np.ndarray]:
+            sims, rows = torch.topk(all_sims, k)
+            return sims.numpy(), rows.numpy()
+
+    k = min(len(emb), FIRST_NEIGHBOURS)
+    sims, rows = ranked(k)  # the k nearest images, best first
+    while k < len(emb) and len(np.unique(names[rows])) < top_k:  # too few people among them
+        k = min(len(emb), 4 * k)
+        sims, rows = ranked(k)
+    _, first = np.unique(names[rows], return_index=True)  # each person's best ranked image
+    return [(str(names[rows[i]]), float(sims[i])) for i in np.sort(first)[:top_k]]

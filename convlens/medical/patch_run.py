@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
+from convlens.evaluation.neighbours import SEARCHES
 from convlens.medical.anomaly_maps import PatchMethod, PatchScorer
 from convlens.medical.anomaly_score import AnomalyNet
 from convlens.medical.padim import DIM, PaDiM
-from convlens.medical.patchcore import SEARCHES, PatchCore
+from convlens.medical.patchcore import PatchCore
 from convlens.medical.patches import REDUCTIONS
 from convlens.runs.checks import Checker
 

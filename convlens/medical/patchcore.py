@@ -20,12 +20,15 @@ import math
 import torch
 
 from convlens.errors import ConvlensError
+from convlens.evaluation.neighbours import check_search, flat_index, knn, use_faiss
 from convlens.medical.anomaly_maps import PatchMethod, PatchScorer, check_finite
 from convlens.medical.patches import PatchFeatures
 
 PROJECTION_DIM = 128  # coreset selection runs on features projected to this many dimensions
-FAISS_FROM = 250_000  # bank patches from which search="auto" uses FAISS when installed
-SEARCHES = ("auto", "torch", "faiss")
+# bank patches from which search="auto" uses FAISS when installed: a placeholder until
+# benchmarks/faiss_crossover.py measures where FAISS overtakes the matmul (BENCHMARKS.md,
+# "PatchCore's search time against the bank size")
+FAISS_FROM = 250_000
 SCORE_ELEMENTS = 1 << 24  # patch-to-bank distances held at once while scoring (64 MB)
 QUERY_ROWS = 4096  # queries per block of the chunked search
 
@@ -113,34 +116,15 @@ def nearest_chunked(
     return distance_to(queries, bank, index), index
 
 
-def require_faiss():
-    """The faiss module, or a one-line error naming the extra that installs it."""
-    try:
-        import faiss
-    except ImportError:
-        raise ConvlensError(
-            "PatchCore: search='faiss' needs the faiss extra (pip install 'convlens[faiss]', "
-            "which installs faiss-cpu)"
-        ) from None
-    return faiss
+def faiss_search(queries: torch.Tensor, bank: torch.Tensor, index=None) -> torch.Tensor:
+    """Nearest-bank distances (m,) by an exact FAISS index of the bank (built if not given).
 
-
-def faiss_search(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Nearest-bank distances (m,) by an exact FAISS index (faiss-cpu, an optional extra)."""
-    faiss = require_faiss()
-    index = faiss.IndexFlatL2(bank.shape[1])
-    index.add(bank.float().cpu().contiguous().numpy())
-    _, found = index.search(queries.float().cpu().contiguous().numpy(), 1)  # (m, 1) rows
+    FAISS finds the nearest row; its distance is then taken directly, as `nearest` does, so
+    both searches give the same distances wherever they pick the same (or a tied) row.
+    """
+    index = flat_index(bank, "l2", "PatchCore") if index is None else index
+    _, found = knn(index, queries, 1)  # (m, 1) rows
     return distance_to(queries, bank, torch.from_numpy(found[:, 0]).to(bank.device))
-
-
-def faiss_available() -> bool:
-    """Whether the optional faiss package imports."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def exporting() -> bool:
@@ -164,6 +148,7 @@ class PatchCoreScorer(PatchScorer):
         self.register_buffer("centre", torch.zeros(features.dim))  # (D,) the patches' mean
         self.register_buffer("bank_sq", torch.zeros(0), persistent=False)  # (M,) squared norms
         self.faiss = False  # eager scoring searches with FAISS (never in an exported graph)
+        self.index = None  # the bank's FAISS index, built on the first FAISS search
 
     def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)  # (B, D, h, w)
@@ -172,7 +157,9 @@ class PatchCoreScorer(PatchScorer):
         if exporting():
             dist = nearest(q, self.bank, self.bank_sq)[0]  # one matmul + min in the graph
         elif self.faiss:
-            dist = faiss_search(q, self.bank).to(q.device)
+            if self.index is None:
+                self.index = flat_index(self.bank, "l2", "PatchCore")  # once per bank
+            dist = faiss_search(q, self.bank, self.index)
         else:
             dist = nearest_chunked(q, self.bank, self.bank_sq)[0]
         return dist.view(b, h, w)
@@ -193,6 +180,7 @@ class PatchCoreScorer(PatchScorer):
         self.bank = bank.float().to(self.bank.device)
         self.centre = centre.float().to(self.bank.device)
         self.bank_sq = (self.bank * self.bank).sum(1)
+        self.index = None  # the old bank's
 
 
 class PatchCore(PatchMethod):
@@ -206,11 +194,7 @@ class PatchCore(PatchMethod):
         super().__init__(model, reduce=reduce, **kw)
         if not 0 < coreset <= 1:
             raise ConvlensError(f"PatchCore: coreset={coreset} must be a fraction in (0, 1]")
-        if search not in SEARCHES:
-            raise ConvlensError(f"PatchCore: search={search!r}; choose {', '.join(SEARCHES)}")
-        if search == "faiss":
-            require_faiss()  # fail at set-up, not after the fit
-        self.coreset, self.search = coreset, search
+        self.coreset, self.search = coreset, check_search(search, "PatchCore")
         self.scorer = PatchCoreScorer(self.features)
 
     def fit(self, images: torch.Tensor) -> PatchCore:
@@ -227,8 +211,7 @@ class PatchCore(PatchMethod):
 
     def scoring_module(self) -> PatchScorer:
         scorer = super().scoring_module()
-        auto = self.search == "auto" and len(scorer.bank) >= FAISS_FROM and faiss_available()
-        scorer.faiss = self.search == "faiss" or auto
+        scorer.faiss = use_faiss(self.search, len(scorer.bank), FAISS_FROM)
         return scorer
 
     def settings(self) -> dict:
