@@ -66,7 +66,7 @@ def test_posed_faces_eyes_land_on_the_template():
             landed = transform(similarity(eyes.as_array(), TEMPLATE),
                                transform(pose, truth.as_array()))  # fmt: skip
             errors.append(np.abs(landed - TEMPLATE).max())  # px on the 112 px face
-    assert len(errors) >= 8, errors  # the rest: no face box, or no two eyes found
+    assert len(errors) >= 16, errors  # the rest: no two eyes found (20 of 24 here)
     assert np.median(errors) <= 2.5 and np.mean(np.array(errors) <= 3.0) >= 0.6, errors
 
 
