@@ -110,7 +110,7 @@ def _candidates(grey: np.ndarray, names: tuple[str, ...]) -> list[tuple[float, f
 
 
 def _best_pair(found: list[tuple[float, float, float]], side: int) -> tuple[float, tuple] | None:
-    """(tilt, (left, right)) of the most level plausible pair of eye boxes, or None."""
+    """(cost, (left, right)) of the most level plausible pair of eye boxes, or None."""
     best = None
     for a, b in combinations(found, 2):
         left, right = (a, b) if a[0] <= b[0] else (b, a)
@@ -125,9 +125,9 @@ def _best_pair(found: list[tuple[float, float, float]], side: int) -> tuple[floa
         )
         if plausible:
             # level, alike, and about as far apart as eyes are (0.4 of the searched face)
-            tilt = abs(dy) / dx + 0.1 * (ratio - 1) + abs(dx / side - EYE_GAP)
-            if best is None or tilt < best[0]:
-                best = (tilt, (left[:2], right[:2]))
+            cost = abs(dy) / dx + 0.1 * (ratio - 1) + abs(dx / side - EYE_GAP)
+            if best is None or cost < best[0]:
+                best = (cost, (left[:2], right[:2]))
     return best
 
 
@@ -135,13 +135,12 @@ def find_eyes(image: Image.Image, box: Box | None = None) -> Eyes | None:
     """The eyes of the face in `box` (default: the whole image is the face), or None."""
     import cv2
 
-    region = box or Box(0, 0, image.width, image.height)
-    face = crop_face(image, region, margin=SEARCH_MARGIN) if box else image
-    origin = np.array(
-        [max(0, region.x - round(SEARCH_MARGIN * region.w)),
-         max(0, region.y - round(SEARCH_MARGIN * region.h))] if box else [0, 0], dtype=float,
-    )  # fmt: skip
-    grey = np.asarray(face.convert("L").resize((EYE_SEARCH, EYE_SEARCH), Image.BICUBIC))
+    face, origin = image, np.zeros(2)
+    if box is not None:  # the box grown as crop_face grows it: where the crop starts
+        face = crop_face(image, box, margin=SEARCH_MARGIN)
+        dx, dy = round(SEARCH_MARGIN * box.w), round(SEARCH_MARGIN * box.h)
+        origin = np.array([max(0, box.x - dx), max(0, box.y - dy)], dtype=float)
+    grey = np.asarray(face.convert("L").resize((EYE_SEARCH, EYE_SEARCH), Image.Resampling.BICUBIC))
     grey = cv2.equalizeHist(grey)
     scale = np.array([face.width / EYE_SEARCH, face.height / EYE_SEARCH])
     centre = (EYE_SEARCH / 2, EYE_SEARCH / 2)
