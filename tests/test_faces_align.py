@@ -117,7 +117,8 @@ def test_without_two_eyes_the_face_is_left_unaligned_and_says_so():
     blank = Image.new("RGB", (120, 120), (128, 128, 128))
     face, info = align_face(blank)
     assert info == {"aligned": False, "align_note": NO_EYES}
-    assert face.size == (120, 120)
+    assert face.size == (SIZE, SIZE)  # framed like an aligned face
+    assert np.asarray(face).min() == np.asarray(face).max() == 128
     crops = torch.full((2, 1, 32, 32), 128, dtype=torch.uint8)
     out, aligned = align_images(crops, "eyes")
     assert aligned == 0 and torch.equal(out, crops)
