@@ -192,3 +192,23 @@ def test_an_unknown_align_is_refused_by_name(tmp_path):
     result = convlens("train", "--data", tmp_path, "--task", "embed", "--align", "landmarks")
     assert result.returncode != 0
     assert "setting 'align' must be one of none, eyes, not 'landmarks'" in result.stderr
+
+
+def test_weights_with_a_crafted_align_are_refused_and_old_ones_load_unaligned(
+    aligned_run, tmp_path
+):
+    from safetensors.torch import save_file
+
+    from convlens.errors import ModelError
+    from convlens.faces.recogniser import FaceRecogniser
+    from convlens.runs.weights import META_KEY, read_safetensors
+
+    tensors, raw = read_safetensors(aligned_run["run"] / "weights" / "best.safetensors")
+    header = json.loads(raw[META_KEY])
+    crafted, old = tmp_path / "crafted.safetensors", tmp_path / "old.safetensors"
+    save_file(tensors, crafted, metadata={META_KEY: json.dumps({**header, "align": "mouth"})})
+    with pytest.raises(ModelError, match="metadata field 'align' must be one of none, eyes"):
+        FaceRecogniser(crafted)
+    before = {k: v for k, v in header.items() if k != "align"}  # weights from before the field
+    save_file(tensors, old, metadata={META_KEY: json.dumps(before)})
+    assert FaceRecogniser(old).align == "none"
