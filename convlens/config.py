@@ -89,6 +89,8 @@ class TrainConfig:
     embed_loss: str = "arcface"  # embed: arcface (additive angular margin) | softmax
     margin: float = within(0.5, "[0, 1.5]")  # embed: ArcFace angular margin m (radians)
     scale: float = within(30.0, "(0, 1000]")  # embed: ArcFace logit scale s
+    # aligned faces (issue 19): eyes onto ArcFace's 112x112 template before embedding
+    align: str = "none"  # embed: eyes (two-point similarity, convlens.faces.align) | none
     # anomaly maps (issue 19): a patch-feature scorer fitted on the trained anomaly backbone
     method: str = "geom"  # anomaly: geom (GEOM's 72 views; see anomaly_method) | patchcore | padim
     coreset: float = within(0.1, "(0, 1]")  # patchcore: share of normal patches kept in its bank
@@ -263,6 +265,7 @@ _CHOICES = {
     "method": ("geom", "patchcore", "padim"),  # anomaly maps
     "embed_loss": ("arcface", "softmax"),
     "transfer": ("auto", "fine-tune", "full"),  # transfer learning (issue 16)
+    "align": ("none", "eyes"),  # aligned faces (issue 19): convlens.faces.align.ALIGNS
 }
 
 

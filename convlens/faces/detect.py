@@ -21,6 +21,10 @@ SCALE_FACTOR = 1.1  # image pyramid step: 10% per level
 MIN_NEIGHBORS = 5  # overlapping hits a window needs; higher = fewer false faces
 MIN_FACE = 0.04  # smallest face side searched for, as a share of the image's shorter side
 MARGIN = 0.2  # crop = box grown by 20% of its side on every edge (forehead, chin, ears)
+# the cascade finds faces tilted up to about 15 degrees: when the upright photo has none, it is
+# searched turned by these (degrees), each box mapped back by its centre (posed lfw-faces photos
+# tilted 15-25 degrees: 50 of 100 found upright, 99 with these; tests/test_faces_detect.py)
+TILTS = (-20.0, 20.0)
 
 
 @dataclass
@@ -57,17 +61,34 @@ def _cascade():
 
 
 def detect_faces(image: Image.Image) -> list[Box]:
-    """Face boxes in `image`, largest first (empty when there is none)."""
+    """Face boxes in `image`, largest first (empty when there is none, upright or tilted)."""
     import cv2
 
     grey = np.asarray(image.convert("L"), dtype=np.uint8)  # (H, W)
     grey = cv2.equalizeHist(grey)  # the cascade was trained on contrast-normalised windows
+    boxes = _search(grey)
+    h, w = grey.shape
+    for angle in TILTS if not boxes else ():
+        turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)  # (2, 3) turned <- photo
+        back = cv2.invertAffineTransform(turn)
+        view = cv2.warpAffine(grey, turn, (w, h), borderMode=cv2.BORDER_REPLICATE)
+        for b in _search(view):  # the same square about the face's centre in the photo
+            cx, cy = back @ np.array([b.x + b.w / 2, b.y + b.h / 2, 1.0])
+            x, y = int(round(cx - b.w / 2)), int(round(cy - b.h / 2))
+            if 0 <= cx < w and 0 <= cy < h:
+                boxes.append(Box(max(0, x), max(0, y), b.w, b.h))
+        if boxes:
+            break
+    return sorted(boxes, key=lambda b: -b.area)
+
+
+def _search(grey: np.ndarray) -> list[Box]:
+    """The cascade's boxes in an equalised grey image."""
     side = max(20, int(MIN_FACE * min(grey.shape)))
     found = _cascade().detectMultiScale(
         grey, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(side, side)
     )
-    boxes = [Box(*map(int, b)) for b in found]
-    return sorted(boxes, key=lambda b: -b.area)
+    return [Box(*map(int, b)) for b in found]
 
 
 def crop_face(image: Image.Image, box: Box, margin: float = MARGIN) -> Image.Image:

@@ -11,6 +11,7 @@ rank-1/5 against a five-image-per-identity gallery from train, a ROC figure and 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,9 @@ import torch
 from torch import nn
 
 from convlens.data import Dataset, Split
-from convlens.errors import TrainingError
+from convlens.data.photoset import streamed
+from convlens.errors import ConfigError, TrainingError
+from convlens.faces.align import ALIGNS, align_images
 from convlens.faces.head import EmbeddingNet, embed_images, embedding_loss
 from convlens.faces.metrics import (
     accuracy,
@@ -64,9 +67,24 @@ class EmbedTask(Task):
         return self.cfg.margin if self.cfg.embed_loss == "arcface" else 0.0
 
     def prepare(self, ds: Dataset) -> Dataset:
-        """One identity per image, and at least two of them."""
+        """One identity per image, and at least two of them; train and val aligned as set."""
         single_label(ds)
-        return ds
+        self.unaligned = ds  # evaluate aligns what it embeds, as the weights' `align` says
+        if self.cfg.align == "none":
+            return ds
+        if streamed(ds.train):
+            raise ConfigError("setting 'align': eyes needs the face crops in memory (a folder "
+                              "of images up to 64 px, or --image-size 64)")  # fmt: skip
+        train, n = align_images(ds.train.images, self.cfg.align)
+        val, m = align_images(ds.val.images, self.cfg.align)
+        note = (f"align {self.cfg.align}: {n} of {len(train)} train and {m} of {len(val)} val "
+                "faces aligned (the others' eyes were not found: left as they are)")  # fmt: skip
+        return replace(ds, train=replace(ds.train, images=train),
+                       val=replace(ds.val, images=val), notes=[*ds.notes, note])  # fmt: skip
+
+    def evaluation_data(self, ds: Dataset) -> Dataset:
+        """The dataset before alignment: evaluate aligns the images it embeds."""
+        return getattr(self, "unaligned", ds)
 
     def outputs(self, ds: Dataset) -> int:
         """The backbone's last layer gives the embedding."""
@@ -81,6 +99,7 @@ class EmbedTask(Task):
             "margin": self.margin,
             "scale": self.cfg.scale,
             "tta": "none",  # embeddings are compared as they are
+            "align": self.cfg.align,  # aligned faces (issue 19): every face tool applies it
         }
 
     @classmethod
@@ -130,6 +149,8 @@ class EmbedTask(Task):
             check.fail("outputs", f"is {meta.outputs}, but 'embedding_size' is {d}")
         check.number(extras.get("scale"), "scale", positive=True)
         check.number(meta.decisions.threshold, "threshold")
+        if extras.get("align", "none") not in ALIGNS:  # absent: weights from before alignment
+            check.fail("align", f"must be one of {', '.join(ALIGNS)}")
 
     @classmethod
     def evaluate(cls, run: LoadedRun, dataset: Dataset, split: str, write: bool) -> Evaluation:
@@ -137,7 +158,8 @@ class EmbedTask(Task):
         details: "scores" and "same" of the evaluated pairs, for the ROC figure."""
         meta, device, model = run.meta, run.device, run.net
         part = dataset.split(split)
-        emb = embed_images(model, part.images, **_norm(meta), device=device)
+        images, _ = align_images(part.images, meta.extras.get("align", "none"))
+        emb = embed_images(model, images, **_norm(meta), device=device)
         scores, same = pair_scores(emb, part.labels)
         threshold = float(meta.decisions.threshold)
         metrics = {"task": cls.name, "data": dataset.name, "split": split,
@@ -196,6 +218,7 @@ def _closed_set(model, meta, train: Split, emb, labels, device) -> dict:
     """rank-1/5 of `emb` against GALLERY_PER_IDENTITY train images of each identity."""
     y = train.labels.numpy()
     pick = per_identity(y, GALLERY_PER_IDENTITY, PAIR_SEED)
-    gallery = embed_images(model, train.images[pick], **_norm(meta), device=device)
+    images, _ = align_images(train.images[pick], meta.extras.get("align", "none"))
+    gallery = embed_images(model, images, **_norm(meta), device=device)
     sim = emb.numpy() @ gallery.numpy().T  # (P, G) cosines
     return rank_k(sim, labels.numpy(), y[pick])

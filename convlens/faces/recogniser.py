@@ -10,7 +10,8 @@ from PIL import Image
 
 from convlens.data.images import decode_image, to_tensor
 from convlens.errors import ConvlensError
-from convlens.faces.detect import FaceConfirmer, crop_face, detect_faces
+from convlens.faces.align import NO_EYES, align_face, align_images
+from convlens.faces.detect import Box, FaceConfirmer, crop_face, detect_faces
 from convlens.faces.head import embed_images
 from convlens.predict import Engine, ImageLike, Recogniser, TorchEngine
 
@@ -40,19 +41,49 @@ class FaceRecogniser(Recogniser):
         self.detect = detect
         self.confirmer = FaceConfirmer(confirm) if confirm else None
         self.threshold = float(self.meta.decisions.threshold)
+        self.align = self.meta.extras.get("align", "none")  # as the run's faces were trained
         digest = self.engine.run.digest  # of the bytes loaded: the file is read once
         self.model_id = f"{self.meta.model.name}@{digest}"  # names the exact weights
 
-    def face(self, source: ImageLike, name: str | None = None) -> tuple[torch.Tensor, dict]:
-        """(uint8 (C, H, W) model input, {"box", "faces_found", "note"?}) for one photo.
+    def face(
+        self, source: ImageLike, name: str | None = None, detect: bool | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """(uint8 (C, H, W) model input, {"box", "faces_found", "note"?, "aligned"?}) of a photo.
 
-        With detection on, the largest face is used (and `note` says so when there were more);
-        none raises NoFaceError naming the image.
+        With detection on (`detect`, default the recogniser's), the largest face is used (and
+        `note` says so when there were more); none raises NoFaceError naming the image. Off,
+        the image is the face. A run trained aligned aligns it too ("aligned" says whether
+        two eyes were found, "eyes" where).
         """
         name = name or str(source)
         img = source if isinstance(source, Image.Image) else decode_image(source, name=name)
-        if not self.detect:
-            return self.preprocess(img), {"box": None, "faces_found": None}
+        detect = self.detect if detect is None else detect
+        if not detect:  # the image is the face crop: as `predict` and training take it
+            x, aligned = self._input(img)
+            return x, {"box": None, "faces_found": None, **aligned}
+        box, info = self._largest_face(img, name)
+        if self.align == "none":
+            crop = crop_face(img, box)
+        else:
+            crop, aligned = align_face(img, box)
+            info.update(aligned)
+        return to_tensor(crop, channels=self.channels, size=self.size), info
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """uint8 (C, H, W) at the model's input, aligned at that size as training aligned its
+        face crops (a run trained with `align` eyes; eyes not found: as it is)."""
+        return self._input(image)[0]
+
+    def _input(self, image: ImageLike) -> tuple[torch.Tensor, dict]:
+        """(preprocess's tensor, {"aligned", "align_note"?} when the run aligns, else {})."""
+        x = super().preprocess(image)
+        if self.align == "none":
+            return x, {}
+        out, aligned = align_images(x[None], self.align)
+        return out[0], {"aligned": True} if aligned else {"aligned": False, "align_note": NO_EYES}
+
+    def _largest_face(self, img: Image.Image, name: str) -> tuple[Box, dict]:
+        """The largest (confirmed) face box and its info, or NoFaceError."""
         boxes = detect_faces(img)
         if self.confirmer is not None:
             boxes = self.confirmer.keep(img, boxes)
@@ -63,8 +94,7 @@ class FaceRecogniser(Recogniser):
         info = {"box": boxes[0].as_list(), "faces_found": len(boxes)}
         if len(boxes) > 1:
             info["note"] = f"{len(boxes)} faces found; the largest was used"
-        crop = crop_face(img, boxes[0])
-        return to_tensor(crop, channels=self.channels, size=self.size), info
+        return boxes[0], info
 
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """Unit embeddings (N, D) float32 of preprocessed uint8 images (N, C, H, W)."""

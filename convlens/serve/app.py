@@ -260,11 +260,9 @@ def _onnx_twin(run: str | Path, engine: str) -> Recogniser | None:
 
 
 def _face(rec, data: bytes, name: str, detect: bool) -> tuple[torch.Tensor, dict]:
-    """The face crop (C, H, W) uint8 of an uploaded photo and its box (detection as asked)."""
-    image = decode_image(data, name=name)
-    if not detect:
-        return rec.preprocess(image), {"box": None, "faces_found": None}
-    return rec.face(image, name=name)
+    """The face crop (C, H, W) uint8 of an uploaded photo and its box (detection as asked,
+    aligned as the run was trained)."""
+    return rec.face(decode_image(data, name=name), name=name, detect=detect)
 
 
 def _heatmap_png(rec: Recogniser, image: torch.Tensor) -> str | None:
