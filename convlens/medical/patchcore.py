@@ -9,8 +9,8 @@ the ONNX graph does it with the bank as a constant. The paper's reweighting of t
 by the neighbourhood of the nearest bank patch is left out (anomalib's default with one
 neighbour): the image score is the largest patch score.
 
-Past FAISS_FROM bank patches, search="auto" hands the search to FAISS when the optional
-faiss-cpu package is installed; otherwise torch's chunked matmul serves every size.
+search="faiss" hands the search to the optional faiss-cpu package's exact index; "auto" keeps
+torch's chunked matmul, which was faster at every bank size measured (FAISS_FROM).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from convlens.medical.anomaly_maps import PatchMethod, PatchScorer, check_finite
 from convlens.medical.patches import PatchFeatures
 
 PROJECTION_DIM = 128  # coreset selection runs on features projected to this many dimensions
-# bank patches from which search="auto" uses FAISS when installed: a placeholder until
-# benchmarks/faiss_crossover.py measures where FAISS overtakes the matmul (BENCHMARKS.md,
-# "PatchCore's search time against the bank size")
-FAISS_FROM = 250_000
+# bank patches from which search="auto" uses FAISS when installed: never, in effect. FAISS's
+# exact flat index was slower than torch's matmul at every bank size measured, 1e3 to 1e6
+# patches of 192 dimensions, 64 to 6,272 queries (BENCHMARKS.md, "FAISS against the matmul");
+# search="faiss" still forces it
+FAISS_FROM = 2**62
 SCORE_ELEMENTS = 1 << 24  # patch-to-bank distances held at once while scoring (64 MB)
 QUERY_ROWS = 4096  # queries per block of the chunked search
 
