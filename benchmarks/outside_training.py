@@ -54,7 +54,8 @@ def profile(tree: Path, epochs: int, work: Path, data: str = "fashion-mnist") ->
            "--data", data, "--epochs", str(epochs), "--run", str(run)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    # cwd outside any tree: python -m puts the cwd first on sys.path, ahead of PYTHONPATH
+    subprocess.run(cmd, env=env, cwd=work, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     with (run / "results.csv").open() as f:
         training = float(list(csv.DictReader(f))[-1]["seconds"])
