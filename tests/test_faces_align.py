@@ -130,7 +130,7 @@ PEOPLE = 6  # lfw-faces' first six faces as people, each in posed copies
 
 @pytest.fixture(scope="module")
 def aligned_run(tmp_path_factory):
-    """A 2-epoch embed run trained with --align eyes on posed crops, and two posed photos."""
+    """A 1-epoch embed run trained with --align eyes on posed crops, and two posed photos."""
     root = tmp_path_factory.mktemp("align")
     photos = poses.posed_set(poses.lfw_faces()[:PEOPLE], 11, seed=0)
     for k, copies in enumerate(photos):
@@ -146,7 +146,7 @@ def aligned_run(tmp_path_factory):
     poses.posed(poses.lfw_faces()[0], turned(-20)).save(test / "b.png")
     run = root / "run"
     result = convlens("train", "--data", root / "train", "--task", "embed", "--align", "eyes",
-                      "--embedding-size", 16, "--epochs", 2, "--val-fraction", 0.3,
+                      "--embedding-size", 16, "--epochs", 1, "--val-fraction", 0.3,
                       "--batch-size", 16, "--lr", 0.02, "--threads", 1, "--amp", "off",
                       "--run", run)  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from PIL import Image
 
 from convlens.data.images import to_tensor
 from convlens.errors import ConvlensError
-from convlens.faces.detect import MARGIN, Box, crop_face
+from convlens.faces.detect import MARGIN, Box, crop_face, load_cascade
 
 ALIGNS = ("none", "eyes")  # the `align` setting's values
 SIZE = 112  # ArcFace's aligned face: 112 x 112 pixels
@@ -61,22 +60,6 @@ class Eyes:
         return np.array([self.left, self.right], dtype=np.float64)  # (2, 2) x, y
 
 
-_CASCADES: dict[str, object] = {}
-
-
-def _cascade(name: str):
-    """An OpenCV eye cascade, loaded once per process."""
-    import cv2
-
-    if name not in _CASCADES:
-        path = Path(cv2.data.haarcascades) / name
-        cascade = cv2.CascadeClassifier(str(path))
-        if cascade.empty():
-            raise AlignError(f"{path}: OpenCV cannot load its eye cascade")
-        _CASCADES[name] = cascade
-    return _CASCADES[name]
-
-
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 2x3 similarity matrix taking the two points `src` (2, 2) onto `dst` (2, 2).
 
@@ -102,7 +85,7 @@ def _candidates(grey: np.ndarray, names: tuple[str, ...]) -> list[tuple[float, f
     small, large = round(EYE_SIDE[0] * side), round(EYE_SIDE[1] * side)
     found = []
     for name in names:
-        for x, y, w, h in _cascade(name).detectMultiScale(
+        for x, y, w, h in load_cascade(name).detectMultiScale(
             grey,
             scaleFactor=1.1,
             minNeighbors=MIN_EYE_NEIGHBORS,

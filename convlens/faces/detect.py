@@ -49,15 +49,20 @@ _CASCADES: dict[str, object] = {}
 
 def _cascade():
     """The loaded frontal-face cascade (once per process)."""
+    return load_cascade(CASCADE)
+
+
+def load_cascade(name: str):
+    """One of OpenCV's shipped Haar cascades (cv2.data.haarcascades), loaded once per process."""
     import cv2
 
-    if CASCADE not in _CASCADES:
-        path = Path(cv2.data.haarcascades) / CASCADE
+    if name not in _CASCADES:
+        path = Path(cv2.data.haarcascades) / name
         cascade = cv2.CascadeClassifier(str(path))
         if cascade.empty():
             raise ConvlensError(f"{path}: OpenCV cannot load its Haar cascade (opencv >= 5?)")
-        _CASCADES[CASCADE] = cascade
-    return _CASCADES[CASCADE]
+        _CASCADES[name] = cascade
+    return _CASCADES[name]
 
 
 def detect_faces(image: Image.Image) -> list[Box]:
