@@ -127,3 +127,11 @@ def seven_png(path):
     idx = int(np.flatnonzero(d.target == 7)[-1])
     Image.fromarray((d.images[idx] * 255 / 16).astype(np.uint8)).save(path)
     return path
+
+
+def without_faiss(code: str) -> list[str]:
+    """The lines `code` prints in a child interpreter where `import faiss` fails (ImportError)."""
+    child = "import sys; sys.modules['faiss'] = None\n" + code
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()

@@ -1,9 +1,6 @@
 """identify's search over a large gallery: torch's matmul and FAISS's exact index name the same
 people as the per-person oracle (faces.metrics.identity_scores); without faiss, one clear line."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -11,6 +8,7 @@ from convlens.errors import ConvlensError
 from convlens.evaluation.neighbours import faiss_available, use_faiss
 from convlens.faces import gallery
 from convlens.faces.metrics import identity_scores
+from tests.helpers import without_faiss
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -69,7 +67,6 @@ def test_auto_uses_faiss_from_the_measured_size_only_when_installed():
 
 def test_faiss_asked_for_without_faiss_is_one_line_naming_the_extra():
     code = (
-        "import sys; sys.modules['faiss'] = None\n"  # `import faiss` raises ImportError
         "import numpy as np\n"
         "from convlens.errors import ConvlensError\n"
         "from convlens.faces import gallery\n"
@@ -80,9 +77,8 @@ def test_faiss_asked_for_without_faiss_is_one_line_naming_the_extra():
         "except ConvlensError as e:\n"
         "    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    lines = without_faiss(code)
+    assert lines == [
         "[('b', 1.0)]",
         "identify: search='faiss' needs the faiss extra (pip install 'convlens[faiss]', "
         "which installs faiss-cpu)",
