@@ -8,10 +8,12 @@ DEMO_RUN ?= runs/demo
 .PHONY: setup data browser demo test lint format clean
 
 # The virtual environment, with convlens installed in editable mode and the pinned dev tools.
+# No pip cache: torch's CUDA build and its libraries would be stored twice (a few GB) on a
+# machine whose disk may be small.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-cache-dir --upgrade pip
+	$(BIN)/python -m pip install -q --no-cache-dir -e '.[dev]'
 	touch $@
 
 # Debian's Fashion-MNIST package, when the data is missing and apt is there (else convlens downloads it).
