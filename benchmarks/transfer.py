@@ -84,12 +84,13 @@ def load(name: str, image_size: int | None) -> tuple[list[str], dict[str, tuple]
     return fashion, {"train": arrays(ds.train, ds.val), "test": arrays(ds.test)}
 
 
-def train(work: Path, name: str, data: Path, settings: dict) -> tuple[float, float]:
-    """(test accuracy, seconds) of one convlens run."""
+def train(work: Path, name: str, data: Path, settings: dict) -> tuple[float, float, Path]:
+    """(test accuracy, seconds, run folder) of one convlens run (the folder gets a number
+    added when `name` is taken, so the caller must use the one returned)."""
     t0 = time.perf_counter()
     run = convlens.train(data=str(data), run=str(work / name), **settings)
     seconds = time.perf_counter() - t0
-    return json.loads((run / "metrics.json").read_text())["accuracy"], seconds
+    return json.loads((run / "metrics.json").read_text())["accuracy"], seconds, run
 
 
 def main() -> None:
@@ -118,10 +119,9 @@ def main() -> None:
     source_data = write_npz(work / "source.npz", [names[c] for c in SOURCE], src)
     common = {"model": args.model, "threads": 0}
     source_epochs = 1 if args.tiny else args.source_epochs
-    acc, seconds = train(work, "source", source_data, {**common, "epochs": source_epochs})
+    acc, seconds, source = train(work, "source", source_data, {**common, "epochs": source_epochs})
     row = {"run": "source", "data": args.data, "classes": "0-4", "epochs": source_epochs}
     print(json.dumps({**row, "test_acc": round(acc, 4), "seconds": round(seconds, 1)}), flush=True)
-    source = work / "source"
 
     epochs = 2 if args.tiny else args.epochs
     test = subset(*splits["test"], TARGET, 100 if args.tiny else None, rng)
@@ -145,7 +145,7 @@ def main() -> None:
                  "test": test},
             )  # fmt: skip
             for method, extra in methods.items():
-                acc, seconds = train(work, f"{method}-{n}-{seed}", data,
+                acc, seconds, _ = train(work, f"{method}-{n}-{seed}", data,
                                      {**few, **extra, "seed": seed})  # fmt: skip
                 accs[method].append(acc)
                 print(json.dumps({"shots": n, "method": method, "seed": seed,
