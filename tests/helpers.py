@@ -23,6 +23,17 @@ def convlens(
     )
 
 
+def convlens_warm(
+    *args: object, timeout: float = 300, env: dict | None = None, cwd=None
+) -> subprocess.CompletedProcess:
+    """convlens() in a process forked from an interpreter that has imported torch already (the
+    same command, exit code and output, without the cold start; see tests/warm.py)."""
+    from tests import warm
+
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return warm.run(list(map(str, args)), env, timeout=timeout, cwd=cwd)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
