@@ -7,7 +7,8 @@ test commands themselves. A zygote process imports those modules once, touches n
 takes the command's environment, working folder and arguments, points fds 0/1/2 at /dev/null
 and two capture files, and runs `convlens.__main__` as `python -m` would; it then leaves
 through the interpreter's normal exit (threads joined, atexit run, files flushed), so exit
-codes, stdout, stderr and tracebacks are those of a fresh `python -m convlens`. What it does
+codes, stdout, stderr and tracebacks are those of a fresh `python -m convlens` (what the
+imports printed, warnings say, is repeated at the start of each command's stderr). What it does
 not repeat is the cold import itself: tests about import-time behaviour (lazy imports, a
 sitecustomize, interpreter options) keep using tests.helpers.convlens.
 """
@@ -28,9 +29,15 @@ PRELOAD = ("torch", "torch._dynamo", "sklearn.datasets", "convlens.cli", "convle
            "convlens.api.evaluate", "convlens.predict")  # fmt: skip
 
 ZYGOTE = r"""
-import importlib, json, os, sys
+import importlib, json, os, sys, tempfile
+saved, log = os.dup(2), tempfile.TemporaryFile()
+os.dup2(log.fileno(), 2)  # what importing prints (warnings), to repeat in every command's stderr
 for name in sys.argv[1:]:
     importlib.import_module(name)
+sys.stderr.flush()
+os.dup2(saved, 2)
+log.seek(0)
+said_on_import = log.read()
 requests, replies = sys.stdin.buffer, sys.stdout.buffer
 
 def serve():
@@ -53,6 +60,7 @@ for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, job["stdout"], os.O_WR
     opened = os.open(path, flags)
     os.dup2(opened, fd)
     os.close(opened)
+os.write(2, said_on_import)
 os.chdir(job["cwd"])
 os.environ.clear()
 os.environ.update(job["env"])
