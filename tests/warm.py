@@ -1,16 +1,19 @@
 """`python -m convlens ARGS` in a process forked from a warm interpreter.
 
 Starting a fresh interpreter costs a train command about 4 s of CPU on the 2-core CI machine
-(torch, torch._dynamo and sklearn.datasets import in ~10 s under load here), more than most
-test commands themselves. A zygote process imports those modules once, touches no torch op
-(so no OpenMP pool is there to break in a fork), and forks one child per command. The child
-takes the command's environment, working folder and arguments, points fds 0/1/2 at /dev/null
-and two capture files, and runs `convlens.__main__` as `python -m` would; it then leaves
-through the interpreter's normal exit (threads joined, atexit run, files flushed), so exit
+(torch, torch._dynamo and sklearn.datasets import in ~8 s under load here, and tearing them
+down at exit takes 2 s more), more than most test commands themselves. A zygote process
+imports those modules once, touches no torch op (so no OpenMP pool is there to break in a
+fork), and forks one child per command. The child takes the command's environment, working
+folder and arguments, points fds 0/1/2 at /dev/null and two capture files, and runs
+`convlens.__main__` as `python -m` would; it then exits as the interpreter does (non-daemon
+threads joined, atexit handlers run, garbage collected, stdout and stderr flushed), so exit
 codes, stdout, stderr and tracebacks are those of a fresh `python -m convlens` (what the
-imports printed, warnings say, is repeated at the start of each command's stderr). What it does
-not repeat is the cold import itself: tests about import-time behaviour (lazy imports, a
-sitecustomize, interpreter options) keep using tests.helpers.convlens.
+imports printed, warnings say, is repeated at the start of each command's stderr). It skips
+only the module teardown that follows (os._exit), which writes nothing a command made, bar
+what a finalizer of a module-level object might print. What it does not repeat is the cold
+import itself: tests about import-time behaviour (lazy imports, a sitecustomize, interpreter
+options), commands run side by side, and servers keep using tests.helpers.convlens.
 """
 
 from __future__ import annotations
@@ -67,8 +70,34 @@ os.environ.update(job["env"])
 sys.path[0] = os.getcwd()  # as `python -m` sets it
 sys.argv = [sys.argv[0], *job["args"]]
 del job, serve, requests, replies
-import runpy
-runpy.run_module("convlens", run_name="__main__", alter_sys=True)
+import atexit, gc, runpy, signal, threading
+try:
+    runpy.run_module("convlens", run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as stop:  # as the interpreter reads sys.exit's argument
+    code = stop.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+except KeyboardInterrupt:
+    sys.excepthook(*sys.exc_info())
+    code = -signal.SIGINT
+except BaseException:
+    sys.excepthook(*sys.exc_info())
+    code = 1
+# The interpreter's exit as a command sees it, in its order: threads joined, atexit run, stdout
+# and stderr flushed; then out without tearing the modules down (2 s with torch loaded here).
+threading._shutdown()
+atexit._run_exitfuncs()
+gc.collect()
+for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+if code == -signal.SIGINT:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+os._exit(code & 0xFF)
 """
 
 _BASE_ENV = dict(os.environ)  # before any test changes it: the zygote's own imports see this
