@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+from tests import warm  # at collection, so the warm interpreter gets the environment of then
+
 
 def convlens(
     *args: object, timeout: float = 300, env: dict | None = None, **kwargs
@@ -21,6 +23,15 @@ def convlens(
         env=env,
         **kwargs,
     )
+
+
+def convlens_warm(
+    *args: object, timeout: float = 300, env: dict | None = None, cwd=None
+) -> subprocess.CompletedProcess:
+    """convlens() in a process forked from an interpreter that has imported torch already (the
+    same command, exit code and output, without the cold start; see tests/warm.py)."""
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return warm.run(list(map(str, args)), env, timeout=timeout, cwd=cwd)
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from convlens.data import load_dataset
 from convlens.medical import geom
 from convlens.medical.anomaly import AnomalyTask
 from convlens.runs.weights import load_weights
-from tests.helpers import convlens
+from tests.helpers import convlens_warm as convlens
 
 TRAIN = ("--task", "anomaly", "--normal", "0", "--anomaly-method", "mahalanobis")
 # ~126 images of the digit: small batches and no lookahead averaging, or too few steps to learn

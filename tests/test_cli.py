@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.helpers import convlens
+from tests.helpers import convlens_warm as convlens
 
 
 @pytest.fixture(scope="module")

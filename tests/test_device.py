@@ -11,7 +11,7 @@ from convlens.data import Split, iterate_batches
 from convlens.data.batches import to_device
 from convlens.device import Caps, choose_amp
 from convlens.errors import ConvlensError
-from tests.helpers import convlens as cli
+from tests.helpers import convlens_warm as cli
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU here"))]  # fmt: skip

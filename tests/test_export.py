@@ -9,7 +9,8 @@ import torch
 from convlens.export import OnnxModel, export_onnx
 from convlens.models import create_model, list_models
 from convlens.runs.weights import load_weights, save_weights
-from tests.helpers import convlens, saved_decision
+from tests.helpers import convlens_warm as convlens
+from tests.helpers import saved_decision
 
 
 def _weights(tmp_path, name: str, tta: str = "flip-shift"):

@@ -22,7 +22,7 @@ from convlens.faces.align import (
     transform,
 )
 from convlens.faces.detect import crop_face, detect_faces
-from tests.helpers import convlens
+from tests.helpers import convlens_warm as convlens
 from tests.test_faces_detect import astronaut
 
 FACES = poses.lfw_faces()[:10]

@@ -13,7 +13,7 @@ from convlens.errors import ConvlensError
 from convlens.faces import gallery
 from convlens.faces.detect import FaceConfirmer, iou
 from convlens.faces.recogniser import FaceRecogniser
-from tests.helpers import convlens
+from tests.helpers import convlens_warm as convlens
 from tests.test_faces_detect import ASTRONAUT_FACE, astronaut, two_faces
 from tests.test_faces_protocols import write_pairs
 

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from tests.helpers import convlens
+from tests.helpers import convlens_warm as convlens
 
 ARGS = ["train", "--data", "digits", "--model", "textbook", "--epochs", "1", "--batch-size",
         "128", "--amp", "off"]  # fmt: skip

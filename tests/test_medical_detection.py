@@ -21,7 +21,8 @@ from convlens.evaluation.detection import (
     weighted_metrics,
 )
 from convlens.medical.synthetic import write_lesions
-from tests.helpers import convlens, saved_decision
+from tests.helpers import convlens_warm as convlens
+from tests.helpers import saved_decision
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

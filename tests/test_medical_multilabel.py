@@ -16,7 +16,8 @@ from convlens.errors import ConvlensError
 from convlens.evaluation.medmnist import read_scores
 from convlens.medical.multilabel import label_thresholds, multilabel_metrics
 from convlens.medical.synthetic import FINDINGS, write_findings, write_lesions
-from tests.helpers import convlens, saved_decision
+from tests.helpers import convlens_warm as convlens
+from tests.helpers import saved_decision
 
 
 def test_csv_rows_become_label_vectors_and_splits(tmp_path):

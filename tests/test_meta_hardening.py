@@ -20,7 +20,7 @@ from convlens.errors import ConvlensError, ModelError
 from convlens.models import create_model
 from convlens.runs.weights import load_state, load_weights, save_state, save_weights
 from tests.helpers import PEAK_RSS_CODE, start_server
-from tests.helpers import convlens as cli
+from tests.helpers import convlens_warm as cli
 
 META = {"task": "classify", "classes": ["a", "b", "c"],
         "input": {"channels": 1, "height": 8, "width": 8},

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from convlens.runs.weights import load_weights, save_weights
-from tests.helpers import convlens, start_server
+from tests.helpers import convlens_warm as convlens
+from tests.helpers import start_server
 
 KNOWN = 5  # digits 0-4 are the classes; 8s are the held-out class
 

@@ -39,7 +39,7 @@ from convlens.training.data import load_data
 from convlens.training.lifecycle import TrainBatches, epoch_batches, note_bad_files
 from convlens.training.progress import Progress
 from tests.helpers import PEAK_RSS_CODE, free_port, start_server
-from tests.helpers import convlens as cli
+from tests.helpers import convlens_warm as cli
 
 OLD = 10**9 * 3600  # ns: files an hour old are past the caches' racy window
 CLASSES = 3

@@ -3,14 +3,13 @@
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import convlens
+from tests import warm
+from tests.helpers import convlens_warm as convlens
 
 # Dropout draws from the global RNG, EMA and momentum carry state: all must survive a kill.
 ARGS = ["--data", "digits", "--model", "mlp", "--model-arg", "dropout=0.3", "--epochs", "10",
@@ -37,12 +36,13 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     broken = tmp_path / "broken"
     rng = random.Random(1234)
     kills = 0
-    cmd = [sys.executable, "-m", "convlens", "train", *ARGS, "--run", str(broken)]
+    cmd = ["train", *ARGS, "--run", str(broken)]
+    env = {**os.environ, "COLUMNS": "200"}
     deadline = time.monotonic() + 400
     while True:
         assert time.monotonic() < deadline, "the interrupted run did not finish in time"
         done = _epochs_saved(broken)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = warm.Process(cmd, env)  # a fork of a warm interpreter: no 4 s cold start
         if kills < 4:
             # Kill at a random moment of the epoch after the next checkpoint: mid-step,
             # mid-evaluation or mid-save. Waiting for a checkpoint first guarantees progress
@@ -56,8 +56,8 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
         proc.wait()
         if proc.returncode == 0:
             break
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-        cmd = [sys.executable, "-m", "convlens", "train", "--resume", "--run", str(broken)]
+        assert proc.returncode == -signal.SIGKILL, proc.output()[1]
+        cmd = ["train", "--resume", "--run", str(broken)]
     assert kills >= 3
 
     for name in ("weights/last.safetensors", "weights/best.safetensors"):

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import convlens, launch_chromium, open_page, seven_png, start_server
+from tests.helpers import convlens_warm as convlens
+from tests.helpers import launch_chromium, open_page, seven_png, start_server
 
 ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots the tests keep (git-ignored)
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tests.helpers import convlens, launch_chromium, open_page, start_server
+from tests.helpers import convlens_warm as convlens
+from tests.helpers import launch_chromium, open_page, start_server
 from tests.test_faces_detect import astronaut
 
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -13,7 +13,8 @@ from convlens.errors import ModelError
 from convlens.export import export_torchscript
 from convlens.models import create_model
 from convlens.runs.weights import save_weights
-from tests.helpers import convlens, start_server
+from tests.helpers import convlens_warm as convlens
+from tests.helpers import start_server
 
 META = {
     "task": "classify", "classes": [str(i) for i in range(10)],

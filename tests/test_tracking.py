@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import convlens
+from tests.helpers import convlens_warm as convlens
 
 pytest.importorskip("tensorboard", reason="the track extra (tensorboard) is not installed")
 pytest.importorskip("mlflow", reason="the track extra (mlflow) is not installed")

@@ -6,7 +6,7 @@ import csv
 import pytest
 import yaml
 
-from tests.helpers import convlens
+from tests.helpers import convlens_warm as convlens
 
 optuna = pytest.importorskip("optuna", reason="the tune extra (optuna) is not installed")
 
