@@ -161,7 +161,9 @@ def test_one_image_scores_the_same_in_torch_onnx_numpy_and_serve(photos, run):
     proc, url = start_server(out, "--engine", "torch")
     try:
         with open(wide, "rb") as f:
-            reply = httpx.post(f"{url}/predict", files={"file": f}, data={"top_k": "3"}).json()
+            reply = httpx.post(
+                f"{url}/predict", files={"file": f}, data={"top_k": "3"}, timeout=60
+            ).json()
     finally:
         proc.kill()
         proc.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import select
 import time
 
 from convlens.errors import ConvlensError
@@ -53,6 +54,7 @@ def _head_timeout(seconds: float) -> type:
 
     class HeadTimeout(H11Protocol):
         timer = None
+        late = 0  # times the timer found unread bytes (a starved loop, not a slow client)
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -75,10 +77,29 @@ def _head_timeout(seconds: float) -> type:
         def _expire(self) -> None:
             # Waiting on the client: no request yet, or the last one answered (a body still
             # trickling in after an early 408 or 413 included). A request being handled stays.
-            if self.cycle is None or self.cycle.response_complete:
-                self.transport.close()
+            if self.cycle is not None and not self.cycle.response_complete:
+                return
+            if self.late < 3 and _pending(self.transport):
+                # Bytes wait unread: the client sent them and this loop was too busy to read
+                # them (requests computing on every core), so the client is not the slow one.
+                self.late += 1
+                self._arm()
+                return
+            self.transport.close()
 
     return HeadTimeout
+
+
+def _pending(transport) -> bool:
+    """Whether the connection's socket holds bytes not read yet (or the client's EOF)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):  # closed meanwhile
+        return False
+    return bool(readable)
 
 
 class OncePerWindow(logging.Filter):
