@@ -105,6 +105,10 @@ def convlens_run(seed: int, workdir: Path, name: str = "default", **changes) -> 
     cmd = [sys.executable, "-m", "convlens", "train", "--data", "fashion-mnist", "--seed",
            str(seed), "--run", str(run_dir)]  # fmt: skip
     for key, value in changes.items():
+        if key == "model_args":  # the CLI takes each as --model-arg KEY=VALUE
+            for arg, v in value.items():
+                cmd += ["--model-arg", f"{arg}={json.dumps(v).replace(' ', '')}"]
+            continue
         cmd += [
             f"--{key.replace('_', '-')}",
             value if isinstance(value, str) else json.dumps(value),
@@ -119,7 +123,7 @@ def convlens_run(seed: int, workdir: Path, name: str = "default", **changes) -> 
     seconds = float(rows[-1][-1])
     first = next((x for x in out.stdout.splitlines() if x.startswith("train ")), "")
     precision = first.rsplit("; run ", 1)[0].split("; ")[-1].split(":")[0]  # "cpu, float32"
-    return {
+    result = {
         "name": name,
         "seed": seed,
         "epochs": len(rows),
@@ -131,6 +135,9 @@ def convlens_run(seed: int, workdir: Path, name: str = "default", **changes) -> 
         "val_acc": [float(r[3]) for r in rows],
         "console": out.stdout,  # what the user saw (the README's quick tour shows one)
     }
+    shown = {k: v for k, v in result.items() if k not in ("console", "val_acc")}
+    print(json.dumps(shown), flush=True)  # each run as it ends: a later failure loses none
+    return result
 
 
 def cpu_name() -> str:

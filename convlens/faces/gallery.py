@@ -5,8 +5,9 @@ vectors, `names` (N,) and `files` (N,) strings, and `model`, the embedding run's
 hash: embeddings from another model live in another space, so such a gallery is refused.
 
 identify ranks people by their best image's cosine similarity to the probe: one torch matmul
-over the gallery, or, past FAISS_FROM images, an exact FAISS inner-product index (the faiss
-extra); either is asked for as many nearest images as it takes to meet top_k distinct people.
+over the gallery (faster at every size measured: FAISS_FROM), or, with search="faiss", an exact
+FAISS inner-product index (the faiss extra); either is asked for as many nearest images as it
+takes to meet top_k distinct people.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from convlens.runs.checks import one_line
 
 UNKNOWN = "unknown"
 MAX_GALLERY_BYTES = 256 << 20  # unpacked arrays: half a million 128-d float32 embeddings
-# gallery images from which identify's search="auto" uses FAISS when installed: a placeholder
-# until benchmarks/faiss_crossover.py measures where FAISS overtakes the matmul (BENCHMARKS.md)
-FAISS_FROM = 100_000
+# gallery images from which identify's search="auto" uses FAISS when installed: never, in
+# effect. The exact index, built per call as identify builds it, was 1.6-5.3x slower than the
+# matmul at every gallery size measured, 1e3 to 1e6 embeddings of 128 dimensions (BENCHMARKS.md,
+# "FAISS against the matmul"); search="faiss" still forces it
+FAISS_FROM = 2**62
 FIRST_NEIGHBOURS = 64  # neighbours FAISS is first asked for; 4x more while too few people
 
 
