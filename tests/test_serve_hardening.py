@@ -281,3 +281,42 @@ def test_an_allowed_host_with_a_port_is_a_one_line_error(run):
         "convlens: error: --allowed-host 'my.lan:8000': expected a host name without a port, "
         "*.domain or [IPv6 address]"
     ]
+
+
+def test_the_header_timer_tells_unread_bytes_from_a_silent_client():
+    """The header timeout re-arms rather than closes when the request already waits on the
+    socket (a loop too busy to read it): `_pending` must see such bytes on a real connection,
+    and see none while the client is silent."""
+    import asyncio
+
+    from convlens.serve.server import _pending
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Paused(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                transport.pause_reading()  # as a starved loop: nothing is read
+                got.set_result(transport)
+
+        srv = await asyncio.get_running_loop().create_server(Paused, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        transport = await got
+        silent = _pending(transport)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        for _ in range(100):  # loopback delivers at once; allow a slow machine 1 s
+            if _pending(transport):
+                break
+            await asyncio.sleep(0.01)
+        waiting = _pending(transport)
+        transport.close()
+        await asyncio.sleep(0)
+        closed = _pending(transport)
+        writer.close()
+        srv.close()
+        return silent, waiting, closed
+
+    silent, waiting, closed = asyncio.run(scenario())
+    assert not silent and waiting and not closed
