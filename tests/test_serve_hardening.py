@@ -228,16 +228,20 @@ def test_health_answers_while_big_images_decode(guarded, run, big_png):
     uploaders = [threading.Thread(target=upload) for _ in range(2)]  # two decoding at a time
     for t in uploaders:
         t.start()
+    start = time.perf_counter()
     with httpx.Client() as client:
         while not stop.is_set():
             t0 = time.perf_counter()
             assert client.get(f"{guarded['url']}/health", timeout=30).status_code == 200
             waits.append(time.perf_counter() - t0)
             time.sleep(0.01)
+    elapsed = time.perf_counter() - start
     for t in uploaders:
         t.join()
-    # A decode on the event loop stalls /health for about one decode; off it, for a moment.
-    assert len(waits) > 5 and max(waits) < decode / 2, (max(waits), decode)
+    # Decodes on the event loop would stall /health for the whole upload, one decode after
+    # another; off it, a busy machine (the other test worker) may still pause it once or twice.
+    stalled = sum(w for w in waits if w > decode / 8)
+    assert len(waits) > 5 and stalled < elapsed / 2, (stalled, elapsed, decode, max(waits))
 
 
 @pytest.mark.parametrize("top_k", ["0", "-3"])
