@@ -17,6 +17,8 @@ fine-tune - naive > 0.
     .venv/bin/python benchmarks/transfer.py                       # 10 and 50 shots, seeds 0-2
     .venv/bin/python benchmarks/transfer.py --shots 10 --seeds 0 --epochs 30
     .venv/bin/python benchmarks/transfer.py --data fashion-scenes --image-size 64
+    .venv/bin/python benchmarks/transfer.py --data fashion-scenes --source WORK/source \\
+        --shots 10 --augment photo                                # the same source, reused
     .venv/bin/python benchmarks/transfer.py --tiny                # a smoke run (~1 minute)
 
 Preliminary (a busy 2-core machine; --source-epochs 2, source 93.5% on classes 0-4): median
@@ -104,6 +106,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20, help="epochs on the few images")
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--lr", type=float, default=0.2, help="the same for all three methods")
+    ap.add_argument("--augment", default="auto", help="the few-shot runs' --augment (all three)")
+    ap.add_argument("--source", help="a source run folder to reuse (made by an earlier call "
+                    "with the same --data and --image-size): no source training")  # fmt: skip
     ap.add_argument("--work", help="folder for the data files and runs [default: a temp dir]")
     ap.add_argument("--tiny", action="store_true", help="smoke run: small source, 2 epochs")
     args = ap.parse_args()
@@ -119,13 +124,21 @@ def main() -> None:
     source_data = write_npz(work / "source.npz", [names[c] for c in SOURCE], src)
     common = {"model": args.model, "threads": 0}
     source_epochs = 1 if args.tiny else args.source_epochs
-    acc, seconds, source = train(work, "source", source_data, {**common, "epochs": source_epochs})
+    if args.source:
+        source = Path(args.source)
+        acc, seconds = json.loads((source / "metrics.json").read_text())["accuracy"], 0.0
+        source_epochs = len((source / "results.csv").read_text().splitlines()) - 1
+    else:
+        acc, seconds, source = train(work, "source", source_data,
+                                     {**common, "epochs": source_epochs})  # fmt: skip
     row = {"run": "source", "data": args.data, "classes": "0-4", "epochs": source_epochs}
-    print(json.dumps({**row, "test_acc": round(acc, 4), "seconds": round(seconds, 1)}), flush=True)
+    print(json.dumps({**row, "test_acc": round(acc, 4), "seconds": round(seconds, 1),
+                      "folder": str(source)}), flush=True)  # fmt: skip
 
     epochs = 2 if args.tiny else args.epochs
     test = subset(*splits["test"], TARGET, 100 if args.tiny else None, rng)
-    few = {**common, "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr}
+    few = {**common, "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
+           "augment": args.augment}  # fmt: skip
     methods = {
         "fine-tune": {"init": str(source), "transfer": "auto"},
         "naive": {"init": str(source), "transfer": "full"},
