@@ -2,13 +2,15 @@
 Fashion-MNIST image AUROC, pixel AUROC and PRO on generated sets with known masks, and the
 bank-size sweep of PatchCore's search.
 
-fashion: each class in turn is normal: `convlens train --data fashion-mnist --task anomaly
---normal CLASS --method M`, trained as benchmarks/anomaly_fashion_mnist.py trains its GEOM runs
-(fastnet from scratch on the class's 5,400 training images, 30 epochs, translate 2, label
-smoothing 0.2; the same seed gives the same backbone), then M is fitted on the normal training
-images and its threshold chosen on validation (the other classes' val images are the anomalies
-there); the 10,000 test images give the image AUROC, next to the run's GEOM score of the same
-network (auroc_geom) and the GEOM-Mahalanobis mean in BENCHMARKS.md (94.61).
+fashion: each class in turn is normal, and one backbone per class serves every method: `convlens
+train --data fashion-mnist --task anomaly --normal CLASS --method patchcore` (the first of
+--methods) trains it as benchmarks/anomaly_fashion_mnist.py trains its GEOM runs (fastnet from
+scratch on the class's 5,400 training images, 30 epochs, translate 2, label smoothing 0.2) and
+fits PatchCore; then `--method padim --init THAT_RUN --epochs 0` fits PaDiM on the same weights,
+nothing trained (so the methods differ in their scorer alone, at half the training). Each run
+chooses its threshold on validation (the other classes' val images are the anomalies there);
+the 10,000 test images give the image AUROC, next to the backbone's GEOM score (auroc_geom)
+and the GEOM-Mahalanobis mean in BENCHMARKS.md (94.61).
 maps: generated sets in MVTec AD's layout with exact masks (convlens.medical.defects: brick,
 grass, gravel, coffee with scratches, stains and holes; convlens.medical.synthetic: the
 synthetic lesions), each trained on with every model of --models and every method: image AUROC,
@@ -24,6 +26,8 @@ coreset's seconds.
     .venv/bin/python benchmarks/anomaly_maps.py --parts sweep --threads 2
     .venv/bin/python benchmarks/anomaly_maps.py --smoke                  # maps, sweep: no figures
     .venv/bin/python benchmarks/anomaly_maps.py --smoke --parts fashion  # one class, one epoch
+    .venv/bin/python benchmarks/anomaly_maps.py --parts fashion \
+        --out benchmarks/results/anomaly_maps_fashion.json            # the fashion figure
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from convlens.medical.patchcore import (
     greedy_coreset,
     nearest_chunked,
 )
+from convlens.runs.folder import Run
 from convlens.runs.weights import load_weights
 
 GEOM_MEAN = 94.61  # BENCHMARKS.md: GEOM transformations + Mahalanobis, fastnet, 30 epochs
@@ -62,8 +67,8 @@ def train(args: argparse.Namespace, method: str, run: Path, **settings) -> dict:
                          **settings)  # fmt: skip
     total = time.perf_counter() - t0
     metrics = json.loads((out / "metrics.json").read_text())
-    rows = (out / "results.csv").read_text().splitlines()[1:]
-    train_s = sum(float(r.split(",")[-1]) for r in rows)  # the epochs' seconds
+    rows = Run(out).read_results()  # none for a run fitted on given weights (epochs 0)
+    train_s = rows[-1]["seconds"] if rows else 0.0  # cumulative: the epochs' seconds
     row = {k: metrics[k] for k in KEPT if k in metrics}
     _, meta = load_weights(out / "weights" / "best.safetensors")
     return {**row, "train_seconds": train_s, "total_seconds": total,
@@ -72,21 +77,27 @@ def train(args: argparse.Namespace, method: str, run: Path, **settings) -> dict:
 
 # --- fashion -----------------------------------------------------------------------------------
 def fashion(args: argparse.Namespace, workdir: Path) -> dict:
-    """One-class Fashion-MNIST: a run per class and method."""
+    """One-class Fashion-MNIST: per class, the first method's run trains the backbone and the
+    other methods are fitted on its weights as they are (init=that run, epochs=0)."""
     classes = load_dataset("fashion-mnist").classes
+    first, *others = args.methods
     rows = []
     for c in args.classes:
         row = {"class": c, "name": classes[c]}
-        for method in args.methods:
-            row[method] = train(args, method, workdir / f"fashion-{method}-{c}",
-                                data="fashion-mnist", normal=classes[c], epochs=args.epochs,
-                                translate=2, label_smoothing=0.2)  # fmt: skip
+        data = {"data": "fashion-mnist", "normal": classes[c]}
+        trained = workdir / f"fashion-{first}-{c}"
+        row[first] = train(args, first, trained, **data, epochs=args.epochs, translate=2,
+                           label_smoothing=0.2)  # fmt: skip
+        for method in others:  # the same backbone, nothing trained
+            row[method] = train(args, method, workdir / f"fashion-{method}-{c}", **data,
+                                init=str(trained), epochs=0)  # fmt: skip
         rows.append(row)
-        print(f"class {c} {row['name']:<12} " + "  ".join(
-            f"{m} {100 * row[m]['auroc']:.2f} (GEOM score {100 * row[m]['auroc_geom']:.2f})"
-            for m in args.methods), flush=True)  # fmt: skip
+        print(f"class {c} {row['name']:<12} "
+              + "  ".join(f"{m} {100 * row[m]['auroc']:.2f}" for m in args.methods)
+              + f"  (GEOM score {100 * row[first]['auroc_geom']:.2f}; trained "
+              f"{row[first]['train_seconds']:.0f} s)", flush=True)  # fmt: skip
     means = {m: statistics.mean(r[m]["auroc"] for r in rows) for m in args.methods}
-    geom = statistics.mean(r[args.methods[0]]["auroc_geom"] for r in rows)
+    geom = statistics.mean(r[first]["auroc_geom"] for r in rows)
     return {"classes": rows, "mean_image_auroc": means, "mean_geom_score_auroc": geom,
             "geom_mahalanobis_reported_mean": GEOM_MEAN}  # fmt: skip
 

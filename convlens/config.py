@@ -110,7 +110,7 @@ class TrainConfig:
     freeze_epochs: int | None = within(None, "[0, 100000]")  # head-only epochs (default: 1/4)
     body_lr_mult: float = within(0.1, "(0, 1]")  # fine-tune: 1st body stage's lr / the head's
     # optimisation
-    epochs: int = within(8, "[1, 100000]")  # passes over the training split
+    epochs: int = within(8, "[0, 100000]")  # passes over the training split (0: fit only)
     batch_size: int = within(512, "[1, 1048576]")  # images per step (512 is fastest per image here)
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = within(0.75, "(0, inf)")  # peak learning rate (per batch of batch_size)
@@ -285,6 +285,7 @@ def validate(cfg: TrainConfig) -> None:
     check_mix(cfg)
     check_workflow(cfg)
     check_reject(cfg)
+    check_fit_only(cfg)
     if cfg.model_args:  # imports torch: only when there is something to check
         from convlens.models.registry import check_model_args
 
@@ -351,6 +352,21 @@ def check_reject(cfg: TrainConfig) -> None:
     if cfg.reject != "off" and not task_class(cfg.task).rejects_unknown:
         raise ConfigError(f"setting 'reject' is for classifiers: {cfg.task} runs do not answer "
                           "'unknown'")  # fmt: skip
+
+
+# anomaly maps (issue 19): a patch method needs no training beyond its backbone's, so with
+# given weights and epochs 0 it is fitted on them as they are
+FIT_ONLY = ("patchcore", "padim")  # convlens.medical.patch_run.METHODS
+
+
+def check_fit_only(cfg: TrainConfig) -> None:
+    """epochs 0 only where nothing needs training: a patch method fitted on given weights."""
+    if cfg.epochs:
+        return
+    if cfg.task != "anomaly" or cfg.method not in FIT_ONLY or not (cfg.init or cfg.pretrained):
+        raise ConfigError("setting 'epochs' 0 is only for fitting patchcore or padim on given "
+                          "weights: --task anomaly --method patchcore|padim with --init "
+                          "RUN_OR_FILE or --pretrained")  # fmt: skip
 
 
 # workflow (issue 18): the trackers --log names, and the settings k-fold runs take together

@@ -1,5 +1,6 @@
-"""Anomaly maps wired in: `--task anomaly --method patchcore|padim` trained, saved, predicted,
-exported, served and reported on a generated brick-wall set with pasted defects and masks."""
+"""Anomaly maps wired in: `--task anomaly --method patchcore|padim` trained (or fitted on given
+weights with --epochs 0), saved, predicted, exported, served and reported on a generated
+brick-wall set with pasted defects and masks."""
 
 from __future__ import annotations
 
@@ -217,6 +218,48 @@ def test_padim_from_the_python_api_keeps_its_gaussians(brick, tmp_path):
     rec = convlens.load(str(out))
     answer = rec.predict(brick["test"].files[0])
     assert set(answer) == {"score", "anomaly", "threshold", "map_png"}
+
+
+def test_padim_fitted_on_a_patchcore_run_keeps_its_network_bit_for_bit(run, brick, tmp_path):
+    out = tmp_path / "padim"
+    r = cli("train", "--data", brick["root"], "--task", "anomaly", "--method", "padim", "--init",
+            run["dir"], "--epochs", "0", "--threads", "1", "--run", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "epochs 0: nothing trains" in r.stdout
+    source, _ = load_weights(run["dir"] / "weights" / "best.safetensors")
+    tensors, meta = load_weights(out / "weights" / "best.safetensors")
+    network = [k for k in source if k.startswith("net.")]  # the 72-way GEOM head too
+    assert network and all(torch.equal(tensors[k], source[k]) for k in network)
+    assert meta["method"] == "padim" and "patch.mean" in tensors and "patch.bank" not in tensors
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["auroc"] > 0.85 and metrics["pixel_auroc"] > PIXEL_AUROC
+    assert f"test: AUROC {metrics['auroc']:.4f}" in r.stdout  # the final line
+    assert not (out / "results.csv").exists()  # no epoch: the report says so
+    assert "no results.csv" in (out / "report.html").read_text()
+    answer = convlens.load(str(out)).predict(brick["test"].files[0])
+    assert set(answer) == {"score", "anomaly", "threshold", "map_png"}
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--task", "anomaly", "--method", "patchcore"),  # no weights to fit on
+        ("--task", "anomaly", "--init", "RUN"),  # GEOM's scores need training
+        ("--task", "classify", "--init", "RUN"),
+    ],
+)
+def test_epochs_0_without_weights_or_a_patch_method_is_refused_in_one_line(
+    flags, run, brick, tmp_path, capsys
+):
+    from convlens.cli import main
+
+    out = tmp_path / "refused"
+    given = [str(run["dir"]) if f == "RUN" else f for f in flags]
+    args = ["train", "--data", str(brick["root"]), *given, "--epochs", "0", "--run", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not out.exists()
+    assert "setting 'epochs' 0 is only for fitting patchcore or padim on given weights" in err
 
 
 def test_geom_stays_the_default_and_saves_no_patch_tensors():

@@ -132,7 +132,7 @@ def test_resume_takes_the_same_lock_which_dies_with_the_process(tmp_path):
         ("lr", "inf", "finite and positive"),
         ("gamma", 0, "positive"),
         ("seed", 2**64, "between 0 and"),
-        ("epochs", 10**12, "between 1 and"),
+        ("epochs", 10**12, "between 0 and"),
         ("warmup", 1.5, "between 0 and 1"),
         ("val_fraction", 1.0, "between 0 and 1, exclusive"),
         ("target_sensitivity", 0, "above 0 and at most 1"),

@@ -5,8 +5,11 @@ translations and rotations was applied to a normal image. With --method geom (th
 image is scored by how well its 72 transformations are named (--anomaly-method geom) or by how
 far their features lie from the normal ones (mahalanobis); with --method patchcore or padim the
 trained network's patch features score every patch (convlens.medical.patch_run), which gives an
-anomaly map besides the image score. convlens.medical.anomaly_score turns scores into [0, 1]
-with a flag at a threshold chosen on validation. The test split is never used for any choice.
+anomaly map besides the image score. A patch method needs no training beyond its backbone's:
+with --init RUN_OR_FILE (or --pretrained) and --epochs 0 nothing trains, and the method is fitted
+on the given weights as they are (a GEOM or patch run's, a torchvision or timm backbone's).
+convlens.medical.anomaly_score turns scores into [0, 1] with a flag at a threshold chosen on
+validation. The test split is never used for any choice.
 """
 
 from __future__ import annotations

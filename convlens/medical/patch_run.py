@@ -1,11 +1,12 @@
 """PatchCore and PaDiM as an anomaly run's scorer: `convlens train --task anomaly --method
 patchcore|padim`.
 
-The backbone is the run's network, trained on GEOM's pretext task as every anomaly run's is;
-once training ends, the method is fitted on the normal training images (convlens.medical.
-patchcore, padim) and its tensors (bank and centre, or means and precisions; the projection or
-the channel choice) are saved in the weights file beside the network's, as plain tensors under
-`patch.`, with the method's settings and those tensors' shapes in the metadata's "patch" field.
+The backbone is the run's network, trained on GEOM's pretext task as every anomaly run's is
+(or, with --epochs 0, the --init or --pretrained weights as they are, nothing trained); then
+the method is fitted on the normal training images (convlens.medical.patchcore, padim) and its
+tensors (bank and centre, or means and precisions; the projection or the channel choice) are
+saved in the weights file beside the network's, as plain tensors under `patch.`, with the
+method's settings and those tensors' shapes in the metadata's "patch" field.
 Loading rebuilds the method around the network from them (`PatchNet`). Scores and maps are
 mapped to [0, 1] by the image score's calibration (0.5: the threshold chosen on validation).
 """
@@ -48,7 +49,8 @@ class PatchNet(AnomalyNet):
 
     `saved` is the metadata's "patch" field ({"settings", "shapes"}), None before the fit;
     loading the tensors (load_state_dict) rebuilds the method around the network. GEOM's
-    Mahalanobis buffers (AnomalyNet's) stay zero: a patch run reports GEOM's own score only.
+    Mahalanobis buffers (AnomalyNet's) go unused (zero, or an --init GEOM run's): a patch run
+    reports GEOM's own score only.
     """
 
     def __init__(

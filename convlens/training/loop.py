@@ -16,6 +16,7 @@ from convlens.config import TrainConfig
 from convlens.data.batches import normalize, to_device
 from convlens.device import autocast, choose_amp, resolve_device, sync_debug
 from convlens.runs.folder import Run
+from convlens.runs.weights import save_weights
 from convlens.training import distributed
 from convlens.training.build import build_model, weights_meta
 from convlens.training.data import load_data
@@ -36,6 +37,8 @@ from convlens.training.optim import build_optimizer, set_lr
 from convlens.training.progress import Progress
 from convlens.training.resume import RunState, load_run_state, save_run_state
 from convlens.training.start import start_weights
+
+FIT_ONLY = "epochs 0: nothing trains; the run keeps the given weights as they are"
 
 
 def fit(
@@ -113,7 +116,7 @@ def _train(
         state = load_run_state(state_path, model, opt, ema)
         log.note(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
     log.start(cfg, ds, run_dir, model, device, precision)
-    if note := recipe.describe():
+    if note := FIT_ONLY if not cfg.epochs else recipe.describe():
         log.note(note)
     trained = None
 
@@ -194,6 +197,8 @@ def _train(
             break
 
     log.close()
+    if not cfg.epochs and group.main:  # fit only: the weights as given are the run's best
+        save_weights(Run(run_dir).best, model.state_dict(), meta)
     if group.main and finish is not None:
         finish(task, run_dir, ds, log)
     return run_dir
