@@ -8,8 +8,9 @@ JSON line per row:
   (the median size capped at 64 px, every image squashed to it, aspect lost) and saved as an
   .npz, trained from memory with 2-pixel shifts and alternating flips (--augment light);
 - "photo": the photo recipe at the size it chooses (96 px on a CPU from scratch; --image-size
-  to choose): shorter side resized, random resized crops, flips, colour jitter, TrivialAugment,
-  the split streamed, test images centre-cropped.
+  to choose): shorter side resized, random resized crops, flips, colour jitter, the split
+  streamed, test images centre-cropped; on a CPU batch 64, lr 0.25 and fastnet's stride-2 stem
+  (TrivialAugment: --photo-args '--auto-augment trivial').
 
 Both get the same training-time budget (`--budget` seconds, evaluation excluded): a one-epoch
 probe run measures each row's seconds per epoch (from results.csv), then the row trains for as

@@ -75,6 +75,7 @@ class TrainConfig:
     hflip: str = "auto"  # mirroring: auto (alternate if the data allows) | random | alternate | off
     # photos (issue 15): folders of images over 64 px, or an image_size above 64
     augment: str = "auto"  # auto (light for images <= 64 px, else photo) | light | photo | none
+    auto_augment: str = "none"  # photo, colour: trivial (TrivialAugment) | rand (RandAugment)
     cache_ram: str | None = None  # RAM for decoded training photos, e.g. 2G (default: half free)
     # mixup / cutmix (issue 15): photo batches mixed (torchvision v2), soft targets in the loss
     mix: str = "none"  # none | mixup | cutmix | both (one of the two, drawn per batch)
@@ -111,9 +112,11 @@ class TrainConfig:
     body_lr_mult: float = within(0.1, "(0, 1]")  # fine-tune: 1st body stage's lr / the head's
     # optimisation
     epochs: int = within(8, "[0, 100000]")  # passes over the training split (0: fit only)
-    batch_size: int = within(512, "[1, 1048576]")  # images per step (512 is fastest per image here)
+    # batch_size and lr left out: fastnet's 512 and 0.75, or 64 and 0.25 for photos on a CPU
+    # (convlens.training.lifecycle.resolve_batch); config.yaml records the values chosen
+    batch_size: int | None = within(None, "[1, 1048576]")  # images per step (512; CPU photos: 64)
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = within(0.75, "(0, inf)")  # peak learning rate (per batch of batch_size)
+    lr: float | None = within(None, "(0, inf)")  # peak learning rate (0.75; CPU photos: 0.25)
     momentum: float = within(0.85, "[0, 1)")  # SGD momentum
     nesterov: bool = True  # Nesterov momentum for SGD
     weight_decay: float = within(1.3e-3, "[0, 1)")  # coupled (torch SGD); not on biases, norms
@@ -266,6 +269,7 @@ _CHOICES = {
     "embed_loss": ("arcface", "softmax"),
     "transfer": ("auto", "fine-tune", "full"),  # transfer learning (issue 16)
     "align": ("none", "eyes"),  # aligned faces (issue 19): convlens.faces.align.ALIGNS
+    "auto_augment": ("trivial", "rand", "none"),  # convlens.data.augment.AUTO_AUGMENTS
 }
 
 

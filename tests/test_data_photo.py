@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms._presets import ImageClassification
 
+from convlens.data import load_dataset
 from convlens.data.augment import resolve_augment, seeded
 from convlens.data.batches import normalize
 from convlens.data.folder import load_folder
@@ -192,6 +193,37 @@ def test_auto_augment_is_light_for_small_images_and_photo_for_photos():
     assert resolve_augment("none", 224, 3).policy == "none"
     with pytest.raises(ConfigError, match="augment must be one of"):
         resolve_augment("heavy", 224, 3)
+    assert "TrivialAugment" not in colour.reason  # opt-in, as in torchvision's reference
+    assert resolve_augment("auto", 128, 3, auto_augment="trivial").reason.startswith(
+        "augmentation: random resized crops, flips where the dataset allows, colour jitter, "
+        "TrivialAugment"
+    )
+
+
+@pytest.mark.parametrize("auto_augment", ["trivial", "rand"])
+def test_auto_augment_adds_its_op_and_is_refused_where_it_cannot_apply(auto_augment):
+    x = storage_preprocess(Preprocess.photo(64, 3)).apply(photo(200, 260))
+    plain, extra = (train_transform("photo", 64, 3, False, auto_augment=a)
+                    for a in ("none", auto_augment))  # fmt: skip
+    op = {"trivial": v2.TrivialAugmentWide, "rand": v2.RandAugment}[auto_augment]
+    assert not any(isinstance(t, op) for t in plain.transforms)
+    jitter = next(t for t in plain.transforms if isinstance(t, v2.ColorJitter))
+    assert jitter.hue is None and jitter.saturation is not None  # hue: the costly one, left out
+    assert sum(isinstance(t, op) for t in extra.transforms) == 1
+    differ = 0
+    for i in range(8):  # the same draws up to the extra op: it changes the pixels
+        with seeded(0, 0, i):
+            a = plain(x)
+        with seeded(0, 0, i):
+            differ += not torch.equal(a, extra(x))
+    assert differ >= 4
+    from convlens.config import make_config
+    from convlens.training.data import augment_plan
+
+    small = load_dataset("digits")  # 8x8: the light policy
+    cfg = make_config(overrides={"data": "digits", "auto_augment": auto_augment})
+    with pytest.raises(ConfigError, match=f"'auto_augment': {auto_augment} applies to colour"):
+        augment_plan(cfg, small)
 
 
 @pytest.mark.parametrize("policy", ["photo", "none", "light"])

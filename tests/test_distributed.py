@@ -79,7 +79,7 @@ from pathlib import Path
 import torch
 from convlens.training import distributed
 marker = Path(sys.argv[1])
-group, _ = distributed.setup(torch.device("cpu"), 2)
+group, _ = distributed.setup(torch.device("cpu"))
 with distributed.local_main_first(group):
     if group.local_rank == 0:
         time.sleep(1.0)  # a slow first decode

@@ -263,3 +263,23 @@ def test_fastnet_weights_load_with_the_pooling_they_were_trained_with(tmp_path, 
     x = torch.randn(3, 1, 8, 8)
     assert loaded.forward_features(x).shape == model.forward_features(x).shape
     assert torch.allclose(loaded(x), model(x))
+
+
+def test_fastnets_stride_2_stem_sees_every_pixel_once_at_half_the_side() -> None:
+    from convlens.models.fastnet import pool_plan
+
+    wide = create_model("fastnet", in_channels=3, image_size=96, stem_stride=2)
+    assert wide.conv1(torch.zeros(1, 3, 96, 96)).shape[-2:] == (48, 48)  # 95 x 95 at stride 1
+    assert wide.forward_features(torch.zeros(2, 3, 96, 96)).shape == (2, 128, 6, 6)
+    assert pool_plan((96, 96), 2, 2) == pool_plan((48, 48), 1, 1)
+    x = torch.zeros(1, 3, 96, 96, requires_grad=True)
+    out = wide.conv1(x)
+    hits = torch.zeros(96, 96)
+    for i, j in [(0, 0), (10, 31), (47, 47)]:  # each stem position reads its own 2x2 patch
+        (g,) = torch.autograd.grad(out[0, :, i, j].sum(), x, retain_graph=True)
+        seen = g.abs().sum(1)[0] > 0
+        assert seen.sum() == 4 and seen[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].all()
+        hits += seen
+    assert hits.max() == 1
+    with pytest.raises(ValueError, match="stem_stride must be 1 to whiten_kernel"):
+        create_model("fastnet", image_size=96, stem_stride=3)  # would skip pixels

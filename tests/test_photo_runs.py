@@ -36,7 +36,12 @@ from convlens.runs.weights import META_KEY, read_safetensors, read_weights
 from convlens.tasks import make_task
 from convlens.training.build import weights_meta
 from convlens.training.data import load_data
-from convlens.training.lifecycle import TrainBatches, epoch_batches, note_bad_files
+from convlens.training.lifecycle import (
+    TrainBatches,
+    epoch_batches,
+    note_bad_files,
+    resolve_batch,
+)
 from convlens.training.progress import Progress
 from tests.helpers import PEAK_RSS_CODE, free_port, start_server
 from tests.helpers import convlens_warm as cli
@@ -385,6 +390,43 @@ def test_small_images_keep_the_in_memory_path(tmp_path):
     big = make_config(overrides={"data": str(root), "image_size": 72})
     photo_ds = load_data(big, Progress(enabled=False))[0]
     assert streamed(photo_ds.train) and photo_ds.image_size == (72, 72)
+
+
+def test_photos_on_a_cpu_train_at_batch_64_unless_told_and_config_yaml_says_so(photos, tmp_path):
+    root = small_tree(tmp_path / "small")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # a device object: no GPU needed
+    chosen = {}
+    for name, data, given in [("photo", photos[0], {}), ("small", root, {}),
+                              ("batch given", photos[0], {"batch_size": 128}),
+                              ("lr given", photos[0], {"lr": 0.1})]:  # fmt: skip
+        cfg = make_config(overrides={"data": str(data), **given})
+        assert (cfg.batch_size, cfg.lr) == (given.get("batch_size"), given.get("lr"))
+        ds = load_data(cfg, Progress(enabled=False))[0]
+        for device in (cpu, gpu):
+            done, note = resolve_batch(cfg, ds, device)
+            chosen[name, device.type] = (done.batch_size, done.lr)
+            assert (note is not None) == (name != "batch given" and done.batch_size == 64)
+    assert chosen == {
+        ("photo", "cpu"): (64, 0.25), ("photo", "cuda"): (512, 0.75),
+        ("small", "cpu"): (512, 0.75), ("small", "cuda"): (512, 0.75),  # as before
+        ("batch given", "cpu"): (128, 0.75), ("batch given", "cuda"): (128, 0.75),
+        ("lr given", "cpu"): (64, 0.1), ("lr given", "cuda"): (512, 0.1),
+    }  # fmt: skip
+    out = tmp_path / "run"  # a real run records what it chose
+    r = cli("train", "--data", photos[0], "--image-size", 32, "--epochs", 1, "--calibrate",
+            "none", "--run", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = make_config(out / "config.yaml")
+    assert (saved.batch_size, saved.lr) == (64, 0.25)
+    assert "batch 64, lr 0.25: photos on a CPU (--batch-size, --lr choose)" in r.stdout
+    # fastnet on photos: the stride-2 stem, recorded where the model is rebuilt from
+    assert saved.model_args == {"stem_stride": 2} and "whitening stem at stride 2" in r.stdout
+    from convlens.tasks.loading import load_model
+
+    model, meta, _ = load_model(out / "weights" / "best.safetensors")  # as predict rebuilds it
+    assert meta.model.args == {"stem_stride": 2}
+    stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.stride == (2, 2)
 
 
 def test_named_folder_sets_take_the_photo_path(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def train_transform(
     *,
     grey: bool | None = None,
     scale: tuple[float, float] | None = None,
-    auto_augment: str = "trivial",
+    auto_augment: str = "none",
     erase: float = 0.0,
     resize: int | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:

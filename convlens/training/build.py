@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -54,6 +56,23 @@ def weights_meta(
 def preprocess_meta(ds: Dataset) -> dict:
     """{"preprocess": how a photo run cuts its images}; {} for images squashed to the input."""
     return {"preprocess": ds.train.prep.to_dict()} if streamed(ds.train) else {}
+
+
+# fastnet on photos (issue 15): the stem at stride 2 (models/fastnet.py). On fashion-scenes,
+# 96 px at stride 2 matched 64 px at stride 1 epoch for epoch (val 69.5% / 70.7% after 5, test
+# 63.8% / 64.4%) in 76% of the time (175 s / 230 s; benchmarks/scenes_recipe.py's machine)
+PHOTO_STEM_STRIDE = 2
+
+
+def resolve_stem(cfg: TrainConfig, ds: Dataset) -> tuple[TrainConfig, str | None]:
+    """`cfg` with fastnet's stem_stride 2 for photos (a streamed split) where not given, and a
+    line saying so; the model_args in config.yaml and the weights record it."""
+    if cfg.model != "fastnet" or not streamed(ds.train) or "stem_stride" in cfg.model_args:
+        return cfg, None
+    args = {**cfg.model_args, "stem_stride": PHOTO_STEM_STRIDE}
+    note = (f"fastnet: whitening stem at stride {PHOTO_STEM_STRIDE} for photos (its 2x2 patches "
+            "side by side; --model-arg stem_stride=1 overlaps them)")  # fmt: skip
+    return dataclasses.replace(cfg, model_args=args), note
 
 
 def build_model(

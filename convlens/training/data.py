@@ -100,7 +100,13 @@ def _resumed_preprocess(cfg: TrainConfig) -> Preprocess | None:
 
 def augment_plan(cfg: TrainConfig, ds: Dataset) -> AugmentPlan:
     """What --augment means for this dataset (auto: by its image size and channels)."""
-    return resolve_augment(cfg.augment, ds.image_size, ds.channels, photos=streamed(ds.train))
+    plan = resolve_augment(cfg.augment, ds.image_size, ds.channels, photos=streamed(ds.train),
+                           auto_augment=cfg.auto_augment)  # fmt: skip
+    if cfg.auto_augment != "none" and (plan.policy != "photo" or plan.grey):
+        raise ConfigError(f"setting 'auto_augment': {cfg.auto_augment} applies to colour photos "
+                          f"under --augment photo; this run's augmentation is "
+                          f"{'grey photo' if plan.grey else plan.policy}")  # fmt: skip
+    return plan
 
 
 # mixup / cutmix (issue 15)

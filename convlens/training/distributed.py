@@ -33,19 +33,24 @@ class Group:
         return self.rank == 0
 
 
-def setup(device: torch.device, batch_size: int) -> tuple[Group, torch.device]:
+def setup(device: torch.device) -> tuple[Group, torch.device]:
     """Join the process group torchrun describes in the environment (or run alone)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Group(), device
-    if batch_size % world:
-        raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Group(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def check_batch(batch_size: int, group: Group) -> None:
+    """Refuse a global batch that the processes cannot share evenly."""
+    if batch_size % group.world:
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {group.world} "
+                          "processes")  # fmt: skip
 
 
 def launched_rank() -> int:

@@ -18,7 +18,7 @@ from convlens.device import autocast, choose_amp, resolve_device, sync_debug
 from convlens.runs.folder import Run
 from convlens.runs.weights import save_weights
 from convlens.training import distributed
-from convlens.training.build import build_model, weights_meta
+from convlens.training.build import build_model, resolve_stem, weights_meta
 from convlens.training.data import load_data
 from convlens.training.finetune import Recipe, resolve
 from convlens.training.hooks import EpochEnd, Finish, MakeHooks, TrainingHooks
@@ -31,6 +31,7 @@ from convlens.training.lifecycle import (
     lookahead,
     note_bad_files,
     open_run,
+    resolve_batch,
     resolve_run,
 )
 from convlens.training.optim import build_optimizer, set_lr
@@ -65,7 +66,7 @@ def _fit(
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        group, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
+        group, device = distributed.setup(resolve_device(cfg.device))
         try:
             run_dir = distributed.from_main(run_dir, group)  # the folder rank 0 holds
             return _train(cfg, run_dir, group, device, make_hooks(cfg), finish, epoch_end)
@@ -90,6 +91,12 @@ def _train(
     backbone = start and start.defaults  # photos without --image-size: the weights' input
     with distributed.local_main_first(group):  # one process per machine builds a folder cache
         ds, mean, std, hflip = load_data(cfg, log, task, backbone)
+    cfg, batch_note = resolve_batch(cfg, ds, device)  # batch_size, lr: by the data if left out
+    cfg, stem_note = resolve_stem(cfg, ds)  # fastnet on photos: a stride-2 stem
+    for note in (batch_note, stem_note):
+        if note:
+            log.note(note)
+    distributed.check_batch(cfg.batch_size, group)
     meta = weights_meta(cfg, ds, mean, std, hflip, task, start)
     mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]  # the weights' own, if given
 

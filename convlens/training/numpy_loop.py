@@ -33,6 +33,7 @@ from convlens.training.lifecycle import (
     lookahead,
     note_bad_files,
     open_run,
+    resolve_batch,
     resolve_run,
 )
 from convlens.training.optim import get_lr, param_groups, set_lr
@@ -66,6 +67,9 @@ def _fit(
         torch.set_num_threads(cfg.threads)  # the data pipeline's threads
     log = Progress()
     ds, mean, std, hflip = load_data(cfg, log, task)
+    cfg, chosen = resolve_batch(cfg, ds, torch.device("cpu"))  # batch_size, lr: if left out
+    if chosen:
+        log.note(chosen)
     meta = weights_meta(cfg, ds, mean, std, hflip, task)
 
     torch.manual_seed(cfg.seed)
