@@ -60,7 +60,7 @@ def preprocess_meta(ds: Dataset) -> dict:
 
 # fastnet on photos (issue 15): the stem at stride 2 (models/fastnet.py). On fashion-scenes,
 # 96 px at stride 2 matched 64 px at stride 1 epoch for epoch (val 69.5% / 70.7% after 5, test
-# 63.8% / 64.4%) in 76% of the time (175 s / 230 s; benchmarks/scenes_recipe.py's machine)
+# 63.8% / 64.4%) in 76% of the time (175 s / 230 s; BENCHMARKS.md, "The photo recipe retuned")
 PHOTO_STEM_STRIDE = 2
 
 

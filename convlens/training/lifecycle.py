@@ -68,7 +68,7 @@ BATCH, LR = 512, 0.75
 # Photos from scratch on a CPU: 10,000 images of fashion-scenes give 512 only 19 steps an epoch;
 # at 64 (and 0.25, near 0.75 x sqrt(64 / 512)) six epochs reached 70.6% test accuracy against
 # 62.2% at 512, in 234 s against 320 s (batch 64 is also faster per image on a 2-core CPU;
-# benchmarks/scenes_recipe.py, BENCHMARKS.md)
+# BENCHMARKS.md, "The photo recipe retuned")
 PHOTO_CPU_BATCH, PHOTO_CPU_LR = 64, 0.25
 
 
