@@ -39,7 +39,7 @@ from convlens.training.progress import Progress
 from convlens.training.resume import RunState, load_run_state, save_run_state
 from convlens.training.start import start_weights
 
-FIT_ONLY = "epochs 0: nothing trains; the run keeps the given weights as they are"
+FIT_ONLY_NOTE = "epochs 0: nothing trains; the run keeps the given weights as they are"
 
 
 def fit(
@@ -123,7 +123,7 @@ def _train(
         state = load_run_state(state_path, model, opt, ema)
         log.note(f"resuming {run_dir} after epoch {state.epoch} of {cfg.epochs}")
     log.start(cfg, ds, run_dir, model, device, precision)
-    if note := FIT_ONLY if not cfg.epochs else recipe.describe():
+    if note := FIT_ONLY_NOTE if not cfg.epochs else recipe.describe():
         log.note(note)
     trained = None
 
