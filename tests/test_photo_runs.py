@@ -273,11 +273,12 @@ def test_two_processes_over_shards_read_each_sample_once_an_epoch(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "convlens", "train",
            "--data", str(tmp_path / "shards"), "--image-size", "64", "--epochs", "2",
-           "--batch-size", "12", "--amp", "off", "--calibrate", "none",
+           "--batch-size", "8", "--amp", "off", "--calibrate", "none",
            "--run-dir", str(tmp_path / "run")]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    # 3 shards to one rank, 2 to the other (3 and 2 batches: DDP's join), none read twice
+    # 3 shards to one rank, 2 to the other: 18 and 12 samples in batches of 4, each rank's
+    # short last batch kept (5 and 3 batches: DDP's join), none read twice
     for epoch in (1, 2):
         assert f"epoch {epoch}: 30 of 30 training samples read by 2 process(es)" in out.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "set", "shards"]

@@ -104,11 +104,14 @@ class ShardLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # workers' seeds
         batches = DataLoader(self.data, batch_size=self.batch_size, num_workers=self.workers,
                              drop_last=self.drop_last, generator=g)  # fmt: skip
+        # Each worker ends on its own short batch: kept, so that every sample is read once an
+        # epoch, but for a batch of one (BatchNorm cannot train on it).
+        kept = (batch for batch in batches if len(batch[1]) > 1)
         if self.mix is None:
-            return iter(batches)
-        return self._mixed(batches)
+            return kept
+        return self._mixed(kept)
 
-    def _mixed(self, batches: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _mixed(self, batches: Iterator[tuple]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each batch mixed under its own seed: (epoch, rank, batch), as photo_loader's are."""
         rank = int(os.environ.get("RANK", "0"))
         for i, (images, labels) in enumerate(batches):

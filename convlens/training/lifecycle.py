@@ -94,6 +94,12 @@ def epoch_steps(cfg: TrainConfig, n_train: int) -> tuple[bool, int, int]:
     return drop_last, steps_per_epoch, steps_per_epoch * cfg.epochs
 
 
+def step_of(epoch: int, i: int, steps_per_epoch: int) -> int:
+    """The schedule's step for batch i of `epoch`: a rank reading its own shards may end on a
+    few more (short) batches than steps_per_epoch, which keep the epoch's last step's lr."""
+    return epoch * steps_per_epoch + min(i, steps_per_epoch - 1)
+
+
 def lookahead(cfg: TrainConfig, steps_per_epoch: int) -> Lookahead | None:
     """The weight average (or None), updated at least once an epoch: each epoch ends on the
     average, so one not updated in a short epoch (8x8 digits: 2 steps) would undo its training."""
@@ -153,8 +159,10 @@ def _photo_loader(
     mix = batch_mix(cfg, ds, plan)
     if streamed(ds.train):
         size = cfg.batch_size // world if ds.train.per_rank else cfg.batch_size
+        # Shards: each rank keeps its short batches, so every sample is read once an epoch.
         return ds.train.loader(transform, size, workers=cfg.workers, seed=cfg.seed,
-                               drop_last=drop_last, strict=cfg.strict, mix=mix)  # fmt: skip
+                               drop_last=drop_last and not ds.train.per_rank, strict=cfg.strict,
+                               mix=mix)  # fmt: skip
     n = len(ds.train)
     source = RamImages(ds.train.images.numpy(), ds.train.labels.numpy(), np.arange(n))
     return photo_loader(source, transform, cfg.batch_size, cfg.workers, cfg.seed, 0, drop_last,

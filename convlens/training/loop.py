@@ -33,6 +33,7 @@ from convlens.training.lifecycle import (
     open_run,
     resolve_batch,
     resolve_run,
+    step_of,
 )
 from convlens.training.optim import build_optimizer, set_lr
 from convlens.training.progress import Progress
@@ -143,7 +144,7 @@ def _train(
         with sync_debug(device), distributed.uneven(trained, batches.per_rank):
             for i, (xb, yb) in enumerate(batches(epoch)):
                 xb, yb = task.batch(xb, yb, aug)
-                step = epoch * steps_per_epoch + i
+                step = step_of(epoch, i, steps_per_epoch)
                 lr, body_frozen = recipe.lr(step, steps_per_epoch)
                 set_lr(opt, lr, step / total_steps, body_frozen)
                 if not batches.per_rank:  # shards: each rank reads its own batches

@@ -35,6 +35,7 @@ from convlens.training.lifecycle import (
     open_run,
     resolve_batch,
     resolve_run,
+    step_of,
 )
 from convlens.training.optim import get_lr, param_groups, set_lr
 from convlens.training.progress import Progress
@@ -101,7 +102,7 @@ def _fit(
             loss_sum, seen = 0.0, 0
             log.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
             for i, (xb, yb) in enumerate(batches(epoch)):
-                step = epoch * steps_per_epoch + i
+                step = step_of(epoch, i, steps_per_epoch)
                 lr = get_lr(step, total_steps, steps_per_epoch, cfg)
                 set_lr(opt, lr, step / total_steps)
                 x = normalize(xb, mean, std).numpy()  # (B, C, H, W) float32
