@@ -7,6 +7,8 @@ JSON line per row:
 - "today": the pipeline before issue 15, forced: the folder loaded as data/folder.py loads it
   (the median size capped at 64 px, every image squashed to it, aspect lost) and saved as an
   .npz, trained from memory with 2-pixel shifts and alternating flips (--augment light);
+- "today FLAGS" (`--today-args FLAGS`, repeatable): today's pipeline with more flags, e.g. the
+  photo recipe's CPU batch and lr ('--batch-size 64 --lr 0.25') on the squashed images;
 - "photo": the photo recipe at the size it chooses (96 px on a CPU from scratch; --image-size
   to choose): shorter side resized, random resized crops, flips, colour jitter, the split
   streamed, test images centre-cropped; on a CPU batch 64, lr 0.25 and fastnet's stride-2 stem
@@ -25,7 +27,8 @@ of the same tree (`convlens shards`), under torchrun with two gloo processes; it
 many samples were read each epoch (every one once), its accuracy should match the photo row's
 within noise (issue 15's shard figure).
 
-    .venv/bin/python benchmarks/scenes_recipe.py --budget 600          # the figures
+    .venv/bin/python benchmarks/scenes_recipe.py --budget 600 --shards \\
+        --today-args '--batch-size 64 --lr 0.25'                      # the figures
     .venv/bin/python benchmarks/scenes_recipe.py --budget 600 --photo-args '--mix cutmix'
     .venv/bin/python benchmarks/scenes_recipe.py --data fashion-scenes-mini --budget 20 \\
         --probe-epochs 1                                              # a smoke run, ~2 min
@@ -103,6 +106,8 @@ def main() -> None:
     p.add_argument("--amp", default="auto", help="both rows' --amp (auto: device.choose_amp)")
     p.add_argument("--photo-args", default="", help="more `convlens train` flags for the photo "
                    "row, e.g. '--mix cutmix'")  # fmt: skip
+    p.add_argument("--today-args", action="append", default=[], help="add a row: today's "
+                   "pipeline with these flags too, e.g. '--batch-size 64', repeatable")  # fmt: skip
     p.add_argument("--shards", action="store_true", help="add the 2-process shards row")
     args = p.parse_args()
 
@@ -119,6 +124,8 @@ def main() -> None:
                       + (["--image-size", str(args.image_size)] if args.image_size else []),
                       "shorter side resized, centre-cropped"),
         }  # fmt: skip
+        for flags in args.today_args:
+            rows[f"today {flags}"] = (str(npz), [*rows["today"][1], *shlex.split(flags)], squash)
         fitted = {}
         for name, (data, extra, input_note) in rows.items():
             probe = train(data, tmp / f"{name}-probe", args.probe_epochs, common + extra)

@@ -109,7 +109,7 @@ class TrainConfig:
     # body_lr_mult x the head's (fastai's discriminative lrs; convlens.training.finetune)
     transfer: str = "auto"  # auto (fine-tune when weights are given, else full) | fine-tune | full
     freeze_epochs: int | None = within(None, "[0, 100000]")  # head-only epochs (default: 1/4)
-    body_lr_mult: float = within(0.1, "(0, 1]")  # fine-tune: 1st body stage's lr / the head's
+    body_lr_mult: float = within(0.3, "(0, 1]")  # fine-tune: 1st body stage's lr / the head's
     # optimisation
     epochs: int = within(8, "[0, 100000]")  # passes over the training split (0: fit only)
     # batch_size and lr left out: fastnet's 512 and 0.75, or 64 and 0.25 for photos on a CPU

@@ -303,8 +303,8 @@ def test_recipe_phases_each_run_their_own_schedule_and_freeze_the_body():
     model = create_model("resnet8", in_channels=1, num_classes=3, image_size=16)
     recipe = Recipe(cfg, model)
     shares = recipe.body_shares
-    assert shares[id(model.conv1.weight)] == pytest.approx(0.1)  # the first stage: body_lr_mult
-    assert shares[id(model.layer3[0].conv1.weight)] == pytest.approx(0.1**0.2)
+    assert shares[id(model.conv1.weight)] == pytest.approx(0.3)  # the first stage: body_lr_mult
+    assert shares[id(model.layer3[0].conv1.weight)] == pytest.approx(0.3**0.2)
     assert id(model.fc.weight) not in shares  # the head: the full lr
     opt = build_optimizer(model, cfg, shares)
     assert recipe.lr(0, 10) == (pytest.approx(0.1 * 0.2), True)  # onecycle starts at 20%
