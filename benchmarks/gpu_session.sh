@@ -10,7 +10,9 @@
 # then call the device tool's run with carry [".gpu-data"], timeout_s 600 and the command
 # `bash benchmarks/gpu_session.sh`. Everything lands in $OUT: gpu.txt, tests.log, fast.json/.log,
 # compiled.json/.log, wrn.json/.log. A later call can give the WRN the whole budget:
-# `STAGES=wrn WRN_SECONDS=420 bash benchmarks/gpu_session.sh`. The same flow on a CPU, tiny:
+# `STAGES=wrn WRN_SECONDS=420 bash benchmarks/gpu_session.sh`; the photo pipeline at 224 px with
+# a ResNet-50 (issue 21; synthetic JPEGs written there, no data to carry) is a call of its own:
+# `STAGES=photo bash benchmarks/gpu_session.sh` (photo.json/.log). The same flow on a CPU, tiny:
 # `DRY=1 PY=.venv/bin/python OUT=/tmp/gpu-dry bash benchmarks/gpu_session.sh` (a few minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +27,12 @@ if [[ -n "${DRY:-}" ]]; then  # the same flow on a CPU, tiny: checks the script,
     ARGS=(--device cpu --fast-epochs 1)
     SEEDS=(0)
     WRN=(--wrn-depth 10 --wrn-width 1 --wrn-epochs 1)
+    PHOTO=(--device cpu --model fastnet --image-size 64 --per-class 8 2 2 --epochs 1 --workers 1)
 else
     ARGS=()
     SEEDS=(0 1 2 3 4)
     WRN=(--wrn-seconds "$WRN_SECONDS")  # the schedule shortened to what fits: 60 epochs may not
+    PHOTO=()
 fi
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
@@ -52,3 +56,4 @@ stage tests 100 $PY -m pytest -q -p no:cacheprovider tests/test_device.py
 stage fast 110 "${BENCH[@]}" --recipes fast --seeds "${SEEDS[@]}" --out "$OUT/fast.json"
 stage compiled 80 "${BENCH[@]}" --recipes fast --compile --seeds 0 --out "$OUT/compiled.json"
 stage wrn $((WRN_SECONDS + 110)) "${BENCH[@]}" --recipes wrn --seeds 0 "${WRN[@]}" --out "$OUT/wrn.json"
+stage photo 400 $PY benchmarks/photo_gpu.py "${PHOTO[@]}" --out "$OUT/photo.json"
