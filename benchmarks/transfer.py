@@ -20,12 +20,16 @@ fine-tune - naive > 0.
         --source-epochs 16 --source-batch-size 64 --source-lr 0.25
     .venv/bin/python benchmarks/transfer.py --data fashion-scenes --source WORK/source \\
         --shots 10 --augment photo                                # the same source, reused
+    .venv/bin/python benchmarks/transfer.py --data fashion-scenes --image-size 64 \\
+        --source-epochs 16 --source-batch-size 64 --source-lr 0.25 --source-seeds 0,1,2 \\
+        --shots 10,50 --seeds 10,11,12,13,14,15,16,17,18,19      # three sources, paired gaps
     .venv/bin/python benchmarks/transfer.py --tiny                # a smoke run (~1 minute)
 
 The figures (Fashion-MNIST, and fashion-scenes with batch-512 and batch-64 sources) are in
 BENCHMARKS.md's transfer section, with the commands that made them: with a source trained at
 batch 64 (--source-batch-size 64 --source-lr 0.25) fine-tuning beats scratch by ~20 points on
-fashion-scenes at 10 and at 50 images per class.
+fashion-scenes at 10 and at 50 images per class; over three sources and ten draws (30 pairs)
+the automatic recipe and naive fine-tuning tie within their bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -112,8 +116,11 @@ def main() -> None:
     ap.add_argument("--body-lr-mult", type=float, help="fine-tune's (0.1 before 2026-12-03) "
                     "[default: convlens' own]")  # fmt: skip
     ap.add_argument("--augment", default="auto", help="the few-shot runs' --augment (all three)")
-    ap.add_argument("--source", help="a source run folder to reuse (made by an earlier call "
-                    "with the same --data and --image-size): no source training")  # fmt: skip
+    ap.add_argument("--source-seeds", default="0", help="one source run per seed, each "
+                    "starting fine-tune and naive runs on the same few images")  # fmt: skip
+    ap.add_argument("--source", action="append", default=[], help="a source run folder to "
+                    "reuse (made by an earlier call with the same --data and --image-size; "
+                    "repeatable): no source training")  # fmt: skip
     ap.add_argument("--work", help="folder for the data files and runs [default: a temp dir]")
     ap.add_argument("--tiny", action="store_true", help="smoke run: small source, 2 epochs")
     args = ap.parse_args()
@@ -128,33 +135,26 @@ def main() -> None:
     src = {s: subset(*splits[s], SOURCE, source_n, rng) for s in ("train", "test")}
     source_data = write_npz(work / "source.npz", [names[c] for c in SOURCE], src)
     common = {"model": args.model, "threads": 0}
-    source_epochs = 1 if args.tiny else args.source_epochs
-    if args.source:
-        source = Path(args.source)
-        acc, seconds = json.loads((source / "metrics.json").read_text())["accuracy"], 0.0
-        source_epochs = len((source / "results.csv").read_text().splitlines()) - 1
-    else:
-        recipe = {"epochs": source_epochs, "batch_size": args.source_batch_size,
-                  "lr": args.source_lr}  # fmt: skip
-        acc, seconds, source = train(work, "source", source_data, {**common, **recipe})
-    settings = yaml.safe_load((source / "config.yaml").read_text())
-    row = {"run": "source", "data": args.data, "classes": "0-4", "epochs": source_epochs,
-           "batch_size": settings["batch_size"], "lr": settings["lr"]}  # fmt: skip
-    print(json.dumps({**row, "test_acc": round(acc, 4), "seconds": round(seconds, 1),
-                      "folder": str(source)}), flush=True)  # fmt: skip
+    recipe = {"epochs": 1 if args.tiny else args.source_epochs,
+              "batch_size": args.source_batch_size, "lr": args.source_lr}  # fmt: skip
+    sources = [Path(s) for s in args.source]
+    for source in sources:
+        report_source(source, args.data, 0.0)
+    for seed in [] if sources else [int(s) for s in args.source_seeds.split(",")]:
+        settings = {**common, **recipe, "seed": seed}
+        _, seconds, source = train(work, f"source-{seed}", source_data, settings)
+        report_source(source, args.data, seconds)
+        sources.append(source)
 
     epochs = 2 if args.tiny else args.epochs
     test = subset(*splits["test"], TARGET, 100 if args.tiny else None, rng)
     few = {**common, "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
            "augment": args.augment}  # fmt: skip
-    methods = {
-        "fine-tune": {"init": str(source), "transfer": "auto"}
-        | ({"body_lr_mult": args.body_lr_mult} if args.body_lr_mult else {}),
-        "naive": {"init": str(source), "transfer": "full"},
-        "scratch": {},
-    }
+    fine_tune = {"transfer": "auto"} | (
+        {"body_lr_mult": args.body_lr_mult} if args.body_lr_mult else {}
+    )
     for n in shots:
-        accs: dict[str, list[float]] = {m: [] for m in methods}
+        acc: dict[tuple[str, int, int], float] = {}  # (method, source, seed) -> test accuracy
         for seed in seeds:
             pick = np.random.default_rng(1000 * n + seed)
             x, y = subset(*splits["train"], TARGET, n + VAL_SHOTS, pick)
@@ -166,23 +166,55 @@ def main() -> None:
                 {"train": (x[train_idx], y[train_idx]), "val": (x[val_idx], y[val_idx]),
                  "test": test},
             )  # fmt: skip
-            for method, extra in methods.items():
-                acc, seconds, _ = train(work, f"{method}-{n}-{seed}", data,
-                                     {**few, **extra, "seed": seed})  # fmt: skip
-                accs[method].append(acc)
-                print(json.dumps({"shots": n, "method": method, "seed": seed,
-                                  "test_acc": round(acc, 4), "seconds": round(seconds, 1)}),
+            runs = [("scratch", None, {})]  # the same for every source: trained once
+            for k, source in enumerate(sources):
+                runs += [("fine-tune", k, {"init": str(source), **fine_tune}),
+                         ("naive", k, {"init": str(source), "transfer": "full"})]  # fmt: skip
+            for method, k, extra in runs:
+                name = f"{method}-{n}-{seed}" + ("" if k is None else f"-s{k}")
+                a, seconds, _ = train(work, name, data, {**few, **extra, "seed": seed})
+                acc[method, -1 if k is None else k, seed] = a
+                print(json.dumps({"shots": n, "method": method, "source": k, "seed": seed,
+                                  "test_acc": round(a, 4), "seconds": round(seconds, 1)}),
                       flush=True)  # fmt: skip
-        med = {m: statistics.median(a) for m, a in accs.items()}
-        summary = {
-            "shots": n,
-            "seeds": len(seeds),
-            "median_test_acc": {m: round(a, 4) for m, a in med.items()},
-            "fine_tune_minus_scratch_points": round(100 * (med["fine-tune"] - med["scratch"]), 1),
-            "fine_tune_minus_naive_points": round(100 * (med["fine-tune"] - med["naive"]), 1),
-        }
-        print(json.dumps(summary), flush=True)
+        print(json.dumps(summarise(n, acc, len(sources), seeds)), flush=True)
     print(json.dumps({"work": str(work)}))
+
+
+def report_source(source: Path, name: str, seconds: float) -> None:
+    """One JSON line for a source run: its settings and test accuracy."""
+    settings = yaml.safe_load((source / "config.yaml").read_text())
+    epochs = len((source / "results.csv").read_text().splitlines()) - 1
+    row = {"run": "source", "data": name, "classes": "0-4", "epochs": epochs,
+           "batch_size": settings["batch_size"], "lr": settings["lr"], "seed": settings["seed"],
+           "amp": settings.get("amp")}  # fmt: skip
+    accuracy = json.loads((source / "metrics.json").read_text())["accuracy"]
+    print(json.dumps({**row, "test_acc": round(accuracy, 4), "seconds": round(seconds, 1),
+                      "folder": str(source)}), flush=True)  # fmt: skip
+
+
+def summarise(shots: int, acc: dict, n_sources: int, seeds: list[int]) -> dict:
+    """Medians over every (source, seed) pair, and the paired gaps the issue sets targets for
+    (fine-tune - scratch >= 15 points, fine-tune - naive > 0): each pair's fine-tune against
+    naive on the same source and few images (scratch: the same few images), with the median,
+    the mean and a bootstrap 95% interval of the mean, and how many pairs fine-tune won."""
+    pairs = [(k, seed) for k in range(n_sources) for seed in seeds]
+    per = {m: [acc[m, k, s] for k, s in pairs] for m in ("fine-tune", "naive")}
+    per["scratch"] = [acc["scratch", -1, s] for _, s in pairs]
+    medians = {m: round(statistics.median(a), 4) for m, a in per.items()}
+    out: dict = {"shots": shots, "sources": n_sources, "seeds": len(seeds),
+                 "median_test_acc": medians}  # fmt: skip
+    boot = np.random.default_rng(0)
+    for other in ("scratch", "naive"):
+        gaps = 100 * (np.array(per["fine-tune"]) - np.array(per[other]))
+        means = boot.choice(gaps, (10_000, len(gaps))).mean(axis=1)
+        out[f"fine_tune_minus_{other}_points"] = {
+            "median": round(float(np.median(gaps)), 1),
+            "mean": round(float(gaps.mean()), 1),
+            "mean_95ci": [round(float(q), 1) for q in np.percentile(means, [2.5, 97.5])],
+            "fine_tune_won": f"{int((gaps > 0).sum())} of {len(gaps)}",
+        }
+    return out
 
 
 if __name__ == "__main__":
