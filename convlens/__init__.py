@@ -205,13 +205,18 @@ def scenes(
     per_class: tuple[int, int, int] | None = None,
     workers: int | None = None,
     data_dir: str | None = None,
+    item_scale: tuple[float, float] | None = None,
 ) -> dict:
-    """Write a fashion-scenes tree to new folder `out`; returns its manifest."""
+    """Write a fashion-scenes tree to new folder `out`; returns its manifest. `item_scale`: the
+    item's side as a share of the image's shorter side (low, high) [default: (0.45, 0.9)]."""
     from convlens.data.named import fashion_items
-    from convlens.data.scenes import PER_CLASS, generate
+    from convlens.data.scenes import ITEM_SCALE, PER_CLASS, generate
 
     items = fashion_items(data_dir)
-    return generate(out, items, seed=seed, per_class=per_class or PER_CLASS, workers=workers)
+    per_class = per_class or PER_CLASS
+    item_scale = item_scale or ITEM_SCALE
+    return generate(out, items, seed=seed, per_class=per_class, workers=workers,
+                    item_scale=item_scale)  # fmt: skip
 
 
 def shards(

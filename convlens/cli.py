@@ -371,17 +371,18 @@ def datasets() -> None:
               help="images per class in each split [default: fashion-scenes' own]")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=0),
               help="processes rendering (0: this one) [default: a core each, up to 8]")  # fmt: skip
+@click.option("--item-scale", nargs=2, type=click.FloatRange(0, 1, min_open=True),
+              metavar="LOW HIGH", help="item side / the image's shorter side [default: 0.45 0.9; "
+              "fashion-scenes-small's: 0.15 0.35]")  # fmt: skip
 @click.option("--data-dir", help="where Fashion-MNIST is looked up first")
 def scenes(
     out: str, seed: int, per_class: tuple[int, int, int] | None, workers: int | None,
-    data_dir: str | None,
+    item_scale: tuple[float, float] | None, data_dir: str | None,
 ) -> None:  # fmt: skip
     """Write a fashion-scenes tree (Fashion-MNIST items on real photos, JPEG) to new folder OUT."""
-    from convlens.data.named import fashion_items
-    from convlens.data.scenes import PER_CLASS, generate
+    from convlens import scenes as make_scenes
 
-    items = fashion_items(data_dir)
-    manifest = generate(out, items, seed=seed, per_class=per_class or PER_CLASS, workers=workers)
+    manifest = make_scenes(out, seed, per_class, workers, data_dir, item_scale)
     counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())
     click.echo(f"wrote {counts} images to {out}/{{train,val,test}}/<class>/")
 

@@ -348,3 +348,68 @@ def test_an_archive_reaching_outside_is_refused(served, isolated, monkeypatch):
         load_dataset("imagenette-160")
     assert not list(isolated.parent.rglob("escaped.txt"))
     assert list(isolated.iterdir()) == []
+
+
+def _item_share(item_scale: tuple[float, float], monkeypatch) -> float:
+    """The mean share of a scene's pixels an item covers, rendered on black photos."""
+    black = Image.new("RGB", (400, 300))
+    monkeypatch.setattr(scenes, "_photo", lambda source: black)
+    train, _, _ = fashion()
+    shares = []
+    for i in range(24):  # the same items and draws at either scale
+        jpeg = scenes.render(np.asarray(train.images)[i, 0], np.random.default_rng([i, 7]),
+                             item_scale=item_scale)  # fmt: skip
+        with Image.open(io.BytesIO(jpeg)) as img:
+            grey = np.asarray(img.convert("L"), dtype=np.int16)
+        shares.append(np.mean(grey > np.median(grey) + 40))  # the item: brighter than the black
+    return float(np.mean(shares))
+
+
+def test_small_items_cover_a_fraction_of_the_default_scene(monkeypatch):
+    default, small = (
+        _item_share(scenes.ITEM_SCALE, monkeypatch),
+        _item_share(scenes.SMALL_ITEMS, monkeypatch),
+    )
+    assert default > 0.08  # the item is found at all
+    assert small < 0.35 * default  # (0.25 / 0.675)^2 = 0.14 of the area, on average
+
+
+def test_item_scale_is_in_the_manifest_and_told_apart(tmp_path):
+    made = scenes.generate(tmp_path / "s", fashion(), per_class=(1, 1, 1), workers=0,
+                           item_scale=scenes.SMALL_ITEMS)  # fmt: skip
+    assert made["item_scale"] == [0.15, 0.35]
+    assert scenes.matches(made, 0, (1, 1, 1), scenes.SMALL_ITEMS)
+    assert not scenes.matches(made, 0, (1, 1, 1))  # the default set is another set
+    before = {k: v for k, v in made.items() if k != "item_scale"}  # written before the option
+    assert scenes.matches(before, 0, (1, 1, 1))
+    assert not scenes.matches(before, 0, (1, 1, 1), scenes.SMALL_ITEMS)
+    with pytest.raises(ConvlensError, match=r"item_scale \(0.5, 0.2\) needs 0 < low <= high"):
+        scenes.generate(tmp_path / "bad", fashion(), per_class=(1, 1, 1), item_scale=(0.5, 0.2))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_small_items_set_is_its_own_named_tree(isolated, tiny, monkeypatch, tmp_path):
+    entry = dataclasses.replace(named.DATASETS["fashion-scenes-small"], scenes=(2, 1, 1))
+    monkeypatch.setitem(named.DATASETS, "small-tiny", entry)
+    mine = str(tmp_path / "mine")
+    small, default = load_dataset("small-tiny", data_dir=mine), load_dataset(tiny, data_dir=mine)
+    manifests = {
+        name: json.loads((tmp_path / "mine" / name / "manifest.json").read_text())
+        for name in ("small-tiny", tiny)
+    }
+    assert manifests["small-tiny"]["item_scale"] == list(scenes.SMALL_ITEMS)
+    assert manifests[tiny]["item_scale"] == list(scenes.ITEM_SCALE)
+    assert len(small.test) == len(default.test) == 10
+    assert not small.test.images.equal(default.test.images)  # the same draws, smaller items
+
+
+def test_cli_item_scale(tmp_path, isolated):
+    out = tmp_path / "made"
+    r = convlens("scenes", out, "--per-class", 1, 1, 1, "--workers", 0, "--item-scale", 0.15, 0.35)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "manifest.json").read_text())["item_scale"] == [0.15, 0.35]
+    r = convlens("scenes", tmp_path / "x", "--item-scale", 0.5, 0.2)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "item_scale" in r.stderr
+    r = convlens("scenes", tmp_path / "y", "--item-scale", 0, 0.3)
+    assert r.returncode == 2 and "--item-scale" in r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

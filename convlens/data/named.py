@@ -32,6 +32,7 @@ LFW_NEGATIVES_PER_PHOTO = 10  # hard negatives per face-free photo added to lfw-
 LFW_RELIT_COPIES = 2  # re-lit copies of each lfw-faces train face, to balance the negatives
 SCENES_SEED = 0  # fashion-scenes' generator seed, not the run's: test sets agree across runs
 SCENES_WORKERS = min(8, os.cpu_count() or 1)  # processes that generate fashion-scenes
+ITEM_SCALE = scenes.ITEM_SCALE  # (Named's field `scenes` hides the module in its class body)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Named:
     sha256: tuple[str, ...] = ()  # SHA-256 of each of IDX_FILES, in that order
     bundled: tuple[str, str] | None = None  # (package, file inside it) for built-in sets
     scenes: tuple[int, int, int] | None = None  # per class (train, val, test): generated scenes
+    item_scale: tuple[float, float] = ITEM_SCALE  # generated scenes: item side / shorter side
     archives: tuple[archives.Archive, ...] = ()  # (URL, MD5) of a photo set, as torchvision has
 
 
@@ -106,6 +108,14 @@ DATASETS: dict[str, Named] = {
         sorted(scenes.folder_name(c) for c in _FASHION),
         hflip=True,
         scenes=scenes.PER_CLASS,
+    ),
+    "fashion-scenes-small": Named(
+        "fashion-scenes with small items (15-35% of the shorter side, not 45-90%) in large "
+        "scenes, where resolution and aspect matter; 1000 train + 200 val + 300 test each",
+        sorted(scenes.folder_name(c) for c in _FASHION),
+        hflip=True,
+        scenes=scenes.PER_CLASS,
+        item_scale=scenes.SMALL_ITEMS,
     ),
     "fashion-scenes-mini": Named(
         "fashion-scenes with 20 train + 5 val + 5 test images per class, for quick checks",
@@ -336,7 +346,7 @@ def _tree_dir(name: str, data_dir: str | None) -> Path:
 
 def _tree_ready(d: Named, root: Path) -> bool:
     if d.scenes:
-        return scenes.matches(scenes.read_manifest(root), SCENES_SEED, d.scenes)
+        return scenes.matches(scenes.read_manifest(root), SCENES_SEED, d.scenes, d.item_scale)
     return archives.matches(root, d.archives)
 
 
@@ -356,7 +366,7 @@ def _make_tree(name: str, d: Named, root: Path, data_dir: str | None, download: 
     n = sum(d.scenes) * len(d.classes)
     print(f"{name}: generating {n} JPEGs into {root} (once)", file=sys.stderr, flush=True)
     scenes.generate(root, fashion_items(download=download), seed=SCENES_SEED, per_class=d.scenes,
-                    workers=SCENES_WORKERS)  # fmt: skip
+                    workers=SCENES_WORKERS, item_scale=d.item_scale)  # fmt: skip
 
 
 def fashion_items(data_dir: str | None = None, download: bool = True) -> tuple[Split, Split, list]:

@@ -1,7 +1,8 @@
 """fashion-scenes: Fashion-MNIST items composited onto real photographs, saved as mixed-size JPEGs.
 
 A photo-like benchmark that needs no download. Each image is one Fashion-MNIST item, enlarged
-(Lanczos) to 45-90% of the image's shorter side, slightly rotated, coloured (its grey intensity
+(Lanczos) to 45-90% of the image's shorter side (`item_scale`; fashion-scenes-small: 15-35%,
+small subjects in large scenes), slightly rotated, coloured (its grey intensity
 becomes alpha and shading over a random colour or a tinted photo texture) and pasted at a random
 place, sometimes cut by the frame edge, onto a random crop of a real photograph that scikit-image
 or scikit-learn ships; then re-lit, sometimes blurred or noisy, and saved as JPEG (quality 85-95)
@@ -38,6 +39,7 @@ PER_CLASS = (1000, 200, 300)  # images per class in train, val, test: ~1 min on 
 SHORT_SIDE = (160, 480)  # pixels, the image's shorter side
 ASPECT = (0.6, 1.8)  # width / height, drawn log-uniformly
 ITEM_SCALE = (0.45, 0.9)  # item side / the image's shorter side
+SMALL_ITEMS = (0.15, 0.35)  # fashion-scenes-small's: an item of 24-168 px in its scene
 CROP_SCALE = (0.35, 1.0)  # background crop side / the largest crop of that aspect the photo holds
 JPEG_QUALITY = (85, 95)
 EDGE_CUT = 0.15  # share of images whose item runs up to a quarter of its side past the frame
@@ -71,30 +73,35 @@ def generate(
     seed: int = 0,
     per_class: tuple[int, int, int] = PER_CLASS,
     workers: int | None = None,
+    item_scale: tuple[float, float] = ITEM_SCALE,
 ) -> dict:
     """Write `out/{train,val,test}/<class>/<n>.jpg` and its manifest; returns the manifest.
 
     `out` must not exist or be empty; the tree is built beside it and renamed into place, so an
     interrupted run leaves no half tree. `workers` processes render (0: this process; None: one
-    per core, at most 8). Fashion-MNIST is looked up (or downloaded) as the named dataset is.
+    per core, at most 8); `item_scale` is the item's side as a share of the image's shorter side,
+    (low, high). Fashion-MNIST is looked up (or downloaded) as the named dataset is.
     """
     out, per_class = Path(out), tuple(int(n) for n in per_class)
     if len(per_class) != 3 or min(per_class) < 1:
         raise ConvlensError(f"fashion-scenes: per_class {per_class} needs 3 counts of at least 1")
     if seed < 0:
         raise ConvlensError(f"fashion-scenes: seed {seed} must be at least 0")
+    item_scale = (float(item_scale[0]), float(item_scale[1]))
+    if not 0 < item_scale[0] <= item_scale[1] <= 1:
+        raise ConvlensError(f"fashion-scenes: item_scale {item_scale} needs 0 < low <= high <= 1")
     check_new_folder(out)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     train, test, classes = items
     jobs = _jobs(train, test, len(classes), seed, per_class)
     names = [folder_name(c) for c in classes]
-    manifest = _manifest(seed, per_class, names)
+    manifest = _manifest(seed, per_class, names, item_scale)
     with new_tree(out) as tmp:
         for split in SPLITS:
             for name in names:
                 (tmp / split / name).mkdir(parents=True)
         tasks = [
-            (str(tmp / split / names[c] / f"{n:05d}.jpg"), item, (seed, s, c, n))
+            (str(tmp / split / names[c] / f"{n:05d}.jpg"), item, (seed, s, c, n), item_scale)
             for s, split in enumerate(SPLITS)
             for c, n, item in jobs[split]
         ]
@@ -111,17 +118,29 @@ def read_manifest(root: str | Path) -> dict | None:
         return None
 
 
-def matches(manifest: dict | None, seed: int, per_class: tuple[int, int, int]) -> bool:
-    """Whether a tree's manifest says it is this version's set for `seed` and `per_class`."""
+def matches(
+    manifest: dict | None,
+    seed: int,
+    per_class: tuple[int, int, int],
+    item_scale: tuple[float, float] = ITEM_SCALE,
+) -> bool:
+    """Whether a tree's manifest says it is this version's set for `seed`, `per_class` and
+    `item_scale` (a manifest without one, written before it could be chosen, has ITEM_SCALE)."""
     want = {
         "version": VERSION,
         "seed": seed,
         "per_class": dict(zip(SPLITS, per_class, strict=True)),
+        "item_scale": list(item_scale),
     }
-    return manifest is not None and all(manifest.get(k) == v for k, v in want.items())
+    if manifest is None:
+        return False
+    got = {"item_scale": list(ITEM_SCALE), **manifest}
+    return all(got.get(k) == v for k, v in want.items())
 
 
-def _manifest(seed: int, per_class: tuple[int, int, int], names: list[str]) -> dict:
+def _manifest(
+    seed: int, per_class: tuple[int, int, int], names: list[str], item_scale: tuple[float, float]
+) -> dict:
     return {
         "dataset": "fashion-scenes",
         "version": VERSION,
@@ -131,6 +150,7 @@ def _manifest(seed: int, per_class: tuple[int, int, int], names: list[str]) -> d
         "classes": names,
         "short_side": list(SHORT_SIDE),
         "aspect": list(ASPECT),
+        "item_scale": list(item_scale),
         "jpeg_quality": list(JPEG_QUALITY),
         "backgrounds": {
             "train+val": [Path(f).stem for _, f in TRAIN_PHOTOS],
@@ -163,7 +183,10 @@ def _jobs(
     return jobs
 
 
-def _run(tasks: list[tuple[str, np.ndarray, tuple[int, ...]]], workers: int) -> None:
+Task = tuple[str, np.ndarray, tuple[int, ...], tuple[float, float]]  # path, item, key, scale
+
+
+def _run(tasks: list[Task], workers: int) -> None:
     if not workers:
         for task in tasks:
             _write(task)
@@ -174,17 +197,23 @@ def _run(tasks: list[tuple[str, np.ndarray, tuple[int, ...]]], workers: int) -> 
             pass
 
 
-def _write(task: tuple[str, np.ndarray, tuple[int, ...]]) -> None:
-    path, item, key = task
+def _write(task: Task) -> None:
+    path, item, key, item_scale = task
     split = key[1]
     rng = np.random.default_rng([*key, VERSION])
     photos = TEST_PHOTOS if SPLITS[split] == "test" else TRAIN_PHOTOS
     with open(path, "wb") as f:
-        f.write(render(item, rng, photos))
+        f.write(render(item, rng, photos, item_scale))
 
 
-def render(item: np.ndarray, rng: np.random.Generator, photos: tuple = TRAIN_PHOTOS) -> bytes:
-    """One scene as JPEG bytes: the 28x28 uint8 `item` on a crop of one of `photos`."""
+def render(
+    item: np.ndarray,
+    rng: np.random.Generator,
+    photos: tuple = TRAIN_PHOTOS,
+    item_scale: tuple[float, float] = ITEM_SCALE,
+) -> bytes:
+    """One scene as JPEG bytes: the 28x28 uint8 `item` on a crop of one of `photos`, its side
+    a share of the scene's shorter side drawn from `item_scale`."""
     short = int(rng.integers(SHORT_SIDE[0], SHORT_SIDE[1] + 1))
     aspect = float(np.exp(rng.uniform(*np.log(ASPECT))))
     w, h = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
@@ -194,7 +223,7 @@ def render(item: np.ndarray, rng: np.random.Generator, photos: tuple = TRAIN_PHO
     if rng.random() < 0.5:
         grey = grey.transpose(Image.FLIP_LEFT_RIGHT)
     grey = grey.rotate(rng.uniform(-15, 15), Image.BICUBIC, expand=True)  # corners stay 0
-    side = rng.uniform(*ITEM_SCALE) * short * grey.width / 28  # the item, not its corners
+    side = rng.uniform(*item_scale) * short * grey.width / 28  # the item, not its corners
     grey = grey.resize((round(side), round(side)), Image.LANCZOS)
     gain = rng.uniform(1.5, 3.0)  # faint parts of the item are see-through, the body opaque
     alpha = grey.point(_lut(np.arange(256) * gain))
