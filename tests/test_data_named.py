@@ -116,7 +116,13 @@ def test_unknown_name_lists_the_known_ones(tmp_path):
 def test_list_datasets_rows():
     rows = list_datasets()
     small = ["fashion-mnist", "mnist", "digits", "lfw-faces"]
-    photos = ["fashion-scenes", "fashion-scenes-mini", "imagenette-160", "imagenette-320"]
+    photos = [
+        "fashion-scenes",
+        "fashion-scenes-small",
+        "fashion-scenes-mini",
+        "imagenette-160",
+        "imagenette-320",
+    ]
     assert [r["name"] for r in rows] == [*small, *photos, "oxford-pets"]
     for r in rows:
         assert set(r) == {"name", "description", "found", "obtain"}
